@@ -1,0 +1,271 @@
+"""The trainer: one readable loop around one jitted, sharded train step.
+
+Flow (after big_vision's train.py): config -> method (by module path) -> mesh -> `eval_shape` of the method's init
+-> shardings -> jitted init -> optimizers per trained group -> resume from the newest checkpoint if any -> loop of
+{global batch -> step -> metrics -> periodic eval / checkpoint}.
+
+The step updates each trained parameter group in the order the method declares (one optimizer per group), which
+covers single-network methods (SGZ) and alternating generator/discriminator updates alike. Frozen networks are an
+argument of the step, never in an optimizer and never donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any, Callable
+
+from absl import logging
+from clu import metric_writers
+from clu import metrics as clu_metrics
+from clu import parameter_overview
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lowlight_jax.methods import base
+from lowlight_jax.train import checkpoint as ckpt_lib
+from lowlight_jax.train import evaluation
+from lowlight_jax.train import optim
+from lowlight_jax.train import sharding as sharding_lib
+from lowlight_jax.train.state import TrainState
+
+PyTree = Any
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a step produced a NaN/Inf loss or gradient; the update of that step was not applied."""
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built from a config that the loop, resume and inference need."""
+  config: ml_collections.ConfigDict
+  method: base.BaseMethod
+  mesh: jax.sharding.Mesh
+  state: TrainState
+  state_shardings: PyTree
+  frozen: PyTree
+  frozen_shardings: PyTree
+  optimizers: dict[str, optax.GradientTransformation]
+
+
+def _example_batch(config: ml_collections.ConfigDict, method: base.BaseMethod) -> dict[str, jax.Array]:
+  if hasattr(method, "example_batch"):
+    return method.example_batch()
+  size = config.data.get("crop", 0) or config.data.get("resize", 0) or 64
+  return {"low": jnp.zeros((1, size, size, 3), jnp.float32)}
+
+
+def build(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
+          load_pretrained: bool = True) -> Setup:
+  """Builds method, mesh, sharded initial train state and frozen params from a config."""
+  method = base.load_method(config)
+  mesh = sharding_lib.make_mesh(config.mesh) if mesh is None else mesh
+  rules = [tuple(r) for r in config.get("sharding", {}).get("rules", ())]
+  total_steps = int(config.total_steps)
+  optimizers = {g: optim.make_optimizer(config.optim[g], total_steps) for g in method.groups}
+  example = _example_batch(config, method)
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+
+  def init_all(rng):
+    variables = method.init(rng, example)
+    params = variables["params"]
+    opt_state = {g: optimizers[g].init(params[g]) for g in method.groups}
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                       model_state=variables.get("model_state", {}), rng=state_rng)
+    return state, variables.get("frozen", {})
+
+  abstract_state, abstract_frozen = jax.eval_shape(init_all, init_rng)
+  state_sh = sharding_lib.param_shardings(abstract_state, mesh, rules)
+  frozen_sh = sharding_lib.param_shardings(abstract_frozen, mesh, rules)
+  state, frozen = jax.jit(init_all, out_shardings=(state_sh, frozen_sh))(init_rng)
+
+  if load_pretrained:
+    variables = base.Variables(params=state.params, model_state=state.model_state, frozen=frozen)
+    loaded = method.load_pretrained(variables)
+    if loaded is not variables:
+      params = jax.device_put(loaded["params"], state_sh.params)
+      opt_state = jax.jit(lambda p: {g: optimizers[g].init(p[g]) for g in method.groups},
+                          out_shardings=state_sh.opt_state)(params)
+      state = state.replace(params=params, opt_state=opt_state,
+                            model_state=jax.device_put(loaded.get("model_state", {}), state_sh.model_state))
+      frozen = jax.device_put(loaded.get("frozen", {}), frozen_sh)
+  return Setup(config=config, method=method, mesh=mesh, state=state, state_shardings=state_sh,
+               frozen=frozen, frozen_shardings=frozen_sh, optimizers=optimizers)
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(setup: Setup) -> Callable[[TrainState, PyTree, PyTree], tuple[TrainState, dict]]:
+  """Builds the jitted step: (state, frozen, batch) -> (state, metrics). State is donated."""
+  method, optimizers = setup.method, setup.optimizers
+
+  def step_fn(state: TrainState, frozen: PyTree, batch: PyTree):
+    rng = jax.random.fold_in(state.rng, state.step)
+    params, model_state = state.params, state.model_state
+    opt_state, metrics, finite = dict(state.opt_state), {}, jnp.array(True)
+    for i, group in enumerate(method.groups):
+      group_rng = jax.random.fold_in(rng, i)
+      others = params
+
+      def loss_fn(p, group=group, others=others, group_rng=group_rng):
+        return method.loss(group, {**others, group: p}, model_state, frozen, batch, group_rng)
+
+      (loss, (group_metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params[group])
+      updates, opt_state[group] = optimizers[group].update(grads, opt_state[group], params[group])
+      params = {**params, group: optax.apply_updates(params[group], updates)}
+      finite = finite & jnp.isfinite(loss) & _all_finite(grads)
+      metrics[f"{group}/loss"] = loss
+      metrics[f"{group}/grad_norm"] = optax.global_norm(grads)
+      metrics.update({f"{group}/{k}": v for k, v in group_metrics.items()})
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
+    # A non-finite step is not applied: the state stays the last good one and the host stops the run.
+    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+    new_state = new_state.replace(step=state.step + 1)
+    collected = {k: clu_metrics.Average.from_model_output(jnp.asarray(v, jnp.float32)) for k, v in metrics.items()}
+    return new_state, collected, finite
+
+  batch_sh = sharding_lib.batch_sharding(setup.mesh)
+  repl = sharding_lib.replicated(setup.mesh)
+  return jax.jit(step_fn, in_shardings=(setup.state_shardings, setup.frozen_shardings, batch_sh),
+                 out_shardings=(setup.state_shardings, repl, repl), donate_argnums=(0,))
+
+
+def make_enhance_fn(setup: Setup) -> Callable[[jax.Array], dict[str, jax.Array]]:
+  """Jitted inference closure over the current params (call `.lower` per new image shape implicitly)."""
+  method = setup.method
+  fn = jax.jit(lambda params, model_state, frozen, x: method.enhance(params, model_state, frozen, x))
+  return lambda state, frozen: (lambda x: fn(state.params, state.model_state, frozen, x))
+
+
+def _merge(acc: dict | None, new: dict) -> dict:
+  if acc is None:
+    return new
+  return {k: acc[k].merge(v) for k, v in new.items()}
+
+
+def _write_eval(writer, step: int, means: dict, records: list, method: base.BaseMethod, max_images: int) -> None:
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in means.items()})
+  images = {}
+  for rec in records[:max_images]:
+    images[f"eval_enhanced/{rec['name']}"] = rec["enhanced"][None]
+    for key, img in method.eval_images(rec["outputs"]).items():
+      images[f"eval_{key}/{rec['name']}"] = evaluation.quantize(np.asarray(img))
+  if images:
+    writer.write_images(step, images)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) training in `workdir`. Returns the final evaluation metrics (or {} if no eval set)."""
+  from data_pipelines import pipeline as data_pipeline  # Kept local: the library core does not need grain.
+
+  os.makedirs(workdir, exist_ok=True)
+  setup = build(config)
+  mesh, method = setup.mesh, setup.method
+  logging.info("mesh: %s", dict(mesh.shape))
+  logging.info("trained parameters:\n%s", parameter_overview.get_parameter_overview(setup.state.params))
+
+  divisor = sharding_lib.batch_divisor(mesh)
+  if config.batch_size % divisor or config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size={config.batch_size} must divide by the {divisor} batch shards of the mesh "
+                     f"and by {jax.process_count()} processes")
+  loader = data_pipeline.make_train_loader(config.data, batch_size=config.batch_size // jax.process_count(),
+                                           seed=config.seed)
+  data_iter = iter(loader)
+
+  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.get("keep_checkpoints", 3))
+  state = setup.state
+  if checkpointer.latest_step() is not None:
+    step0 = checkpointer.latest_step()
+    logging.info("resuming from checkpoint step %d", step0)
+    state, _ = checkpointer.restore(step0, ckpt_lib.abstract_like(state), data_iter)
+  elif config.get("init_from"):
+    logging.info("initialised from %s", config.init_from)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if int(state.step) == 0:
+    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+  train_step = make_train_step(setup)
+  enhance_for = make_enhance_fn(setup)
+  eval_set = data_pipeline.make_eval_set(config.data, split="test") if config.eval.every else []
+  eval_set = eval_set[: config.eval.get("num_images", len(eval_set)) or len(eval_set)]
+
+  total = int(config.total_steps)
+  step = int(state.step)
+  acc, pending, t0, steps_since = None, None, time.time(), 0
+  final_eval: dict[str, Any] = {}
+  try:
+    while step < total:
+      batch = sharding_lib.global_batch(next(data_iter), mesh)
+      state, metrics, finite = train_step(state, setup.frozen, batch)
+      step += 1
+      steps_since += 1
+      # Check the previous step's flag while this one runs (no extra host sync on the critical path).
+      if pending is not None:
+        _check_finite(*pending)
+      pending = (finite, step, metrics)
+      acc = _merge(acc, metrics)
+      if step % config.log_every == 0 or step == total:
+        _check_finite(*pending)
+        pending = None
+        scalars = {f"train/{k}": float(v.compute()) for k, v in acc.items()}
+        dt = time.time() - t0
+        scalars["train/steps_per_sec"] = steps_since / max(dt, 1e-9)
+        writer.write_scalars(step, scalars)
+        acc, t0, steps_since = None, time.time(), 0
+      if config.eval.every and (step % config.eval.every == 0 or step == total) and eval_set:
+        means, records = evaluation.evaluate(enhance_for(state, setup.frozen), eval_set)
+        _write_eval(writer, step, means, records, method, config.eval.get("max_images", 3))
+        final_eval = means
+      if step % config.checkpoint_every == 0 or step == total:
+        if pending is not None:
+          _check_finite(*pending)
+          pending = None
+        checkpointer.save(step, state, data_iter)
+    if pending is not None:
+      _check_finite(*pending)
+  finally:
+    checkpointer.close()
+    writer.flush()
+    writer.close()
+  return final_eval
+
+
+def _check_finite(finite: jax.Array, step: int, metrics: dict) -> None:
+  if not bool(finite):
+    values = {k: float(v.compute()) for k, v in metrics.items()}
+    raise NonFiniteLossError(
+        f"non-finite loss or gradient at step {step}: {values}. The update was not applied; the newest "
+        f"checkpoint is intact. Lower the learning rate or check the data.")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    elif isinstance(v, (int, float, str, bool)):
+      out[key] = v
+    else:
+      out[key] = str(v)
+  return out
+
+
+def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> Setup:
+  """Rebuilds a run's setup and loads its newest (or given) checkpoint's state, without the data pipeline."""
+  setup = build(config, load_pretrained=True)
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  try:
+    state = checkpointer.restore_state_only(step, ckpt_lib.abstract_like(setup.state))
+  finally:
+    checkpointer.close()
+  setup.state = state
+  return setup

@@ -1,0 +1,123 @@
+"""Trainer: sharded step parity, exact resume, NaN stop, and the run directory contents."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import sgz as sgz_config
+from lowlight_jax.train import checkpoint as ckpt_lib
+from lowlight_jax.train import sharding as sharding_lib
+from lowlight_jax.train import trainer
+
+
+def _smoke(**overrides):
+  config = sgz_config.get_config("smoke")
+  config.eval.every = 0
+  for k, v in overrides.items():
+    node = config
+    *path, leaf = k.split(".")
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return config
+
+
+def _batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  s = config.data.crop
+  return {"low": rng.uniform(0.0, 0.4, size=(config.batch_size, s, s, 3)).astype(np.float32)}
+
+
+def _one_step(config, devices):
+  mesh = sharding_lib.make_mesh({"data": len(devices)}, devices)
+  setup = trainer.build(config, mesh=mesh)
+  step = trainer.make_train_step(setup)
+  batch = jax.device_put(_batch(config), sharding_lib.batch_sharding(mesh))
+  state, metrics, finite = step(setup.state, setup.frozen, batch)
+  state, metrics2, _ = step(state, setup.frozen, batch)
+  return (float(metrics["enhancer/loss"].compute()), float(metrics2["enhancer/loss"].compute()),
+          jax.device_get(state.params), bool(finite))
+
+
+def test_sharded_step_matches_single_device():
+  assert jax.device_count() == 8
+  config = _smoke()
+  loss8, loss8b, params8, finite = _one_step(config, jax.devices())
+  loss1, loss1b, params1, _ = _one_step(config, jax.devices()[:1])
+  assert finite
+  assert abs(loss8 - loss1) <= 1e-5 * max(1.0, abs(loss1))
+  assert abs(loss8b - loss1b) <= 1e-5 * max(1.0, abs(loss1b))
+  for a, b in zip(jax.tree.leaves(params8), jax.tree.leaves(params1)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_training_changes_only_trained_params():
+  config = _smoke()
+  setup = trainer.build(config)
+  frozen_before = jax.device_get(setup.frozen)
+  params_before = jax.device_get(setup.state.params)
+  step = trainer.make_train_step(setup)
+  batch = jax.device_put(_batch(config), sharding_lib.batch_sharding(setup.mesh))
+  state, _, _ = step(setup.state, setup.frozen, batch)
+  changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), params_before,
+                                         jax.device_get(state.params)))
+  assert any(changed)
+  for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(jax.device_get(setup.frozen))):
+    np.testing.assert_array_equal(a, b)
+  assert int(state.step) == 1
+  # The optimizer state covers exactly the trained group.
+  assert set(state.opt_state) == {"enhancer"}
+
+
+def _final_params(config, workdir):
+  setup = trainer.restore_for_inference(config, workdir)
+  return int(setup.state.step), jax.device_get(setup.state.params), jax.device_get(setup.state.opt_state)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+  full = _smoke(total_steps=4, checkpoint_every=2)
+  trainer.train_and_evaluate(full, str(tmp_path / "full"))
+  first = _smoke(total_steps=2, checkpoint_every=2)
+  trainer.train_and_evaluate(first, str(tmp_path / "split"))
+  trainer.train_and_evaluate(full, str(tmp_path / "split"))  # Resumes from step 2.
+  step_a, params_a, opt_a = _final_params(full, str(tmp_path / "full"))
+  step_b, params_b, opt_b = _final_params(full, str(tmp_path / "split"))
+  assert step_a == step_b == 4
+  for a, b in zip(jax.tree.leaves((params_a, opt_a)), jax.tree.leaves((params_b, opt_b))):
+    np.testing.assert_array_equal(a, b)
+  # The run directory holds Orbax checkpoints and TensorBoard event files.
+  assert ckpt_lib.Checkpointer(str(tmp_path / "full")).all_steps() == [2, 4]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "full"))
+
+
+def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path):
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(_smoke(total_steps=2, checkpoint_every=2), workdir)
+  bad = _smoke(total_steps=4, checkpoint_every=1)
+  bad.loss_weights.tv = float("nan")
+  with pytest.raises(trainer.NonFiniteLossError, match="step 3"):
+    trainer.train_and_evaluate(bad, workdir)
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  assert checkpointer.latest_step() == 2
+  checkpointer.close()
+  step, params, _ = _final_params(_smoke(), workdir)
+  assert step == 2
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def test_mesh_errors_name_the_problem():
+  with pytest.raises(ValueError, match="data"):
+    sharding_lib.make_mesh({"model": 8})
+  with pytest.raises(ValueError, match="divide"):
+    sharding_lib.make_mesh({"data": 3})
+
+
+def test_param_sharding_rules():
+  mesh = sharding_lib.make_mesh({"data": 2, "model": 4})
+  tree = {"big": {"kernel": jnp.zeros((3, 3, 64, 128))}, "small": {"bias": jnp.zeros((3,))}}
+  sh = sharding_lib.param_shardings(tree, mesh, [("kernel", (None, None, None, "model")), ("bias", ("model",))])
+  assert sh["big"]["kernel"].spec == jax.sharding.PartitionSpec(None, None, None, "model")
+  assert sh["small"]["bias"].spec == jax.sharding.PartitionSpec(None)  # 3 does not divide by 4.
