@@ -40,7 +40,8 @@ class DegradationConfig:
 
   Attributes:
     exposure_range: (k_min, k_max) of the linear exposure factor k ~ U. Default 0.03..0.2 is 2.3 to
-      5 stops under, comparable to the LOL dataset's low/normal pairs.
+      5 stops under exposure (sRGB mean drops to roughly 20-50%); LOL's low images are darker still
+      (k around 0.01), lower k_min to imitate them.
     shot_noise_range: (a_min, a_max), log-uniform, of the Poisson signal level per photo-electron.
       Brooks et al.'s range 1e-4..1.2e-2 (10,000 to 83 electrons at full scale). 0, 0 disables shot noise.
     read_noise_slope, read_noise_intercept, read_noise_jitter: log b = slope * log a + intercept +

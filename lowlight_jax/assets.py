@@ -186,6 +186,7 @@ def _write_atomic(path: pathlib.Path, data: bytes) -> None:
   try:
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache may be shared
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -145,6 +147,76 @@ def make_enhance_fn(setup: Setup) -> Callable[[jax.Array], dict[str, jax.Array]]
   return lambda state, frozen: (lambda x: fn(state.params, state.model_state, frozen, x))
 
 
+class _PreemptionWatch:
+  """SIGTERM -> save at the next step boundary and return normally (exit code 0).
+
+  On one process a signal handler sets a flag. With several processes, Orbax's `reached_preemption` (backed by
+  JAX's distributed preemption sync service) makes every host stop at the same step.
+  """
+
+  def __init__(self):
+    self.flag = threading.Event()
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda *_: self.flag.set())
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def should_stop(self, checkpointer: ckpt_lib.Checkpointer, step: int) -> bool:
+    if jax.process_count() > 1:
+      return bool(checkpointer.manager.reached_preemption(step)) or self.flag.is_set()
+    return self.flag.is_set()
+
+
+class _Profiler:
+  """Captures a JAX profiler trace of steps [start, start + num) into <workdir>/profile (config.profile)."""
+
+  def __init__(self, cfg, workdir: str):
+    self.start = int(cfg.get("start_step", 0)) if cfg else 0
+    self.num = int(cfg.get("num_steps", 0)) if cfg else 0
+    self.dir = os.path.join(workdir, "profile")
+    self.active = False
+
+  def before_step(self, step: int) -> None:
+    if self.num and step == self.start and not self.active:
+      jax.profiler.start_trace(self.dir)
+      self.active = True
+
+  def after_step(self, step: int, state) -> None:
+    if self.active and step >= self.start + self.num:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.info("profiler trace of steps %d-%d written to %s", self.start, step - 1, self.dir)
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+
+def log_memory_analysis(train_step, state, frozen, batch) -> dict[str, int]:
+  """Per-device bytes of the compiled step (arguments = params + optimizer state + batch), logged and returned."""
+  try:
+    compiled = train_step.lower(state, frozen, batch).compile()
+    mem = compiled.memory_analysis()
+  except Exception as e:  # Not every backend reports memory; never fail a run over a log line.
+    logging.info("memory analysis unavailable: %s", e)
+    return {}
+  if mem is None:
+    return {}
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+            "generated_code_size_in_bytes", "alias_size_in_bytes")
+  info = {f: int(getattr(mem, f, 0) or 0) for f in fields}
+  logging.info("compiled train step, per device: %s", ", ".join(f"{k}={v / 2**20:.1f} MiB" for k, v in info.items()))
+  return info
+
+
 def _merge(acc: dict | None, new: dict) -> dict:
   if acc is None:
     return new
@@ -201,11 +273,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = int(state.step)
   acc, pending, t0, steps_since = None, None, time.time(), 0
   final_eval: dict[str, Any] = {}
+  profiler = _Profiler(config.get("profile"), workdir)
+  preemption = _PreemptionWatch()
+  memory_logged = False
+  last_saved = step
+  last_scalars: dict[str, float] = {}
   try:
+    preemption.__enter__()
     while step < total:
       batch = sharding_lib.global_batch(next(data_iter), mesh)
+      if not memory_logged:
+        log_memory_analysis(train_step, state, setup.frozen, batch)
+        memory_logged = True
+      profiler.before_step(step)
       state, metrics, finite = train_step(state, setup.frozen, batch)
       step += 1
+      profiler.after_step(step, state)
       steps_since += 1
       # Check the previous step's flag while this one runs (no extra host sync on the critical path).
       if pending is not None:
@@ -219,6 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         dt = time.time() - t0
         scalars["train/steps_per_sec"] = steps_since / max(dt, 1e-9)
         writer.write_scalars(step, scalars)
+        last_scalars = scalars
         acc, t0, steps_since = None, time.time(), 0
       if config.eval.every and (step % config.eval.every == 0 or step == total) and eval_set:
         means, records = evaluation.evaluate(enhance_for(state, setup.frozen), eval_set)
@@ -229,13 +313,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           _check_finite(*pending)
           pending = None
         checkpointer.save(step, state, data_iter)
+        last_saved = step
+  last_scalars: dict[str, float] = {}
+      if preemption.should_stop(checkpointer, step):
+        if pending is not None:
+          _check_finite(*pending)
+          pending = None
+        if last_saved != step:
+          checkpointer.save(step, state, data_iter, force=True)
+        logging.warning("preempted: saved step %d, stopping", step)
+        break
     if pending is not None:
       _check_finite(*pending)
   finally:
+    preemption.__exit__()
+    profiler.close()
     checkpointer.close()
     writer.flush()
     writer.close()
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, "final_metrics.json"),
+                {"step": step, **last_scalars, **{f"eval/{k}": v for k, v in final_eval.items()}})
   return final_eval
+
+
+def _write_json(path: str, obj: dict) -> None:
+  import json
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
 
 
 def _check_finite(finite: jax.Array, step: int, metrics: dict) -> None:

@@ -1,0 +1,128 @@
+"""SGZ enhancement network: EFE (factor extraction) + RIE (recurrent curve) + the inference pipeline.
+
+Paper: Zheng & Gupta, "Semantic-Guided Zero-Shot Learning for Low-Light Image/Video Enhancement"
+(WACV Workshops 2022). Reference code: ShenZheng2000/Semantic-Guided-Low-Light-Image-Enhancement
+(`modeling/model.py`: `DSC`, `enhance_net_nopool`; `test.py`, `utils.py`), commit 94dedc5.
+
+Module and submodule names follow the torch attributes, so the released `weight/Epoch99.pth` keys
+(`e_conv1.depth_conv.weight`, ...) load through `lowlight_jax.convert.layout.torch_to_flax`.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lowlight_jax.ops import resize
+
+# Port note: METHODS.md (and Zero-DCE's `weights_init`) give N(0, 0.02) for conv weights; the released
+# SGZ train.py never calls a weights_init, so the authors' run used torch's default init. We use
+# N(0, 0.02) kernels and zero biases.
+_KERNEL_INIT = nn.initializers.normal(stddev=0.02)
+
+
+class DepthwiseSeparableConv(nn.Module):
+  """SGZ `DSC`: depthwise 3x3 (groups = in, bias) then pointwise 1x1 (bias), nothing in between."""
+
+  features: int
+  kernel_init: Callable = _KERNEL_INIT
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    x = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=c, precision=self.precision,
+                kernel_init=self.kernel_init, name="depth_conv")(x)
+    return nn.Conv(self.features, (1, 1), precision=self.precision, kernel_init=self.kernel_init,
+                   name="point_conv")(x)
+
+
+class EnhancementFactorExtractor(nn.Module):
+  """EFE: 7 depthwise-separable layers, 32 channels, U-style skips; 10,561 parameters.
+
+  Maps an NHWC image to the 3-channel enhancement factor `x_r` in (-1, 1) at the same resolution.
+  """
+
+  features: int = 32
+  kernel_init: Callable = _KERNEL_INIT
+  # On GPU/TPU pass jax.lax.Precision.HIGHEST for conformance (default conv precision may be TF32/bf16).
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    conv = lambda f, name: DepthwiseSeparableConv(f, self.kernel_init, self.precision, name=name)
+    f = self.features
+    x1 = nn.relu(conv(f, "e_conv1")(x))
+    x2 = nn.relu(conv(f, "e_conv2")(x1))
+    x3 = nn.relu(conv(f, "e_conv3")(x2))
+    x4 = nn.relu(conv(f, "e_conv4")(x3))
+    x5 = nn.relu(conv(f, "e_conv5")(jnp.concatenate([x3, x4], axis=-1)))
+    x6 = nn.relu(conv(f, "e_conv6")(jnp.concatenate([x2, x5], axis=-1)))
+    return jnp.tanh(conv(3, "e_conv7")(jnp.concatenate([x1, x6], axis=-1)))
+
+
+def apply_curve(x: jax.Array, x_r: jax.Array, iterations: int = 8) -> jax.Array:
+  """RIE: `iterations` steps of the quadratic curve `x + x_r * (x^2 - x)` with ONE shared map x_r.
+
+  Unrolled in Python: under jit XLA fuses the whole chain into one elementwise kernel.
+  """
+  for _ in range(iterations):
+    x = x + x_r * (x * x - x)
+  return x
+
+
+def sgz_forward(efe_apply: Callable[[Any, jax.Array], jax.Array], params: Any, x: jax.Array, *,
+                scale_factor: int, crop_to_multiple: bool = True,
+                iterations: int = 8) -> dict[str, jax.Array]:
+  """The released SGZ inference pipeline (`test.py` + `enhance_net_nopool.forward`).
+
+  Args:
+    efe_apply: `efe_apply(params, x_small) -> x_r_small`, e.g. `EnhancementFactorExtractor().apply`.
+    params: whatever `efe_apply` takes first (for `Module.apply`: `{'params': ...}`).
+    x: (B, H, W, 3) float32 in [0, 1].
+    scale_factor: the integer s (12 in the authors' test script, 1 in training). Static.
+    crop_to_multiple: True: as released, crop H, W down to multiples of s (top-left anchored), so the
+      outputs are (B, H//s*s, W//s*s, 3). False: keep the full H x W for any size (see below).
+    iterations: curve iterations (8 as released).
+
+  Returns:
+    dict with `enhanced` (unclipped curve output), `factor` (full-resolution x_r) and
+    `factor_lowres` (the EFE output before upsampling; equals `factor` for s = 1).
+
+  With `crop_to_multiple=False` the input is edge-padded at the bottom/right up to multiples of s, the
+  factor map is computed on the padded image exactly as in the released pipeline, its padded
+  rows/columns are cropped off, and the curve is applied to the uncropped input. When H and W are
+  already multiples of s this is identical to the released pipeline.
+  """
+  s = int(scale_factor)
+  if s != scale_factor or s < 1:
+    raise ValueError(f"scale_factor must be a positive integer, got {scale_factor}")
+  h, w = x.shape[1], x.shape[2]
+  if s == 1:
+    x_r = efe_apply(params, x)
+    return dict(enhanced=apply_curve(x, x_r, iterations), factor=x_r, factor_lowres=x_r)
+  if crop_to_multiple:
+    hc, wc = h // s * s, w // s * s
+    if hc == 0 or wc == 0:
+      raise ValueError(f"image {h}x{w} is smaller than the scale factor {s}")
+    x = x[:, :hc, :wc]
+    padded = x
+  else:
+    hp, wp = -(-h // s) * s, -(-w // s) * s
+    # Port note: not in the released code, which only supports cropping; edge padding keeps the
+    # padded low-res pixels close to the image's own border statistics.
+    padded = jnp.pad(x, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)), mode="edge")
+  x_r_low = efe_apply(params, resize.downsample_bilinear_by(padded, s))
+  x_r = resize.upsample_bilinear_align_corners(x_r_low, s)[:, :x.shape[1], :x.shape[2]]
+  return dict(enhanced=apply_curve(x, x_r, iterations), factor=x_r, factor_lowres=x_r_low)
+
+
+def quantize_like_save_image(y: jax.Array) -> jax.Array:
+  """torchvision `save_image` quantisation: floor(clip(255*y + 0.5, 0, 255)) in float32 -> uint8.
+
+  Round-half-up, not the round-half-even of `jnp.round`.
+  """
+  y = jnp.asarray(y, jnp.float32)
+  return jnp.floor(jnp.clip(y * 255.0 + 0.5, 0.0, 255.0)).astype(jnp.uint8)
