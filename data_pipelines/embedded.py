@@ -69,17 +69,23 @@ def photo_path(name: str) -> pathlib.Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _load_photo_uint8(name: str) -> np.ndarray:
-  # Cached as uint8 (a quarter of float32), per process: grain workers each keep their own copy.
+def _cached_photo(name: str) -> np.ndarray:
+  # Per process (grain workers each hold their own, ~50 MB for the train photos). Read-only, so the
+  # training source can hand out views without copying whole photos for every crop.
   image = imageio.read_image(photo_path(name))
-  image = np.round(image * 255.0).astype(np.uint8)
   image.setflags(write=False)
   return image
 
 
-def load_photo(name: str) -> np.ndarray:
-  """An embedded photo as RGB float32 HxWx3 in [0, 1] (a fresh array; callers may modify it)."""
-  return _load_photo_uint8(name).astype(np.float32) / 255.0
+def load_photo(name: str, *, copy: bool = True) -> np.ndarray:
+  """An embedded photo as RGB float32 HxWx3 in [0, 1].
+
+  Args:
+    name: one of EMBEDDED_TRAIN + EMBEDDED_TEST.
+    copy: False returns the cached READ-ONLY array (no per-call copy of the whole photo).
+  """
+  image = _cached_photo(name)
+  return image.copy() if copy else image
 
 
 def split_names(split: str) -> tuple[str, ...]:

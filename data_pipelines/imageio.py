@@ -148,13 +148,23 @@ def verify_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tup
   width, height = im.size
   try:
     with im:
-      # EXIF rotation by 90/270 degrees swaps the decoded size (read before verify() invalidates im).
-      if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-        height, width = width, height
       im.verify()
+    # verify() must come first and leaves the image unusable: reopen (header only) for EXIF, whose
+    # 90/270 degree rotations swap the decoded size.
+    with Image.open(path) as im:
+      if _exif_orientation(im) in (5, 6, 7, 8):
+        height, width = width, height
   except Exception as e:  # Pillow's verify raises a zoo of types (SyntaxError, struct.error, ...).
     raise ImageDecodeError(path, f'verify failed: {type(e).__name__}: {e}') from e
   return height, width
+
+
+def _exif_orientation(im: Image.Image) -> int:
+  """EXIF orientation from the header. Pillow's getexif() decodes a whole PNG whose eXIf chunk was not
+  seen before the pixel data; such (non-conforming) PNGs are treated as unrotated here."""
+  if im.format == 'PNG' and 'exif' not in im.info:
+    return 1
+  return im.getexif().get(0x0112, 1)
 
 
 def write_png_atomic(path: PathLike, image: np.ndarray) -> None:

@@ -51,7 +51,8 @@ class EmbeddedPairs(grain.sources.RandomAccessDataSource):
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     name = self.names[index]
-    element = {'high': embedded.load_photo(name)}
+    # A read-only view of the per-process cache: transforms always produce new arrays.
+    element = {'high': embedded.load_photo(name, copy=False)}
     if self.degradation is not None:
       element['low'] = embedded.degraded_photo(name, self.degradation, self.seed)
     return element
@@ -102,7 +103,12 @@ class _FolderSource(grain.sources.RandomAccessDataSource):
     """The usable records (path per key), in index order."""
     return list(self._records)
 
-  def _read(self, index: int) -> dict[str, np.ndarray]:
+  def name(self, index: int) -> str:
+    """The record's file stem (the name shared by a low/high pair)."""
+    return self._records[index][0].stem
+
+  def read(self, index: int) -> dict[str, np.ndarray]:
+    """Decodes record `index` without fallback; raises imageio.ImageDecodeError on a bad file."""
     record = self._records[index]
     images = [imageio.read_image(p, max_pixels=self.max_pixels) for p in record]
     if len({im.shape for im in images}) > 1:
@@ -119,7 +125,7 @@ class _FolderSource(grain.sources.RandomAccessDataSource):
       if i in self._failed:
         continue
       try:
-        return self._read(i)
+        return self.read(i)
       except imageio.ImageDecodeError as e:
         with self._lock:
           if i not in self._failed:

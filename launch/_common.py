@@ -7,7 +7,17 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # clu's writer imports TensorFlow.
 
+import logging  # noqa: E402
+
 import ml_collections  # noqa: E402
+
+
+def setup_logging() -> None:
+  """Our own INFO lines (lowlight_jax, data_pipelines); libraries (Orbax, grain, jax) at WARNING."""
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  for name in ("lowlight_jax", "data_pipelines", "launch"):
+    logging.getLogger(name).setLevel(logging.INFO)
 
 CONFIG_FILE = "config.json"
 

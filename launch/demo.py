@@ -32,7 +32,7 @@ def main(argv):
   from lowlight_jax.train import evaluation
   from lowlight_jax.train import trainer
 
-  logging.set_verbosity(logging.INFO)
+  _common.setup_logging()
   workdir = _WORKDIR.value
   config = sgz_config.get_config(_ARG.value)
   _common.save_run_config(config, workdir)

@@ -49,7 +49,7 @@ def maybe_initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
+  _common.setup_logging()
   maybe_initialize_distributed()
   import jax
   if jax.process_index() == 0:

@@ -21,7 +21,6 @@ import ml_collections
 from lowlight_jax.losses import semantic as semantic_losses
 from lowlight_jax.losses import zero_reference as zr
 from lowlight_jax.methods import base
-from lowlight_jax.models import fpn as fpn_lib
 from lowlight_jax.models import sgz as sgz_model
 
 PyTree = Any
@@ -38,6 +37,7 @@ class Method(base.BaseMethod):
     self.efe = sgz_model.EnhancementFactorExtractor(features=m.channels)
     self.use_uss = bool(config.loss_weights.semantic) and config.uss.enabled
     if self.use_uss:
+      from lowlight_jax.models import fpn as fpn_lib
       self.uss = fpn_lib.USS(num_classes=config.uss.num_classes, depths=tuple(config.uss.depths),
                              bn_use_batch_stats=config.uss.bn_use_batch_stats)
 

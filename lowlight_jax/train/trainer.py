@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from absl import logging
+import logging
 from clu import metric_writers
 from clu import metrics as clu_metrics
 from clu import parameter_overview
@@ -36,6 +36,7 @@ from lowlight_jax.train import sharding as sharding_lib
 from lowlight_jax.train.state import TrainState
 
 PyTree = Any
+logging = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -302,11 +303,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         dt = time.time() - t0
         scalars["train/steps_per_sec"] = steps_since / max(dt, 1e-9)
         writer.write_scalars(step, scalars)
+        logging.info("step %d/%d  %s", step, total,
+                     "  ".join(f"{k[6:]}={v:.4g}" for k, v in scalars.items()))
         last_scalars = scalars
         acc, t0, steps_since = None, time.time(), 0
       if config.eval.every and (step % config.eval.every == 0 or step == total) and eval_set:
         means, records = evaluation.evaluate(enhance_for(state, setup.frozen), eval_set)
         _write_eval(writer, step, means, records, method, config.eval.get("max_images", 3))
+        logging.info("eval at step %d  %s", step, "  ".join(f"{k}={v:.4f}" for k, v in means.items()))
         final_eval = means
       if step % config.checkpoint_every == 0 or step == total:
         if pending is not None:
@@ -314,7 +318,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           pending = None
         checkpointer.save(step, state, data_iter)
         last_saved = step
-  last_scalars: dict[str, float] = {}
       if preemption.should_stop(checkpointer, step):
         if pending is not None:
           _check_finite(*pending)

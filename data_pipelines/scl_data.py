@@ -1,0 +1,435 @@
+"""SCL-LLE training data: labelled low-light inputs plus unpaired positive and negative pools.
+
+Paper: Liang et al., "Semantically Contrastive Learning for Low-Light Image Enhancement", AAAI 2022.
+Reference code: LingLIx/SCL-LLE (commit 408d89a) `train.py`: Cityscapes fine-labelled training images
+(random 384 crop, horizontal flip) with their train-id labels; every iteration `random.sample`s 2 positives
+from `Contrast/GT/` (SICE Part1 normal exposures) and 2 negatives from `Contrast/low/` (one under- and one
+over-exposed image per SICE scene), each resized to 384x384 (Lanczos); positives and negatives are unpaired
+with the input and with each other.
+
+Element of `SCLSource` (numpy only; grain workers must not import jax):
+  'low'    HxWx3 float32 in [0, 1], the (optionally gamma-darkened) input;
+  'labels' HxW int32 class ids (Cityscapes train ids 0..18, 255 = unlabelled);
+  'pos'    (num_pos, S, S, 3) normal-light images of OTHER scenes, S = pool_size;
+  'neg'    (num_neg, S, S, 3) under/over-exposed images of other scenes.
+Everything about element `index` (which input, its darkening gamma, which pool images) is drawn from a
+generator seeded by (seed, index), so it is deterministic; the source has `pairings` virtual copies of the
+input list, each drawing fresh pool images and gammas, so a run sees new (input, positive, negative) triplets
+instead of the same ones every epoch. Crops and flips come later from the sampler's (seed, epoch, record)
+generator (`transforms.RandomCrop` / `RandomFlip` on 'low' and 'labels' together).
+
+Inputs (`data.inputs`):
+  'cityscapes': `root/leftImg8bit/<split>/<city>/*_leftImg8bit.png` with
+    `root/gtFine/<split>/<city>/*_gtFine_labelTrainIds.png` (cityscapesScripts `createTrainIdLabelImgs`), or,
+    when absent, `*_gtFine_labelIds.png` mapped to train ids here (as VainF's `Cityscapes.encode_target`).
+    Pools: `data.positives_dir`, `data.negatives_dir` (flat image folders, e.g. the released `Contrast/GT`,
+    `Contrast/low`).
+  'embedded' (default; needs no files): a STAND-IN for the real data, so every config trains out of the box.
+    Inputs are the embedded training photographs (`embedded.EMBEDDED_TRAIN`); their "labels" are NOT semantic
+    classes but an unsupervised segmentation (SLIC superpixels grouped by k-means on mean Lab colour into
+    `data.pseudo_classes` regions, computed once per photo), which is enough to exercise the per-class
+    brightness term; positives are OTHER training photos as they are (normal exposure) and negatives are
+    synthetic exposures of yet other photos (half under-exposed by 1.5-3 stops, half over-exposed by 1.5-3
+    stops, in linear light). Negatives use photos distinct from the positives whenever enough photos exist.
+
+Darkening: `low = image ** gamma`, gamma ~ U[darken_gamma] per element (the paper's "standard positive gamma
+transformation", also used by its Table 4 protocol). The released Cityscapes loader is not published; the paper
+only says the brightness was adjusted, so the range is our choice (config).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import pathlib
+import zlib
+from typing import Any, Iterator, Sequence
+
+import grain
+import ml_collections
+import numpy as np
+
+from data_pipelines import degrade as degrade_lib
+from data_pipelines import embedded
+from data_pipelines import imageio
+from data_pipelines import samplers
+from data_pipelines import transforms
+
+log = logging.getLogger(__name__)
+
+INPUTS = ('embedded', 'cityscapes')
+IGNORE_INDEX = 255
+
+# Cityscapes label id -> train id (cityscapesScripts `labels.py`; ids without a train id -> 255).
+_CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                         25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+CITYSCAPES_ID_TO_TRAIN_ID = np.full(256, IGNORE_INDEX, np.uint8)
+for _id, _train_id in _CITYSCAPES_TRAIN_IDS.items():
+  CITYSCAPES_ID_TO_TRAIN_ID[_id] = _train_id
+
+
+def default_scl_data_config() -> ml_collections.ConfigDict:
+  """The `config.data` section of SCL-LLE (`source='scl'` tells `data_pipelines.pipeline` to come here).
+
+  Fields:
+    source: 'scl'.
+    inputs: 'embedded' (stand-in, see module docstring) or 'cityscapes'.
+    root: Cityscapes root (with `leftImg8bit/` and `gtFine/`); `split` / `eval_split` its splits.
+    positives_dir, negatives_dir: pool folders for 'cityscapes' inputs.
+    num_pos, num_neg: pool images per element (2 and 2 as released).
+    pool_size: pool images are resized (Lanczos, ignoring aspect) to pool_size x pool_size; must equal `crop`
+      (the appearance distance compares pixels).
+    crop: random crop of the input and its labels; hflip: random horizontal flip of both.
+    darken_gamma: (lo, hi) of the input darkening gamma; (1, 1) disables it.
+    eval_gamma: fixed darkening gamma of the Cityscapes evaluation images.
+    eval_max_images: how many Cityscapes evaluation images the trainer's eval set holds (read into memory).
+    pairings: virtual copies of the input list, each with fresh pool draws (see module docstring).
+    pseudo_classes: number of stand-in classes of the embedded inputs.
+    worker_count, worker_buffer_size, read_threads, read_buffer_size, max_pixels: as in
+      `data_pipelines.pipeline.default_data_config`.
+  """
+  c = ml_collections.ConfigDict()
+  c.source = 'scl'
+  c.inputs = 'embedded'
+  c.root = ml_collections.config_dict.placeholder(str)
+  c.split = 'train'
+  c.eval_split = 'val'
+  c.positives_dir = ml_collections.config_dict.placeholder(str)
+  c.negatives_dir = ml_collections.config_dict.placeholder(str)
+  c.num_pos = 2
+  c.num_neg = 2
+  c.pool_size = 384
+  c.crop = 384
+  c.resize = 0  # Unused (the trainer reads `crop` for its example batch); kept for config compatibility.
+  c.hflip = True
+  c.darken_gamma = (1.5, 5.0)
+  c.eval_gamma = 4.0
+  c.eval_max_images = 8
+  c.pairings = 64
+  c.pseudo_classes = 6
+  c.worker_count = 0
+  c.worker_buffer_size = 2
+  c.read_threads = 4
+  c.read_buffer_size = 16
+  c.max_pixels = imageio.DEFAULT_MAX_PIXELS
+  return c
+
+
+def darken(image: np.ndarray, gamma: float) -> np.ndarray:
+  """Gamma darkening `image ** gamma` (gamma >= 1 darkens), float32."""
+  return np.power(np.clip(image, 0.0, 1.0), np.float32(gamma)).astype(np.float32)
+
+
+def expose(image: np.ndarray, stops: float) -> np.ndarray:
+  """A synthetic exposure change of an sRGB image by `stops` (negative = under), in linear light, clipped."""
+  linear = degrade_lib.srgb_to_linear(np.clip(image, 0.0, 1.0)) * (2.0 ** stops)
+  return degrade_lib.linear_to_srgb(np.clip(linear, 0.0, 1.0)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stand-in labels for the embedded photos.
+
+
+def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator, iters: int = 25) -> np.ndarray:
+  """Plain k-means (k-means++ seeding); returns the cluster of every point, clusters sorted by first feature."""
+  k = min(k, len(points))
+  centres = [points[rng.integers(len(points))]]
+  for _ in range(1, k):
+    d2 = np.min(((points[:, None] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
+    p = d2 / d2.sum() if d2.sum() > 0 else None
+    centres.append(points[rng.choice(len(points), p=p)])
+  centres = np.asarray(centres)
+  for _ in range(iters):
+    assign = np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+    new = np.array([points[assign == j].mean(0) if np.any(assign == j) else centres[j] for j in range(k)])
+    if np.allclose(new, centres):
+      break
+    centres = new
+  # Deterministic class ids: order clusters by lightness (first feature).
+  order = np.argsort(np.argsort(centres[:, 0]))
+  return order[assign]
+
+
+def pseudo_labels(image: np.ndarray, num_classes: int = 6, *, seed: int = 0, max_side: int = 256,
+                  n_segments: int = 150) -> np.ndarray:
+  """Stand-in class map: SLIC superpixels grouped into `num_classes` regions by k-means on mean Lab colour.
+
+  Computed on a copy downscaled to at most `max_side` pixels, then upsampled (nearest) to the image size.
+  Class ids are ordered by region lightness; they carry no semantics across photos.
+  """
+  from skimage import color, segmentation  # pylint: disable=g-import-not-at-top
+
+  h, w = image.shape[:2]
+  scale = min(1.0, max_side / max(h, w))
+  small = transforms.resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))), 'area')
+  sp = segmentation.slic(small, n_segments=n_segments, compactness=10, start_label=0)
+  lab = color.rgb2lab(small)
+  n_sp = sp.max() + 1
+  counts = np.bincount(sp.ravel(), minlength=n_sp).astype(np.float64)
+  feats = np.stack([np.bincount(sp.ravel(), lab[..., c].ravel(), n_sp) for c in range(3)], -1)
+  feats = feats / np.maximum(counts, 1)[:, None]
+  present = counts > 0
+  cluster = np.zeros(n_sp, np.int32)
+  cluster[present] = _kmeans(feats[present], num_classes, np.random.default_rng(seed))
+  small_labels = cluster[sp]
+  rows = np.minimum((np.arange(h) * small_labels.shape[0]) // h, small_labels.shape[0] - 1)
+  cols = np.minimum((np.arange(w) * small_labels.shape[1]) // w, small_labels.shape[1] - 1)
+  return small_labels[rows][:, cols].astype(np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _embedded_labels(name: str, num_classes: int) -> np.ndarray:
+  labels = pseudo_labels(embedded.load_photo(name), num_classes, seed=zlib.crc32(name.encode()))
+  labels.setflags(write=False)
+  return labels
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cityscapes layout.
+
+
+def list_cityscapes(root: str | os.PathLike, split: str = 'train',
+                    cities: Sequence[str] | None = None) -> list[tuple[pathlib.Path, pathlib.Path, bool]]:
+  """(image, label, label_is_train_ids) triples of a Cityscapes-layout folder, sorted.
+
+  Raises:
+    FileNotFoundError: no `leftImg8bit/<split>` folder or no image with a label file.
+  """
+  root = pathlib.Path(root)
+  image_root = root / 'leftImg8bit' / split
+  if not image_root.is_dir():
+    raise FileNotFoundError(f'no Cityscapes images at {os.fspath(image_root)!r}')
+  out = []
+  for image in sorted(image_root.glob('*/*_leftImg8bit.png')):
+    city = image.parent.name
+    if cities is not None and city not in cities:
+      continue
+    stem = image.name[:-len('_leftImg8bit.png')]
+    gt = root / 'gtFine' / split / city
+    train_ids, ids = gt / f'{stem}_gtFine_labelTrainIds.png', gt / f'{stem}_gtFine_labelIds.png'
+    if train_ids.is_file():
+      out.append((image, train_ids, True))
+    elif ids.is_file():
+      out.append((image, ids, False))
+    else:
+      log.warning('list_cityscapes: no label file for %s; skipped', image)
+  if not out:
+    raise FileNotFoundError(f'no labelled images under {os.fspath(image_root)!r}')
+  return out
+
+
+def read_labels(path: str | os.PathLike, train_ids: bool) -> np.ndarray:
+  """A label PNG as HxW int32 train ids (label ids are mapped; unknown ids -> 255)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  with Image.open(path) as im:
+    labels = np.asarray(im)
+  if labels.ndim != 2:
+    raise ValueError(f'{path}: expected a single-channel label image, got shape {labels.shape}')
+  if not train_ids:
+    labels = CITYSCAPES_ID_TO_TRAIN_ID[labels.astype(np.uint8)]
+  return labels.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The source.
+
+
+def _rng(seed: int, index: int) -> np.random.Generator:
+  return np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, index])))
+
+
+class SCLSource(grain.sources.RandomAccessDataSource):
+  """{'low', 'labels', 'pos', 'neg'} elements, deterministic per index (see module docstring).
+
+  Attributes:
+    inputs: 'embedded' or 'cityscapes'.
+    num_inputs: labelled input images; `len(source) == num_inputs * pairings`.
+  """
+
+  def __init__(self, inputs: str = 'embedded', *, root: str | None = None, split: str = 'train',
+               positives_dir: str | None = None, negatives_dir: str | None = None, num_pos: int = 2,
+               num_neg: int = 2, pool_size: int = 384, darken_gamma: Sequence[float] = (1.5, 5.0),
+               pairings: int = 1, pseudo_classes: int = 6, seed: int = 0,
+               max_pixels: int = imageio.DEFAULT_MAX_PIXELS):
+    if inputs not in INPUTS:
+      raise ValueError(f'inputs must be one of {INPUTS}, got {inputs!r}')
+    lo, hi = (float(g) for g in darken_gamma)
+    if not 0 < lo <= hi:
+      raise ValueError(f'darken_gamma must satisfy 0 < lo <= hi, got {(lo, hi)}')
+    if num_pos < 1 or num_neg < 1 or pairings < 1 or pool_size < 1:
+      raise ValueError('num_pos, num_neg, pairings and pool_size must be positive')
+    self.inputs = inputs
+    self.num_pos, self.num_neg, self.pool_size = int(num_pos), int(num_neg), int(pool_size)
+    self.darken_gamma = (lo, hi)
+    self.pairings, self.pseudo_classes, self.seed = int(pairings), int(pseudo_classes), int(seed)
+    self.max_pixels = max_pixels
+    if inputs == 'embedded':
+      self.names = embedded.split_names('train' if split == 'train' else 'test')
+      if len(self.names) < 2:
+        raise ValueError('the embedded stand-in needs at least two photos')
+      self._records: list[Any] = list(self.names)
+      self.positives: list[pathlib.Path] = []
+      self.negatives: list[pathlib.Path] = []
+    else:
+      if not root:
+        raise ValueError("data.root must be set for inputs='cityscapes'")
+      if not positives_dir or not negatives_dir:
+        raise ValueError("data.positives_dir and data.negatives_dir must be set for inputs='cityscapes'")
+      self._records = list_cityscapes(root, split)
+      self.positives = imageio.list_images(positives_dir)
+      self.negatives = imageio.list_images(negatives_dir)
+      for kind, pool, n in (('positives', self.positives, num_pos), ('negatives', self.negatives, num_neg)):
+        if len(pool) < n:
+          raise ValueError(f'{kind} pool has {len(pool)} images, fewer than the {n} drawn per element')
+    self.num_inputs = len(self._records)
+
+  def __len__(self) -> int:
+    return self.num_inputs * self.pairings
+
+  def __repr__(self) -> str:
+    # grain compares reprs when restoring a checkpointed iterator: construction arguments and file lists only.
+    files = '|'.join(str(r) for r in self._records + self.positives + self.negatives)
+    return (f'SCLSource(inputs={self.inputs!r}, n={self.num_inputs}, pos={len(self.positives)}, '
+            f'neg={len(self.negatives)}, files_crc={zlib.crc32(files.encode()):08x}, num_pos={self.num_pos}, '
+            f'num_neg={self.num_neg}, pool_size={self.pool_size}, darken_gamma={self.darken_gamma}, '
+            f'pairings={self.pairings}, pseudo_classes={self.pseudo_classes}, seed={self.seed})')
+
+  def _pool_image(self, image: np.ndarray) -> np.ndarray:
+    return transforms.resize_image(image, (self.pool_size, self.pool_size), 'lanczos')
+
+  def _read(self, path: pathlib.Path) -> np.ndarray:
+    return imageio.read_image(path, max_pixels=self.max_pixels)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f'index {index} out of range for {len(self)} records')
+    rng = _rng(self.seed, index)
+    i = index % self.num_inputs
+    # Fixed draw order: gamma, then pool indices.
+    gamma = float(rng.uniform(*self.darken_gamma))
+    if self.inputs == 'embedded':
+      name = self.names[i]
+      image = embedded.load_photo(name)
+      labels = np.array(_embedded_labels(name, self.pseudo_classes))
+      others = [n for n in self.names if n != name]
+      order = [others[j] for j in rng.permutation(len(others))]
+      need = self.num_pos + self.num_neg
+      if len(order) < need:  # Too few photos to keep every pool image distinct: reuse some.
+        order += [others[j] for j in rng.integers(0, len(others), need - len(order))]
+      pos_names, neg_names = order[:self.num_pos], order[self.num_pos:need]
+      stops = rng.uniform(1.5, 3.0, size=self.num_neg)
+      signs = np.where(np.arange(self.num_neg) % 2 == 0, -1.0, 1.0)  # under, over, under, ...
+      pos = [self._pool_image(embedded.load_photo(n)) for n in pos_names]
+      neg = [self._pool_image(expose(embedded.load_photo(n), s * st))
+             for n, s, st in zip(neg_names, signs, stops)]
+    else:
+      image_path, label_path, train_ids = self._records[i]
+      image = self._read(image_path)
+      labels = read_labels(label_path, train_ids)
+      if labels.shape != image.shape[:2]:
+        raise ValueError(f'{label_path}: label size {labels.shape} != image size {image.shape[:2]}')
+      pos_idx = rng.choice(len(self.positives), self.num_pos, replace=False)
+      neg_idx = rng.choice(len(self.negatives), self.num_neg, replace=False)
+      pos = [self._pool_image(self._read(self.positives[j])) for j in pos_idx]
+      neg = [self._pool_image(self._read(self.negatives[j])) for j in neg_idx]
+    return {
+        'low': darken(image, gamma),
+        'labels': labels.astype(np.int32),
+        'pos': np.stack(pos).astype(np.float32),
+        'neg': np.stack(neg).astype(np.float32),
+    }
+
+
+def make_source(data_cfg: ml_collections.ConfigDict, *, seed: int = 0) -> SCLSource:
+  """The training source described by `data_cfg` (see `default_scl_data_config`)."""
+  if data_cfg.crop and data_cfg.pool_size != data_cfg.crop:
+    raise ValueError(f'data.pool_size ({data_cfg.pool_size}) must equal data.crop ({data_cfg.crop}): the '
+                     'appearance triplet compares the enhanced crop with the pool images pixel by pixel')
+  return SCLSource(data_cfg.inputs, root=data_cfg.root, split=data_cfg.split,
+                   positives_dir=data_cfg.positives_dir, negatives_dir=data_cfg.negatives_dir,
+                   num_pos=data_cfg.num_pos, num_neg=data_cfg.num_neg, pool_size=data_cfg.pool_size,
+                   darken_gamma=tuple(data_cfg.darken_gamma), pairings=data_cfg.pairings,
+                   pseudo_classes=data_cfg.pseudo_classes, seed=seed, max_pixels=data_cfg.max_pixels)
+
+
+def make_train_transforms(data_cfg: ml_collections.ConfigDict) -> list[Any]:
+  """Crop and flip 'low' and 'labels' together (the pool images are already at pool_size)."""
+  if not data_cfg.crop:
+    raise ValueError('data.crop must be > 0: batching needs one image size')
+  keys = ('low', 'labels')
+  ops: list[Any] = [transforms.RandomCrop(size=data_cfg.crop, keys=keys)]
+  if data_cfg.hflip:
+    ops.append(transforms.RandomFlip(keys=keys, horizontal=True, vertical=False))
+  return ops
+
+
+def make_train_loader(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int,
+                      shard_index: int | None = None, shard_count: int | None = None) -> grain.DataLoader:
+  """Infinite, shuffled, sharded grain DataLoader of SCL-LLE batches (same contract as the pipeline's).
+
+  Batches: {'low': (B, crop, crop, 3), 'labels': (B, crop, crop) int32, 'pos': (B, num_pos, S, S, 3),
+  'neg': (B, num_neg, S, S, 3)}.
+  """
+  if batch_size <= 0:
+    raise ValueError(f'batch_size must be positive, got {batch_size}')
+  if (shard_index is None) != (shard_count is None):
+    raise ValueError('pass both shard_index and shard_count, or neither')
+  if shard_index is None:
+    shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=False)
+  else:
+    shard_options = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count,
+                                                drop_remainder=False)
+  source = make_source(data_cfg, seed=seed)
+  operations = make_train_transforms(data_cfg)
+  operations.append(grain.transforms.Batch(batch_size=batch_size, drop_remainder=True))
+  return grain.DataLoader(
+      data_source=source,
+      sampler=samplers.EpochSeededSampler(len(source), shard_options, seed),
+      operations=operations,
+      worker_count=data_cfg.worker_count,
+      worker_buffer_size=data_cfg.worker_buffer_size,
+      shard_options=shard_options,
+      read_options=grain.ReadOptions(num_threads=data_cfg.read_threads,
+                                     prefetch_buffer_size=data_cfg.read_buffer_size),
+  )
+
+
+def labelled_set(data_cfg: ml_collections.ConfigDict, split: str | None = None,
+                 cities: Sequence[str] | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
+  """Full-resolution labelled images {'name', 'image', 'labels'} (normal light, not darkened), lazily.
+
+  'cityscapes': `split` (default `data.eval_split`) of `data.root`, optionally only `cities` (the paper's
+  Table 4 uses frankfurt, lindau, munster of val); images are read one at a time. 'embedded': the test photos
+  with stand-in labels. `limit` caps the number of images.
+  """
+  if data_cfg.inputs == 'embedded':
+    names = embedded.split_names('test')[:limit]
+    for n in names:
+      yield {'name': n, 'image': embedded.load_photo(n),
+             'labels': np.array(_embedded_labels(n, data_cfg.pseudo_classes))}
+    return
+  records = list_cityscapes(data_cfg.root, split or data_cfg.eval_split, cities)[:limit]
+  for image, label, train_ids in records:
+    yield {'name': image.name[:-len('_leftImg8bit.png')], 'image': imageio.read_image(image),
+           'labels': read_labels(label, train_ids)}
+
+
+def make_eval_set(data_cfg: ml_collections.ConfigDict, split: str = 'test') -> list[dict[str, Any]]:
+  """Evaluation images [{'name', 'low', 'high'}] for the trainer.
+
+  'embedded': the common embedded evaluation set (`pipeline.make_eval_set` of source 'embedded'), so numbers
+  compare across methods. 'cityscapes': the first `eval_max_images` images of `eval_split` darkened with the
+  fixed `eval_gamma`, 'high' being the original image.
+  """
+  if data_cfg.inputs == 'embedded':
+    from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
+
+    cfg = pipeline.default_data_config()
+    cfg.source = 'embedded'
+    return pipeline.make_eval_set(cfg, split=split)
+  split_name = data_cfg.eval_split if split == 'test' else data_cfg.split
+  return [{'name': e['name'], 'low': darken(e['image'], data_cfg.eval_gamma), 'high': e['image']}
+          for e in labelled_set(data_cfg, split_name, limit=data_cfg.eval_max_images)]

@@ -1,0 +1,675 @@
+"""Procedural fixed-camera traffic videos by day and by night: the embedded default for video data.
+
+DMGNIE (Daytime-Memory Guided Nighttime Image Enhancement; seed `000_f6de8f8b0015d52c`) trains on long
+videos from fixed road-intersection cameras: SegBMN learns the static background of a camera from K of
+its daytime frames, and the night frames of the same camera are enhanced with that background as a
+guide. The authors' LQ-TLL videos are private and nothing can be downloaded, so this module renders
+stand-in footage with exactly the properties those models rely on, plus the ground truth real footage
+never has:
+
+  * a fixed camera: a textured static background (sky, buildings with windows, trees, two sidewalks
+    with street lamps, a four-lane road with lane marks and a centre line);
+  * moving foreground: vehicles (two lanes each way, car-following so they never overlap) and
+    pedestrians on both sidewalks, arriving as Poisson processes;
+  * day: bright, slightly warm light, a little sensor noise;
+  * night: low bluish ambient light, warm pools under the street lamps, lit windows, headlight beams
+    on the road ahead of each vehicle, headlight glare (saturating), red tail lights, and strong
+    signal-dependent sensor noise (the Poisson-Gaussian model of `degrade.py`, at night-time gain);
+  * ground truth per video: the static background under the video's own lighting (PNG, noise-free)
+    and a foreground mask for every frame (1 = vehicle/pedestrian pixel).
+
+Rendering happens in linear light and is tone-mapped with a 1/2.2 power; no deep learning, no assets.
+Everything is streamed: each frame is rendered, encoded and forgotten, so videos of any length cost
+constant memory. The same (seed, camera) gives the same scene by day and by night; traffic differs.
+
+Outputs of `write_video` (stem `cam{camera:02d}_{YYYYMMDD}T{HHMMSS}`; the wall-clock timestamp in the
+name is what `video.py` uses for its day/night split, and it is also stored as the MP4's
+`creation_time`):
+
+  {stem}.mp4             H.264 (libx264; MPEG-4 Part 2 if the build lacks it), yuv420p, a keyframe
+                         every `keyframe_seconds`, constant frame rate.
+  {stem}_background.png  the static background as rendered under this video's lighting.
+  {stem}_masks.npz       foreground masks, chunked packed bits (see `MaskWriter` / `read_masks`).
+
+Day videos start at 12:00:00 and night videos at 22:00:00 local time on 2024-06-01 (plus one minute
+per camera, so names never collide).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import fractions
+import io
+import json
+import logging
+import os
+import pathlib
+import tempfile
+import zipfile
+from typing import Iterator, Sequence
+
+import av
+import numpy as np
+from PIL import Image
+
+from data_pipelines import imageio
+
+log = logging.getLogger(__name__)
+
+DAY_START = datetime.datetime(2024, 6, 1, 12, 0, 0)
+NIGHT_START = datetime.datetime(2024, 6, 1, 22, 0, 0)
+TIMESTAMP_FORMAT = '%Y%m%dT%H%M%S'
+MASK_CHUNK = 256  # Frames per member of the mask archive: random access decompresses one chunk.
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SceneConfig:
+  """What to render. Sizes are pixels; rates are events per second.
+
+  Attributes:
+    width, height: frame size; both even (yuv420p chroma subsampling).
+    fps: frame rate.
+    night: render the night version of the scene.
+    vehicle_rate: mean vehicle arrivals per second per lane (4 lanes).
+    pedestrian_rate: mean pedestrian arrivals per second per sidewalk direction (4 streams).
+    day_noise, night_noise: (a, b) of the Poisson-Gaussian sensor noise in linear light, variance
+      a * x + b (night: the gain of a camera exposing for a dark scene).
+    ambient_night: linear ambient light level at night (moonlight + sky glow), bluish.
+  """
+
+  width: int = 640
+  height: int = 360
+  fps: float = 25.0
+  night: bool = False
+  vehicle_rate: float = 0.25
+  pedestrian_rate: float = 0.08
+  day_noise: tuple[float, float] = (2e-4, 1e-6)
+  night_noise: tuple[float, float] = (4e-3, 4e-5)
+  ambient_night: float = 0.012
+
+  def __post_init__(self):
+    if self.width < 16 or self.height < 16 or self.width % 2 or self.height % 2:
+      raise ValueError(f'width and height must be even and >= 16, got {self.width}x{self.height}')
+    if not self.fps > 0:
+      raise ValueError(f'fps must be positive, got {self.fps}')
+
+
+# ---------------------------------------------------------------------------------------------
+# Static scene.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Layout:
+  """Rows of the scene bands (pixels) and the static maps of one camera."""
+
+  albedo: np.ndarray  # HxWx3 linear reflectance of the background.
+  emissive_night: np.ndarray  # HxWx3 light emitted at night (lit windows, lamp heads).
+  lamp_light: np.ndarray  # HxWx1 light from street lamps (night), before the lamp colour.
+  lanes: list[tuple[int, int]]  # (top, bottom) rows of each lane; lanes 0-1 go left, 2-3 right.
+  sidewalks: list[tuple[int, int]]  # (top, bottom) rows of the upper and lower sidewalk.
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+  """Value noise in [0, 1]: a coarse random grid upsampled bilinearly (cheap texture)."""
+  gh, gw = max(2, h * cells // max(h, w) + 2), max(2, w * cells // max(h, w) + 2)
+  grid = rng.random((gh, gw)).astype(np.float32)
+  return np.asarray(Image.fromarray(grid).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def _build_layout(width: int, height: int, rng: np.random.Generator) -> _Layout:
+  """Renders the static background of one camera (its geometry and textures come from `rng`)."""
+  h, w = height, width
+  albedo = np.zeros((h, w, 3), np.float32)
+  emissive = np.zeros((h, w, 3), np.float32)
+  rows = lambda f: int(round(f * h))
+  sky_end, bld_base, walk_top, road_top, road_bot = rows(.22), rows(.42), rows(.42), rows(.50), rows(.88)
+
+  # Sky: pale blue gradient (it reflects nothing, but the daylight multiplies it like the rest).
+  t = np.linspace(0, 1, max(bld_base, 1), dtype=np.float32)[:, None, None]
+  albedo[:bld_base] = (1 - t) * np.array([.45, .6, .85], np.float32) + t * np.array([.7, .78, .85])
+
+  # Buildings: a row of blocks with window grids (lit at night at random).
+  x = 0
+  while x < w:
+    bw = int(rng.integers(max(3, w // 12), max(4, w // 5)))
+    top = rows(rng.uniform(.04, .30))
+    colour = rng.uniform(.2, .55) * np.array(rng.choice([[1, .95, .9], [.9, .9, .95], [1, .85, .7]]))
+    tex = .85 + .3 * _smooth_noise(rng, bld_base - top, min(bw, w - x), 6)[..., None]
+    albedo[top:bld_base, x:x + bw] = colour * tex
+    step_y, step_x = max(2, h // 30), max(2, w // 60)
+    win_h, win_w = max(1, step_y // 2), max(1, step_x // 2)
+    for wy in range(top + step_y // 2, bld_base - step_y, step_y):
+      for wx in range(x + step_x // 2, min(x + bw, w) - win_w, step_x):
+        albedo[wy:wy + win_h, wx:wx + win_w] = (.08, .1, .13)
+        if rng.random() < .3:
+          emissive[wy:wy + win_h, wx:wx + win_w] = rng.uniform(.25, .6) * np.array([1, .8, .5])
+    x += bw + int(rng.integers(0, max(1, w // 40)))
+
+  # Trees in front of the buildings: textured green discs on brown trunks.
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+  for _ in range(int(rng.integers(3, 7))):
+    cx, cy, r = rng.uniform(0, w), rng.uniform(.30, .38) * h, rng.uniform(.035, .07) * h + 1
+    tw = max(1, int(r / 4))
+    albedo[int(cy):bld_base, int(cx) - tw // 2:int(cx) + tw - tw // 2] = (.18, .11, .06)
+    disc = (xx - cx) ** 2 + ((yy - cy) * 1.2) ** 2 < r * r
+    leaves = (.3 + .7 * _smooth_noise(rng, h, w, 24))[..., None] * np.array([.06, .2, .05])
+    albedo[disc] = leaves[disc]
+
+  # Sidewalks: light grey tiles; road: dark asphalt with grain.
+  lanes = []
+  walks = [(walk_top, road_top), (road_bot, h)]
+  for top, bot in walks:
+    tile = .3 + .05 * (((xx[top:bot] // max(2, w // 80)) % 2) * 2 - 1)[..., None]
+    albedo[top:bot] = tile * np.array([1, 1, .97], np.float32)
+  asphalt = .08 + .04 * _smooth_noise(rng, road_bot - road_top, w, 40)
+  grain = rng.normal(0, .01, (road_bot - road_top, w)).astype(np.float32)
+  albedo[road_top:road_bot] = (asphalt + grain)[..., None] * np.array([1, 1, 1.03], np.float32)
+  lane_h = (road_bot - road_top) / 4
+  for i in range(4):
+    lanes.append((road_top + int(round(i * lane_h)), road_top + int(round((i + 1) * lane_h))))
+  # Lane marks: dashed white between same-direction lanes, solid yellow in the middle.
+  dash = (xx[0] // max(2, w // 32)) % 2 == 0
+  mark_h = max(1, h // 180)
+  for i in (1, 3):
+    y = lanes[i][0]
+    albedo[y:y + mark_h, dash] = .75
+  y = lanes[2][0] - mark_h // 2
+  albedo[y:y + mark_h + (h >= 360)] = (.7, .55, .1)
+
+  # Street lamps along the upper sidewalk: poles, heads that glow at night, light pools.
+  lamp_light = np.zeros((h, w), np.float32)
+  n_lamps = 4
+  pole_w = max(1, w // 320)
+  head_y = rows(.24)
+  for i in range(n_lamps):
+    lx = int((i + .5) * w / n_lamps + rng.uniform(-.05, .05) * w)
+    albedo[head_y:road_top, lx:lx + pole_w] = .15
+    hw = max(1, w // 120)
+    albedo[head_y:head_y + max(1, h // 90), lx - hw:lx + hw] = .3
+    emissive[head_y:head_y + max(1, h // 90), lx - hw:lx + hw] = (3.0, 2.4, 1.5)
+    # Pool of light: a broad ellipse on the ground (sidewalk and road) centred under the lamp.
+    cy = (walk_top + road_bot) / 2 - .1 * h
+    pool = .5 * np.exp(-(((xx - lx) / (.11 * w)) ** 2 + ((yy - cy) / (.25 * h)) ** 2))
+    pool[:walk_top] *= .25  # Facades behind the lamp catch a little of it.
+    lamp_light += pool
+    # Soft halo around the lamp head (scattering in the air).
+    lamp_light += .3 * np.exp(-(((xx - lx) / (.03 * w)) ** 2 + ((yy - head_y) / (.05 * h)) ** 2))
+  return _Layout(albedo=np.clip(albedo, 0, 1), emissive_night=emissive,
+                 lamp_light=lamp_light[..., None], lanes=lanes, sidewalks=walks)
+
+
+_DAYLIGHT = np.array([1.0, .98, .93], np.float32)
+_LAMP_COLOUR = np.array([1.0, .72, .42], np.float32)
+_AMBIENT_COLOUR = np.array([.75, .85, 1.0], np.float32)
+_HEADLIGHT_COLOUR = np.array([1.0, .95, .85], np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Moving objects.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Object:
+  x: float  # Left edge (pixels, may be off-screen).
+  y: int  # Top row.
+  speed: float  # Pixels per frame, signed.
+  albedo: np.ndarray  # hxwx3.
+  alpha: np.ndarray  # hxw in [0, 1].
+  vehicle: bool
+  lane: int  # Vehicle lane or pedestrian stream.
+
+  @property
+  def width(self) -> int:
+    return self.alpha.shape[1]
+
+
+def _vehicle_sprite(rng: np.random.Generator, lane_h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+  """A side view: body, darker window band, wheels; trucks are longer and taller."""
+  truck = rng.random() < .15
+  length = max(4, int(rng.uniform(.16, .22) * w if truck else rng.uniform(.07, .12) * w))
+  height = max(2, int(lane_h * (rng.uniform(.75, .85) if truck else rng.uniform(.55, .7))))
+  colours = [[.8, .8, .8], [.05, .05, .05], [.6, .05, .04], [.1, .2, .5], [.5, .5, .52], [.8, .7, .1],
+             [.3, .35, .3]]
+  body = np.array(colours[int(rng.integers(len(colours)))], np.float32) * rng.uniform(.85, 1.1)
+  albedo = np.broadcast_to(body, (height, length, 3)).copy()
+  alpha = np.ones((height, length), np.float32)
+  if height >= 3:
+    top_h = max(1, height * 2 // 5)
+    if truck:
+      albedo[:top_h, int(length * .8):] = (.06, .08, .1)  # Cab window.
+    else:
+      albedo[:top_h, int(length * .22):int(length * .78)] = (.06, .08, .1)
+      alpha[:top_h, :int(length * .15)] = 0  # Sloped bonnet and boot.
+      alpha[:top_h, int(length * .85):] = 0
+    wheel = max(1, height // 3)
+    for cx in (int(length * .2), int(length * .8)):
+      albedo[-wheel:, max(0, cx - wheel // 2):cx + wheel // 2 + 1] = .03
+  return np.clip(albedo, 0, 1), alpha
+
+
+def _pedestrian_sprite(rng: np.random.Generator, walk_h: int) -> tuple[np.ndarray, np.ndarray]:
+  """Head, shirt and trousers in a narrow column."""
+  height = max(3, int(walk_h * rng.uniform(.8, 1.0)))
+  width = max(1, int(round(height * .3)))
+  albedo = np.empty((height, width, 3), np.float32)
+  head = max(1, height // 5)
+  albedo[:head] = np.array([.7, .5, .4]) * rng.uniform(.5, 1.1)
+  albedo[head:height * 3 // 5] = rng.uniform(.05, .9, 3)
+  albedo[height * 3 // 5:] = rng.uniform(.03, .35) * np.array([1, 1, 1.2])
+  return np.clip(albedo, 0, 1), np.ones((height, width), np.float32)
+
+
+class _Traffic:
+  """Poisson arrivals, car-following, exits; deterministic given the generator."""
+
+  def __init__(self, cfg: SceneConfig, layout: _Layout, rng: np.random.Generator):
+    self.cfg, self.layout, self.rng = cfg, layout, rng
+    self.objects: list[_Object] = []
+    dt = 1.0 / cfg.fps
+    # Per stream: the probability of an arrival in a frame (rate * dt, capped).
+    self.p_vehicle = min(.9, cfg.vehicle_rate * dt)
+    self.p_ped = min(.9, cfg.pedestrian_rate * dt)
+    self.gap = max(2, cfg.width // 60)
+    # Start mid-stream: run the simulation for the time a slow vehicle needs to cross.
+    for _ in range(int(cfg.fps * 8)):
+      self.step()
+
+  def _spawn(self, vehicle: bool, stream: int) -> None:
+    cfg, w = self.cfg, self.cfg.width
+    if vehicle:
+      top, bot = self.layout.lanes[stream]
+      albedo, alpha = _vehicle_sprite(self.rng, bot - top, w)
+      speed = self.rng.uniform(.12, .3) * w / cfg.fps
+      leftward = stream < 2
+      y = bot - alpha.shape[0] - max(0, (bot - top - alpha.shape[0]) // 4)
+    else:
+      top, bot = self.layout.sidewalks[stream // 2]
+      albedo, alpha = _pedestrian_sprite(self.rng, bot - top)
+      speed = self.rng.uniform(.015, .035) * w / cfg.fps
+      leftward = stream % 2 == 0
+      y = bot - alpha.shape[0]
+    x = float(w) if leftward else -float(alpha.shape[1])
+    if vehicle:
+      # Never spawn into the vehicle that just entered the same lane.
+      for o in self.objects:
+        if o.vehicle and o.lane == stream:
+          if (leftward and o.x + o.width + self.gap > w) or (not leftward and o.x < self.gap):
+            return
+    self.objects.append(_Object(x=x, y=y, speed=-speed if leftward else speed, albedo=albedo,
+                                alpha=alpha, vehicle=vehicle, lane=stream))
+
+  def step(self) -> None:
+    """Advances one frame: arrivals, motion (vehicles keep a gap to their leader), exits."""
+    for lane in range(4):
+      if self.rng.random() < self.p_vehicle:
+        self._spawn(True, lane)
+    for stream in range(4):
+      if self.rng.random() < self.p_ped:
+        self._spawn(False, stream)
+    w = self.cfg.width
+    by_lane: dict[int, list[_Object]] = {}
+    for o in self.objects:
+      if o.vehicle:
+        by_lane.setdefault(o.lane, []).append(o)
+      else:
+        o.x += o.speed
+    for lane, cars in by_lane.items():
+      leftward = lane < 2
+      # Leaders first: the one furthest along the direction of travel.
+      cars.sort(key=lambda o: o.x if leftward else -o.x)
+      for i, o in enumerate(cars):
+        nx = o.x + o.speed
+        if i:
+          lead = cars[i - 1]
+          nx = max(nx, lead.x + lead.width + self.gap) if leftward else min(
+              nx, lead.x - o.width - self.gap)
+        o.x = nx
+    self.objects = [o for o in self.objects if -o.width - 1 < o.x < w + 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering.
+# ---------------------------------------------------------------------------------------------
+
+
+def _clip_box(x0: int, y0: int, h: int, w: int, height: int, width: int):
+  """Visible part of an h x w sprite at (x0, y0): (frame slices, sprite slices) or None."""
+  fx0, fy0 = max(x0, 0), max(y0, 0)
+  fx1, fy1 = min(x0 + w, width), min(y0 + h, height)
+  if fx0 >= fx1 or fy0 >= fy1:
+    return None
+  return ((slice(fy0, fy1), slice(fx0, fx1)), (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0)))
+
+
+def _gaussian_sprite(h: int, w: int, sy: float, sx: float, cy: float, cx: float) -> np.ndarray:
+  yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+  return np.exp(-(((yy - cy) / sy) ** 2 + ((xx - cx) / sx) ** 2)).astype(np.float32)
+
+
+class SceneRenderer:
+  """Renders the frames of one (camera, lighting) scene; frames come out as uint8 HxWx3 sRGB.
+
+  `next_frame()` returns (frame, foreground mask); the background image is `background_uint8`.
+  """
+
+  def __init__(self, cfg: SceneConfig, *, seed: int, camera: int):
+    self.cfg = cfg
+    h, w = cfg.height, cfg.width
+    layout_rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, camera, 0])))
+    self.layout = _build_layout(w, h, layout_rng)
+    traffic_rng = np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence([seed, camera, 1, int(cfg.night)])))
+    self.noise_rng = np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence([seed, camera, 2, int(cfg.night)])))
+    if cfg.night:
+      self.light = (cfg.ambient_night * _AMBIENT_COLOUR + self.layout.lamp_light * _LAMP_COLOUR)
+      self.base = self.layout.albedo * self.light + self.layout.emissive_night
+      self.noise = cfg.night_noise
+    else:
+      self.light = np.broadcast_to(_DAYLIGHT, (h, w, 3))
+      self.base = self.layout.albedo * _DAYLIGHT
+      self.noise = cfg.day_noise
+    self.base = self.base.astype(np.float32)
+    self.light = np.ascontiguousarray(self.light, dtype=np.float32)
+    self.traffic = _Traffic(cfg, self.layout, traffic_rng)
+    # Headlight beam (a long, flat ellipse on the road ahead) and glare (a small saturating blob).
+    bh, bw = max(2, h // 8), max(4, w // 5)
+    self._beam = _gaussian_sprite(bh, bw, bh / 3, bw / 2.2, bh / 2, 0)[..., None] * _HEADLIGHT_COLOUR
+    g = max(3, (w // 40) | 1)
+    self._glare = (_gaussian_sprite(g, g, g / 4, g / 4, g // 2, g // 2)[..., None] * 4.0 *
+                   _HEADLIGHT_COLOUR)
+    t = max(3, (w // 80) | 1)
+    self._tail = _gaussian_sprite(t, t, t / 3, t / 3, t // 2, t // 2)[..., None] * np.array(
+        [1.5, .08, .05], np.float32)
+
+  @property
+  def background_uint8(self) -> np.ndarray:
+    """The static background under this scene's lighting, noise-free, as uint8 sRGB."""
+    return _to_uint8(self.base)
+
+  def _add(self, img: np.ndarray, sprite: np.ndarray, x0: int, y0: int,
+           albedo: np.ndarray | None = None) -> None:
+    """Adds light (`sprite`), optionally reflected by `albedo` (the surface it falls on)."""
+    h, w = img.shape[:2]
+    box = _clip_box(x0, y0, sprite.shape[0], sprite.shape[1], h, w)
+    if box is None:
+      return
+    (fy, fx), (sy, sx) = box
+    light = sprite[sy, sx]
+    img[fy, fx] += light * albedo[fy, fx] if albedo is not None else light
+
+  def next_frame(self) -> tuple[np.ndarray, np.ndarray]:
+    """Renders the current frame and advances the traffic: (uint8 HxWx3 frame, bool HxW mask)."""
+    cfg = self.cfg
+    h, w = cfg.height, cfg.width
+    img = self.base.copy()
+    mask = np.zeros((h, w), bool)
+    beams = []
+    for o in self.traffic.objects:
+      x0 = int(round(o.x))
+      box = _clip_box(x0, o.y, o.alpha.shape[0], o.alpha.shape[1], h, w)
+      if box is None:
+        continue
+      (fy, fx), (sy, sx) = box
+      a = o.alpha[sy, sx][..., None]
+      lit = o.albedo[sy, sx] * self.light[fy, fx]
+      img[fy, fx] = img[fy, fx] * (1 - a) + lit * a
+      mask[fy, fx] |= a[..., 0] > 0.5
+      if cfg.night and o.vehicle:
+        beams.append((o, x0))
+    for o, x0 in beams:
+      oh, ow = o.alpha.shape
+      leftward = o.speed < 0
+      lamp_y = o.y + oh // 2
+      front = x0 if leftward else x0 + ow
+      back = x0 + ow if leftward else x0
+      beam = self._beam[:, ::-1] if leftward else self._beam
+      bx = front - beam.shape[1] if leftward else front
+      # The beam lights the road surface (it reflects with the background's albedo) ...
+      self._add(img, beam, bx, o.y + oh - beam.shape[0] // 2, self.layout.albedo)
+      # ... and the lamps themselves glare straight into the camera; tail lights glow red.
+      g = self._glare.shape[0]
+      self._add(img, self._glare, front - g // 2, lamp_y - g // 2)
+      t = self._tail.shape[0]
+      self._add(img, self._tail, back - t // 2, lamp_y - t // 2)
+    self.traffic.step()
+    a, b = self.noise
+    noise = self.noise_rng.standard_normal(img.shape, dtype=np.float32)
+    img += np.sqrt(a * np.clip(img, 0, None) + b) * noise
+    return _to_uint8(img), mask
+
+
+def _to_uint8(linear: np.ndarray) -> np.ndarray:
+  """Linear light -> display (1/2.2 power, clipped) -> uint8."""
+  out = np.power(np.clip(linear, 0.0, 1.0), 1 / 2.2)
+  return (out * 255.0 + 0.5).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mask archive.
+# ---------------------------------------------------------------------------------------------
+
+
+class MaskWriter:
+  """Streams per-frame boolean masks into a `.npz` (a zip of `.npy` members), chunk by chunk.
+
+  Format (readable with plain `np.load`): `shape.npy` = int64 [T, H, W]; `chunk.npy` = int64 frames per
+  chunk; `masks_{k:06d}.npy` = uint8 [n_k, H, ceil(W / 8)] holding frames k*chunk ... k*chunk + n_k - 1,
+  bits packed along the width with `np.packbits(mask, axis=-1)` (big-endian bit order). Members are
+  deflate-compressed; random access to a frame decompresses one chunk. `read_masks` unpacks.
+  """
+
+  def __init__(self, path: str | os.PathLike, height: int, width: int, chunk: int = MASK_CHUNK):
+    self.path = pathlib.Path(path)
+    self.height, self.width, self.chunk = height, width, chunk
+    self._zip = zipfile.ZipFile(self.path, 'w', compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+    self._buffer: list[np.ndarray] = []
+    self._count = 0
+    self._chunks = 0
+
+  def add(self, mask: np.ndarray) -> None:
+    if mask.shape != (self.height, self.width):
+      raise ValueError(f'mask shape {mask.shape} != {(self.height, self.width)}')
+    self._buffer.append(np.packbits(mask.astype(bool), axis=-1))
+    self._count += 1
+    if len(self._buffer) == self.chunk:
+      self._flush()
+
+  def _write(self, name: str, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    self._zip.writestr(name, buf.getvalue())
+
+  def _flush(self) -> None:
+    if self._buffer:
+      self._write(f'masks_{self._chunks:06d}.npy', np.stack(self._buffer))
+      self._chunks += 1
+      self._buffer = []
+
+  def close(self) -> None:
+    self._flush()
+    self._write('shape.npy', np.array([self._count, self.height, self.width], np.int64))
+    self._write('chunk.npy', np.array(self.chunk, np.int64))
+    self._zip.close()
+
+
+def read_masks(path: str | os.PathLike, frames: Sequence[int] | slice | None = None) -> np.ndarray:
+  """Foreground masks from a `MaskWriter` archive as bool [N, H, W] (all frames when `frames` is None)."""
+  with np.load(path) as z:
+    t, h, w = (int(v) for v in z['shape'])
+    chunk = int(z['chunk'])
+    if frames is None:
+      frames = range(t)
+    elif isinstance(frames, slice):
+      frames = range(*frames.indices(t))
+    frames = [int(f) for f in frames]
+    out = np.empty((len(frames), h, w), bool)
+    cache: dict[int, np.ndarray] = {}
+    for i, f in enumerate(frames):
+      if not 0 <= f < t:
+        raise IndexError(f'frame {f} out of range [0, {t}) in {os.fspath(path)!r}')
+      k = f // chunk
+      if k not in cache:
+        cache.clear()  # Frames are usually asked for in order: keep one chunk.
+        cache[k] = z[f'masks_{k:06d}']
+      out[i] = np.unpackbits(cache[k][f - k * chunk], axis=-1, count=w).astype(bool)
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing videos.
+# ---------------------------------------------------------------------------------------------
+
+
+def video_stem(camera: int, night: bool) -> str:
+  """`cam{camera:02d}_{timestamp}`: the timestamp (day 12:00, night 22:00) drives the day/night split."""
+  start = (NIGHT_START if night else DAY_START) + datetime.timedelta(minutes=camera)
+  return f'cam{camera:02d}_{start.strftime(TIMESTAMP_FORMAT)}'
+
+
+def _pick_codec() -> str:
+  return 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
+
+
+@dataclasses.dataclass(frozen=True)
+class WrittenVideo:
+  """Paths written by `write_video`."""
+
+  video: pathlib.Path
+  background: pathlib.Path
+  masks: pathlib.Path
+  num_frames: int
+  camera: int
+  night: bool
+
+
+def write_video(out_dir: str | os.PathLike, cfg: SceneConfig, *, num_frames: int, seed: int = 0,
+                camera: int = 0, keyframe_seconds: float = 2.0, crf: int = 20,
+                preset: str = 'veryfast') -> WrittenVideo:
+  """Renders `num_frames` frames of camera `camera` and writes the MP4, background PNG and masks.
+
+  Streaming: one frame at a time is rendered, encoded and dropped. Files appear atomically (written
+  under temporary names in `out_dir`, then renamed), so a crash never leaves a half-written video.
+
+  Args:
+    out_dir: destination folder (created if missing).
+    cfg: scene size, frame rate, day or night.
+    num_frames: length of the video in frames.
+    seed, camera: the scene geometry depends on (seed, camera); traffic and noise also on day/night.
+    keyframe_seconds: GOP length. Short GOPs make the random access of `video.py` cheap (a seek decodes
+      at most one GOP) at a small cost in file size.
+    crf, preset: libx264 quality (lower is better) and speed preset.
+  """
+  if num_frames <= 0:
+    raise ValueError(f'num_frames must be positive, got {num_frames}')
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  stem = video_stem(camera, cfg.night)
+  paths = WrittenVideo(video=out_dir / f'{stem}.mp4', background=out_dir / f'{stem}_background.png',
+                       masks=out_dir / f'{stem}_masks.npz', num_frames=num_frames, camera=camera,
+                       night=cfg.night)
+  renderer = SceneRenderer(cfg, seed=seed, camera=camera)
+  imageio.write_png_atomic(paths.background, renderer.background_uint8)
+
+  tmp_video = out_dir / f'.{stem}.mp4.tmp'
+  tmp_masks = out_dir / f'.{stem}_masks.npz.tmp'
+  rate = fractions.Fraction(cfg.fps).limit_denominator(1001)
+  codec = _pick_codec()
+  try:
+    masks = MaskWriter(tmp_masks, cfg.height, cfg.width)
+    with av.open(os.fspath(tmp_video), 'w', format='mp4') as container:
+      start = (NIGHT_START if cfg.night else DAY_START) + datetime.timedelta(minutes=camera)
+      container.metadata['creation_time'] = start.strftime('%Y-%m-%dT%H:%M:%S.000000Z')
+      container.metadata['comment'] = json.dumps(dict(generator='lowlight-jax synthetic_video',
+                                                      seed=seed, camera=camera, night=cfg.night))
+      stream = container.add_stream(codec, rate=rate)
+      stream.width, stream.height, stream.pix_fmt = cfg.width, cfg.height, 'yuv420p'
+      gop = max(1, int(round(keyframe_seconds * cfg.fps)))
+      if codec == 'libx264':
+        # Fixed GOP without scene-cut keyframes: segment boundaries of video.py land on keyframes.
+        stream.options = {'preset': preset, 'crf': str(crf), 'g': str(gop), 'keyint_min': str(gop),
+                          'sc_threshold': '0', 'bf': '0'}
+      else:
+        stream.options = {'g': str(gop), 'qscale': '3'}
+        stream.codec_context.qscale = 3
+      stream.codec_context.thread_count = 1
+      for _ in range(num_frames):
+        frame, mask = renderer.next_frame()
+        masks.add(mask)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
+          container.mux(packet)
+      for packet in stream.encode():
+        container.mux(packet)
+    masks.close()
+    os.replace(tmp_masks, paths.masks)
+    os.replace(tmp_video, paths.video)
+  finally:
+    for tmp in (tmp_video, tmp_masks):
+      if tmp.exists():
+        tmp.unlink()
+  return paths
+
+
+def write_videos(out_dir: str | os.PathLike, *, minutes: float, fps: float, width: int, height: int,
+                 night: Sequence[bool] = (False,), seed: int = 0, cameras: int = 1,
+                 **kwargs) -> list[WrittenVideo]:
+  """`write_video` for every camera and lighting; also writes `manifest.json` describing the set."""
+  num_frames = max(1, int(round(minutes * 60 * fps)))
+  written = []
+  for camera in range(cameras):
+    for is_night in night:
+      cfg = SceneConfig(width=width, height=height, fps=fps, night=is_night)
+      written.append(write_video(out_dir, cfg, num_frames=num_frames, seed=seed, camera=camera,
+                                 **kwargs))
+  manifest = dict(seed=seed, fps=fps, width=width, height=height, num_frames=num_frames,
+                  videos=[dict(video=v.video.name, background=v.background.name, masks=v.masks.name,
+                               camera=v.camera, night=v.night) for v in written])
+  _write_text_atomic(pathlib.Path(out_dir) / 'manifest.json', json.dumps(manifest, indent=2))
+  return written
+
+
+def _write_text_atomic(path: pathlib.Path, text: str) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  with os.fdopen(fd, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+# The embedded default: small day + night videos of two cameras, generated on first use.
+DEFAULT_SET = dict(minutes=1.0, fps=10.0, width=160, height=90, night=(False, True), seed=0, cameras=2)
+
+
+def default_video_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Folder of the embedded default videos (`DEFAULT_SET`), rendering them on first use (~seconds).
+
+  Lives under `cache_dir`, else `$LOWLIGHT_JAX_CACHE`, else `~/.cache/lowlight_jax`. Rendered into a
+  temporary folder and renamed, so concurrent first uses never see a partial set.
+  """
+  base = pathlib.Path(cache_dir or os.environ.get('LOWLIGHT_JAX_CACHE')
+                      or pathlib.Path.home() / '.cache' / 'lowlight_jax')
+  tag = 'synthetic_video_v1_' + '_'.join(f'{k}{v}' for k, v in sorted(DEFAULT_SET.items())
+                                         if k != 'night').replace('.', 'p')
+  target = base / tag
+  if (target / 'manifest.json').is_file():
+    return target
+  base.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=base, prefix=f'.{tag}.'))
+  log.info('rendering the default synthetic videos into %s', target)
+  write_videos(tmp, **DEFAULT_SET)
+  try:
+    os.replace(tmp, target)
+  except OSError:  # Another process finished first: keep theirs.
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(tmp, ignore_errors=True)
+  return target
+
+
+def render_frames(cfg: SceneConfig, num_frames: int, seed: int = 0,
+                         camera: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """The (frame, mask) stream `write_video` encodes, without encoding (for tests and notebooks)."""
+  renderer = SceneRenderer(cfg, seed=seed, camera=camera)
+  for _ in range(num_frames):
+    yield renderer.next_frame()

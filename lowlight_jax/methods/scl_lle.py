@@ -1,0 +1,212 @@
+"""SCL-LLE: Semantically Contrastive Learning for Low-Light Image Enhancement (Liang et al., AAAI 2022).
+
+Reference code: LingLIx/SCL-LLE (commit 408d89a) `train.py`, `Myloss.py`, `lowlight_model.py`, and the
+VainF/DeepLabV3Plus-Pytorch network it vendors (`network/`).
+
+One trained group, `enhancer`: DCE-Net (Zero-DCE's curve estimator, 79,416 parameters; 8 curve iterations).
+Two frozen networks: DeepLabV3+ / MobileNetV2 (19 Cityscapes classes, output stride 16, ImageNet-normalised
+input, BatchNorm in eval mode) and VGG-16 `features` (torchvision layout, input NOT normalised, as released);
+both are random unless `segmentation.weights` / `vgg.weights` name checkpoint files. Gradients flow THROUGH
+the frozen networks into the enhancer; their parameters are never updated.
+
+Loss terms (per example, each reported as `loss_<name>`; weights are `config.loss_weights`, released values):
+  contrast_appearance  10   grey-map triplet, margin 0.3, unpaired positives / negatives
+  contrast_gram         5   VGG relu1_2 + relu2_2 Gram triplet, margin 0.04
+  semantic_brightness   1   per-image, per-class squared deviation from the class-mean brightness (Eq. 6-7)
+  segmentation          1   DeepLabV3+ cross-entropy of the enhanced image against the labels (Eq. 7)
+  feature_retention     1   VGG relu4_3 MSE between input and enhanced image (Eq. 8)
+  color                 8   Zero-DCE colour constancy (released 4th-power form)
+  tv                  200   illumination smoothness (Zero-DCE L_TV) on the 24 curve maps
+A zero weight skips the term (and the frozen network it alone needs).
+
+Port notes (released behaviour -> ours; `config.loss` switches restore the released one where cheap):
+- The released segmentation loss sends NO gradient to the enhancer (the enhanced image is `.detach()`ed before
+  DeepLabV3+ and the loss re-wrapped in `torch.tensor`); ours does (`segmentation.gradient=False` restores the
+  released behaviour). The released DeepLabV3+ also runs in train mode (batch statistics, running stats
+  drifting with momentum 0.01); ours uses its running statistics.
+- The released semantic brightness term detaches the class means, uses class sums over all pixels and
+  broadcasts every label map over every image of the batch: `loss.released_semantic_brightness=True`.
+- The released triplets take the hinge of batch-averaged (appearance) or batch-SUMMED (Gram) distances; ours
+  are per example (hinge per image, then the batch mean); with batch 2 the released Gram distances are twice
+  ours relative to the same 0.04 margin.
+- DCE-Net init: conv kernels N(0, 0.02) as the released `weights_init`; biases 0 (torch keeps its default
+  uniform bias init there).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lowlight_jax.losses import contrastive
+from lowlight_jax.losses import scl_semantic
+from lowlight_jax.losses import zero_reference as zr
+from lowlight_jax.methods import base
+from lowlight_jax.models import dce_net
+from lowlight_jax.models import deeplabv3plus
+from lowlight_jax.models import vgg as vgg_lib
+
+PyTree = Any
+TERMS = ("contrast_appearance", "contrast_gram", "semantic_brightness", "segmentation", "feature_retention",
+         "color", "tv")
+
+
+def _dtype(name: str) -> Any:
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def _reinit_kernels(params: PyTree, rng: jax.Array, std: float) -> PyTree:
+  """Conv kernels ~ N(0, std) (the released `weights_init`), everything else unchanged."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  out = []
+  for i, (path, leaf) in enumerate(leaves):
+    if getattr(path[-1], "key", None) == "kernel":
+      leaf = std * jax.random.normal(jax.random.fold_in(rng, i), leaf.shape, leaf.dtype)
+    out.append(leaf)
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+class Method(base.BaseMethod):
+  """SCL-LLE on the generic trainer."""
+
+  groups = ("enhancer",)
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    m, w = config.model, config.loss_weights
+    unknown = sorted(set(w.keys()) - set(TERMS))
+    if unknown:
+      raise ValueError(f"loss_weights: unknown terms {unknown}; known: {TERMS}")
+    self.dce = dce_net.DCENet(features=m.channels, iterations=m.iterations)
+    self.use_retention = bool(w.get("feature_retention", 0.0))
+    self.use_gram = bool(w.get("contrast_gram", 0.0))
+    self.use_vgg = self.use_retention or self.use_gram
+    self.use_seg = bool(w.get("segmentation", 0.0))
+    vgg_dtype = _dtype(config.vgg.dtype)
+    # The frozen VGG is created up to the deepest layer any term needs; the Gram features of the pool images
+    # come from a shallower view of the same parameters.
+    self.vgg = vgg_lib.VGG16Features(stop_at="relu4_3" if self.use_retention else "relu2_2", dtype=vgg_dtype)
+    self.vgg_gram = vgg_lib.VGG16Features(stop_at="relu2_2", dtype=vgg_dtype)
+    seg = config.segmentation
+    self.deeplab = deeplabv3plus.DeepLabV3PlusMobileNet(
+        num_classes=seg.num_classes, output_stride=seg.output_stride, normalize_input=True,
+        dtype=_dtype(seg.dtype))
+
+  def example_batch(self) -> dict[str, jax.Array]:
+    d = self.config.data
+    s = d.crop or 64
+    return {"low": jnp.zeros((1, s, s, 3), jnp.float32), "labels": jnp.zeros((1, s, s), jnp.int32),
+            "pos": jnp.zeros((1, d.num_pos, s, s, 3), jnp.float32),
+            "neg": jnp.zeros((1, d.num_neg, s, s, 3), jnp.float32)}
+
+  def init(self, rng: jax.Array, batch: base.Batch) -> base.Variables:
+    dce_rng, std_rng, vgg_rng, seg_rng = jax.random.split(rng, 4)
+    x = batch["low"]
+    params = self.dce.init(dce_rng, x)["params"]
+    params = _reinit_kernels(params, std_rng, self.config.model.init_std)
+    frozen = {}
+    if self.use_vgg:
+      frozen["vgg"] = self.vgg.init(vgg_rng, x)
+    if self.use_seg:
+      frozen["deeplab"] = self.deeplab.init(seg_rng, x)
+    return base.Variables(params={"enhancer": params}, model_state={}, frozen=frozen)
+
+  def forward(self, enhancer_params: PyTree, low: jax.Array) -> dict[str, jax.Array]:
+    """DCE-Net: {'enhanced', 'curves' (24 channels), 'enhanced_4'}."""
+    return self.dce.apply({"params": enhancer_params}, low)
+
+  def segment(self, frozen: PyTree, images: jax.Array) -> jax.Array:
+    """Frozen DeepLabV3+ logits (N, H, W, classes) of [0, 1] images."""
+    return self.deeplab.apply(frozen["deeplab"], images)["logits"]
+
+  def loss_terms(self, enhancer_params: PyTree, frozen: PyTree, batch: base.Batch) -> dict[str, jax.Array]:
+    """Per-example, unweighted loss terms (each of shape (B,)) for the terms with a non-zero weight."""
+    lc, w = self.config.loss, self.config.loss_weights
+    low = batch["low"]
+    b = low.shape[0]
+    out = self.forward(enhancer_params, low)
+    enhanced, curves = out["enhanced"], out["curves"]
+    terms = {}
+    if w.get("tv", 0.0):
+      terms["tv"] = zr.tv_loss(curves)
+    if w.get("color", 0.0):
+      terms["color"] = zr.color_constancy_loss(enhanced, paper_form=lc.color_paper_form)
+    if w.get("contrast_appearance", 0.0):
+      terms["contrast_appearance"] = contrastive.appearance_triplet_loss(
+          enhanced, batch["pos"], batch["neg"], margin=lc.appearance_margin, combine=lc.combine)
+    if self.use_vgg:
+      vgg_vars = frozen["vgg"]
+      f_enh = self.vgg.apply(vgg_vars, enhanced)
+      if self.use_retention:
+        f_low = jax.lax.stop_gradient(self.vgg.apply(vgg_vars, low))
+        terms["feature_retention"] = contrastive.feature_retention_loss(
+            f_low[contrastive.RETENTION_LAYER], f_enh[contrastive.RETENTION_LAYER])
+      if self.use_gram:
+        pos, neg = batch["pos"], batch["neg"]
+        k, n = pos.shape[1], neg.shape[1]
+        pool = jnp.concatenate([pos, neg], axis=1)
+        f_pool = jax.lax.stop_gradient(self.vgg_gram.apply(vgg_vars, pool.reshape((-1,) + pool.shape[2:])))
+        grams_h, grams_p, grams_n = [], [], []
+        for layer in contrastive.GRAM_LAYERS:
+          grams_h.append(contrastive.gram_matrix(f_enh[layer]))
+          g = contrastive.gram_matrix(f_pool[layer]).reshape((b, k + n) + grams_h[-1].shape[1:])
+          grams_p.append(g[:, :k])
+          grams_n.append(g[:, k:])
+        terms["contrast_gram"] = contrastive.gram_triplet_loss(grams_h, grams_p, grams_n,
+                                                                margin=lc.gram_margin, combine=lc.combine)
+    labels = batch.get("labels")
+    if w.get("semantic_brightness", 0.0):
+      if lc.released_semantic_brightness:
+        terms["semantic_brightness"] = jnp.full((b,), scl_semantic.released_semantic_brightness(enhanced, labels))
+      else:
+        terms["semantic_brightness"] = scl_semantic.semantic_brightness_consistency(
+            enhanced, labels, num_classes=self.config.segmentation.num_classes, ignore_index=lc.ignore_index)
+    if self.use_seg:
+      seg_in = enhanced if self.config.segmentation.gradient else jax.lax.stop_gradient(enhanced)
+      terms["segmentation"] = scl_semantic.segmentation_cross_entropy(
+          self.segment(frozen, seg_in), labels, ignore_index=lc.ignore_index)
+    return terms
+
+  def loss(self, group, params, model_state, frozen, batch, rng):
+    del group, rng
+    terms = self.loss_terms(params["enhancer"], frozen, batch)
+    weights = self.config.loss_weights
+    total = sum(weights[k] * jnp.mean(v) for k, v in terms.items())
+    metrics = {f"loss_{k}": jnp.mean(v) for k, v in terms.items()}
+    return total, (metrics, model_state)
+
+  def enhance(self, params, model_state, frozen, images):
+    del model_state, frozen
+    out = self.forward(params["enhancer"], images)
+    return {"enhanced": jnp.clip(out["enhanced"], 0.0, 1.0), "curves": out["curves"]}
+
+  def load_pretrained(self, variables: base.Variables) -> base.Variables:
+    """`init_from` (released SCL-LLE / Zero-DCE weights), `segmentation.weights`, `vgg.weights`."""
+    cfg = self.config
+    params, frozen = dict(variables["params"]), dict(variables["frozen"])
+    changed = False
+    if cfg.get("init_from") or (self.use_vgg and cfg.vgg.get("weights")):
+      from lowlight_jax import inference  # Conversion code is only needed when files are given.
+      from lowlight_jax.convert import layout
+      if cfg.get("init_from"):
+        loaded = inference.load_released(cfg.init_from_method, cfg.init_from)
+        params["enhancer"] = layout.assign({"params": params["enhancer"]}, loaded)["params"]
+        changed = True
+      if self.use_vgg and cfg.vgg.get("weights"):
+        loaded = inference.load_released("vgg16", cfg.vgg.weights)
+        target = jax.device_get(frozen["vgg"])
+        # The frozen VGG stops at relu4_3: keep the converted convs it has (all of them must be there).
+        kept = {"params": {"features": {k: v for k, v in loaded["params"]["features"].items()
+                                        if k in target["params"]["features"]}}}
+        frozen["vgg"] = layout.assign(target, kept)
+        changed = True
+    if self.use_seg and cfg.segmentation.get("weights"):
+      from lowlight_jax.convert import deeplab
+      frozen["deeplab"] = deeplab.load_deeplabv3plus(cfg.segmentation.weights, jax.device_get(frozen["deeplab"]))
+      changed = True
+    if not changed:
+      return variables
+    return base.Variables(params=params, model_state=variables["model_state"], frozen=frozen)
