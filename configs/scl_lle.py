@@ -12,7 +12,8 @@ Without `data.inputs=cityscapes` the data are the embedded stand-in (`data_pipel
 photos with unsupervised stand-in class maps and synthetic exposures of other photos as negatives.
 
 Args (comma separated, e.g. `configs/scl_lle.py:demo,steps=200`):
-  smoke   tiny everything (32px crops, batch 8, 4 steps, random frozen nets): seconds on CPU, used by tests.
+  smoke   tiny everything (32px crops, batch 8, 4 steps, a 7-block random DeepLabV3+, random VGG): used by
+          tests.
   demo    a CPU-sized run on the embedded stand-in: 96px crops, batch 8, 300 steps, random frozen nets.
   steps=N override the number of steps.
 
@@ -59,6 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       weights=config_dict.placeholder(str),  # VainF checkpoint ({'model_state': ...}) or a state dict.
       num_classes=19,
       output_stride=16,
+      repeats=(1, 2, 3, 4, 3, 3, 1),  # MobileNetV2 blocks per stage; smoke uses a smaller network.
       # Port note: the released code detaches the enhanced image before DeepLabV3+, so its cross-entropy never
       # reaches the enhancer; False reproduces that.
       gradient=True,
@@ -105,6 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.crop = c.data.pool_size = 32
     c.data.pairings = 2
     c.data.pseudo_classes = 4
+    c.segmentation.repeats = (1, 1, 1, 1, 1, 1, 1)  # Fewer blocks: compiles in seconds on CPU.
     c.log_every = 2
     c.checkpoint_every = 2
     c.eval.every = 4

@@ -1,30 +1,32 @@
-"""Seeded, physically motivated low-light synthesis: a well-exposed sRGB photo -> a dark, noisy 8-bit one.
+"""Seeded, physically motivated low-light synthesis: well-exposed sRGB photo -> dark, noisy 8-bit.
 
 The model follows what a camera does when it photographs a dim scene, in its linear (raw) domain:
 
   1. sRGB -> linear with the exact IEC 61966-2-1 transfer function (not a 2.2 power law).
   2. Exposure: the scene delivers k times less light, x = k * linear with k ~ U[k_min, k_max].
-  3. Sensor noise, Poisson-Gaussian (Foi et al., "Practical Poissonian-Gaussian noise modeling and fitting
-     for single-image raw-data", IEEE TIP 2008): y = a * Poisson(x / a) + N(0, b). `a` is the signal
-     level of one photo-electron (1 / a = electrons at full scale, so larger `a` = higher ISO, fewer
-     photons) and `b` the read-noise variance, so Var[y | x] = a x + b: noise variance grows linearly with
-     the signal. Levels are sampled as in Brooks et al., "Unprocessing Images for Learned Raw Denoising",
-     CVPR 2019 (`random_noise_levels` in google-research/unprocessing): log a ~ U[log a_min, log a_max] and
-     log b = 2.18 log a + 1.20 + N(0, 0.26^2), the fit of read to shot noise across real camera ISOs.
+  3. Sensor noise, Poisson-Gaussian (Foi et al., "Practical Poissonian-Gaussian noise modeling and
+     fitting for single-image raw-data", IEEE TIP 2008): y = a * Poisson(x / a) + N(0, b). `a` is
+     the signal level of one photo-electron (1 / a = electrons at full scale, so larger `a` = higher
+     ISO, fewer photons) and `b` the read-noise variance, so Var[y | x] = a x + b: noise variance
+     grows linearly with the signal. Levels are sampled as in Brooks et al., "Unprocessing Images
+     for Learned Raw Denoising", CVPR 2019 (`random_noise_levels` in google-research/unprocessing):
+     log a ~ U[log a_min, log a_max] and log b = 2.18 log a + 1.20 + N(0, 0.26^2), the fit of read
+     to shot noise across real camera ISOs.
   4. White-balance error: per-channel gains g_c ~ U[1 - c, 1 + c] (a colour cast; scales noise too).
-  5. Camera tone tweak: x -> x^gamma with gamma ~ U[gamma_min, gamma_max] (cameras' tone curves differ
-     from pure sRGB); (1, 1) disables it.
-  6. Clip to [0, 1] (sensor/ISP saturation; this also clips read noise at black, biasing dark pixels up
-     exactly as real JPEGs do), linear -> sRGB, quantise to 8 bits like a camera JPEG/PNG.
+  5. Camera tone tweak: x -> x^gamma with gamma ~ U[gamma_min, gamma_max] (cameras' tone curves
+     differ from pure sRGB); (1, 1) disables it.
+  6. Clip to [0, 1] (sensor/ISP saturation; this also clips read noise at black, biasing dark pixels
+     up exactly as real JPEGs do), linear -> sRGB, quantise to 8 bits like a camera JPEG/PNG.
 
-Lv et al. ("Attention guided low-light image enhancement with a large scale low-light simulation dataset",
-IJCV 2021) synthesise training pairs the same way (darkening + Poisson-Gaussian noise). Not modelled: Bayer
-mosaicking/demosaicking (noise here is spatially white), JPEG artefacts, fixed-pattern noise, and
-banding; low-light-specific extensions of the noise model are in Wei et al., ELD, CVPR 2020.
+Lv et al. ("Attention guided low-light image enhancement with a large scale low-light simulation
+dataset", IJCV 2021) synthesise training pairs the same way (darkening + Poisson-Gaussian noise).
+Not modelled: Bayer mosaicking/demosaicking (noise here is spatially white), JPEG artefacts,
+fixed-pattern noise, and banding; low-light-specific extensions of the noise model are in Wei et
+al., ELD, CVPR 2020.
 
 Everything is numpy; randomness comes only from the `np.random.Generator` argument, so a seed fully
-determines the result (modulo numpy changing a distribution's sampling algorithm, which NEP 19 allows
-between feature releases; tests pin a checksum to detect it).
+determines the result (modulo numpy changing a distribution's sampling algorithm, which NEP 19
+allows between feature releases; tests pin a checksum to detect it).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class DegradationConfig:
       5 stops under exposure (sRGB mean drops to roughly 20-50%); LOL's low images are darker still
       (k around 0.01), lower k_min to imitate them.
     shot_noise_range: (a_min, a_max), log-uniform, of the Poisson signal level per photo-electron.
-      Brooks et al.'s range 1e-4..1.2e-2 (10,000 to 83 electrons at full scale). 0, 0 disables shot noise.
+      Brooks et al.'s range 1e-4..1.2e-2 (10,000 to 83 electrons at full scale). 0, 0 disables shot
+      noise.
     read_noise_slope, read_noise_intercept, read_noise_jitter: log b = slope * log a + intercept +
       N(0, jitter^2) (Brooks et al.: 2.18, 1.20, 0.26). Ignored when shot noise is disabled
       (then read noise is off too).

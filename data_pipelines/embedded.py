@@ -1,25 +1,27 @@
 """The embedded default dataset: real photographs that ship inside installed packages.
 
-Nothing can be downloaded at run time, yet every config must train and evaluate out of the box, so the
-default data are the colour photographs inside the scikit-image wheel (`skimage/data/`, CC0 / public
-domain per `skimage.data`'s docstrings) and matplotlib's `mpl-data/sample_data/grace_hopper.jpg`. They
-are the "normal-light" targets; low-light inputs are synthesised with `degrade.degrade`.
+Nothing can be downloaded at run time, yet every config must train and evaluate out of the box, so
+the default data are the colour photographs inside the scikit-image wheel (`skimage/data/`, CC0 /
+public domain per `skimage.data`'s docstrings) and matplotlib's
+`mpl-data/sample_data/grace_hopper.jpg`. They are the "normal-light" targets; low-light inputs are
+synthesised with `degrade.degrade`.
 
-Split BY SOURCE PHOTO: a test photo is never seen in training, not even as a crop. The two motorcycle
-images are a stereo pair of one scene, so they sit together (in train).
+Split BY SOURCE PHOTO: a test photo is never seen in training, not even as a crop. The two
+motorcycle images are a stereo pair of one scene, so they sit together (in train).
 
   train: astronaut, rocket, motorcycle_left, motorcycle_right, hubble_deep_field, retina
   test:  chelsea, coffee, grace_hopper
 
-The test photos are ordinary indoor/portrait scenes of three kinds (animal, still life, person), which
-is what low-light enhancement is judged on. Greyscale photos in the wheel (camera, coins, moon, grass,
-...) are deliberately left out: replicated to RGB they have R = G = B, which makes the colour-constancy
-losses of the zero-reference methods trivially zero and would teach the networks to desaturate.
+The test photos are ordinary indoor/portrait scenes of three kinds (animal, still life, person),
+which is what low-light enhancement is judged on. Greyscale photos in the wheel (camera, coins,
+moon, grass, ...) are deliberately left out: replicated to RGB they have R = G = B, which makes the
+colour-constancy losses of the zero-reference methods trivially zero and would teach the networks to
+desaturate.
 
 Test low images are degraded with a seed derived from the photo NAME alone (`photo_rng`, seed 0), so
-they are identical on every machine and every run. Training pairs are degraded on the fly in the pipeline
-(`transforms.Degrade`) with a generator derived from (seed, epoch, photo index), so every epoch sees new
-noise and exposure.
+they are identical on every machine and every run. Training pairs are degraded on the fly in the
+pipeline (`transforms.Degrade`) with a generator derived from (seed, epoch, photo index), so every
+epoch sees new noise and exposure.
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ def photo_path(name: str) -> pathlib.Path:
   else:
     raise KeyError(f'unknown embedded photo {name!r}; known: {EMBEDDED_TRAIN + EMBEDDED_TEST}')
   if not path.is_file():
-    raise FileNotFoundError(f'embedded photo {name!r} missing at {os.fspath(path)!r}; is the package '
-                            'installed from its wheel?')
+    raise FileNotFoundError(f'embedded photo {name!r} missing at {os.fspath(path)!r}; is the '
+                            'package installed from its wheel?')
   return path
 
 
@@ -100,9 +102,11 @@ def split_names(split: str) -> tuple[str, ...]:
 def photo_rng(name: str, seed: int = 0) -> np.random.Generator:
   """Generator for a photo's fixed degradation: from (seed, CRC-32 of the name).
 
-  CRC-32 rather than `hash()`, which is salted per Python process. Seed 0 defines the canonical test set.
+  CRC-32 rather than `hash()`, which is salted per Python process. Seed 0 defines the canonical test
+  set.
   """
-  return np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, zlib.crc32(name.encode())])))
+  seq = np.random.SeedSequence([seed, zlib.crc32(name.encode('utf-8'))])
+  return np.random.Generator(np.random.Philox(seq))
 
 
 def degraded_photo(name: str,

@@ -1,26 +1,29 @@
 """Robust image reading and atomic writing for the data pipelines (Pillow + numpy only).
 
 `read_image` turns any still image Pillow can open into RGB float32 in [0, 1], HxWx3, the layout the
-library uses everywhere (docs/CONVENTIONS.md). Real folders of photographs contain camera JPEGs with EXIF
-rotation, 16-bit PNGs, greyscale scans, RGBA screenshots, palette GIFs and CMYK JPEGs, and also files that
-are empty, cut short or not images at all; the latter raise `ImageDecodeError` (a `ValueError`) naming
-the file, so a data source can skip them with one clear warning instead of crashing a training run.
+library uses everywhere (docs/CONVENTIONS.md). Real folders of photographs contain camera JPEGs with
+EXIF rotation, 16-bit PNGs, greyscale scans, RGBA screenshots, palette GIFs and CMYK JPEGs, and also
+files that are empty, cut short or not images at all; the latter raise `ImageDecodeError` (a
+`ValueError`) naming the file, so a data source can skip them with one clear warning instead of
+crashing a training run.
 
 Mode handling (what a photo "means" as RGB):
   * EXIF orientation is applied (`ImageOps.exif_transpose`), as every photo viewer does.
-  * 16-bit greyscale (`I;16*`, `I`) keeps full precision (divided by 65535). Pillow has no 16-bit RGB
-    mode: 16-bit colour PNG/TIFF arrive already reduced to 8 bits per channel by Pillow.
+  * 16-bit greyscale (`I;16*`, `I`) keeps full precision (divided by 65535). Pillow has no 16-bit
+    RGB mode: 16-bit colour PNG/TIFF arrive already reduced to 8 bits per channel by Pillow.
   * 32-bit float (`F`) is taken as already in [0, 1] and clipped.
   * Greyscale is replicated to three channels.
-  * Alpha (`RGBA`, `LA`, `PA`, palette transparency) is composited onto BLACK, i.e. colour * alpha: fully
-    opaque images (the usual case) are unchanged, and transparent pixels, whose stored colour is
-    undefined and often garbage, become "no light", which is what a low-light pipeline should see.
+  * Alpha (`RGBA`, `LA`, `PA`, palette transparency) is composited onto BLACK, i.e. colour * alpha:
+    fully opaque images (the usual case) are unchanged, and transparent pixels, whose stored colour
+    is undefined and often garbage, become "no light", which is what a low-light pipeline should
+    see.
   * Palette, CMYK, YCbCr, LAB, HSV and 1-bit images use Pillow's conversion to RGB. ICC profiles are
     ignored (no colour management).
 
 Decompression bombs: an image whose header declares more than `max_pixels` pixels is rejected before
-any pixel is decoded; Pillow's own `DecompressionBombWarning` (raised above `PIL.Image.MAX_IMAGE_PIXELS`,
-which therefore caps `max_pixels` from above) is turned into an error for our calls only.
+any pixel is decoded; Pillow's own `DecompressionBombWarning` (raised above
+`PIL.Image.MAX_IMAGE_PIXELS`, which therefore caps `max_pixels` from above) is turned into an error
+for our calls only.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def _open_checked(path: PathLike, max_pixels: int) -> Image.Image:
 
 
 def _to_rgb_float(im: Image.Image) -> np.ndarray:
-  """Converts a loaded Pillow image of any mode to float32 HxWx3 in [0, 1] (see module docstring)."""
+  """Any loaded Pillow image -> float32 HxWx3 in [0, 1] (rules in the module docstring)."""
   mode = im.mode
   if mode.startswith('I;16') or mode == 'I':
     grey = np.asarray(im).astype(np.float32) / 65535.0
@@ -109,13 +112,15 @@ def read_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nd
 
   Args:
     path: image file (any format Pillow reads).
-    max_pixels: reject images whose header declares more pixels than this (decompression-bomb guard).
+    max_pixels: reject images whose header declares more pixels than this (decompression-bomb
+      guard).
 
   Returns:
     float32 array of shape (H, W, 3) with values in [0, 1], EXIF orientation applied.
 
   Raises:
-    ImageDecodeError: the file is empty, truncated, not an image, too large or otherwise undecodable.
+    ImageDecodeError: the file is empty, truncated, not an image, too large or otherwise
+      undecodable.
     FileNotFoundError: the path does not exist (a configuration error, not a bad file).
   """
   if not os.path.exists(path):
@@ -160,8 +165,11 @@ def verify_image(path: PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tup
 
 
 def _exif_orientation(im: Image.Image) -> int:
-  """EXIF orientation from the header. Pillow's getexif() decodes a whole PNG whose eXIf chunk was not
-  seen before the pixel data; such (non-conforming) PNGs are treated as unrotated here."""
+  """EXIF orientation from the header only.
+
+  Pillow's getexif() decodes a whole PNG whose eXIf chunk comes after the pixel data; such
+  (non-conforming) PNGs are treated as unrotated here.
+  """
   if im.format == 'PNG' and 'exif' not in im.info:
     return 1
   return im.getexif().get(0x0112, 1)
@@ -197,7 +205,8 @@ def write_png_atomic(path: PathLike, image: np.ndarray) -> None:
 def list_images(directory: PathLike) -> list[pathlib.Path]:
   """Image files directly inside `directory` (not recursive), sorted by name.
 
-  Extensions png/jpg/jpeg/bmp/tif/tiff/webp, case-insensitive; hidden files (leading '.') are ignored.
+  Extensions png/jpg/jpeg/bmp/tif/tiff/webp, case-insensitive; hidden files (leading '.') are
+  ignored.
 
   Raises:
     NotADirectoryError: `directory` does not exist or is not a directory.

@@ -1,11 +1,12 @@
 """Training loader and evaluation set built from a data config (grain + numpy).
 
 Follows the grain DataLoader pattern of flax `examples/gemma/input_pipeline_grain.py` and kauldron's
-`kauldron/data/py/`: source -> (sharded, shuffled, infinitely repeated) sampler -> per-element transforms
--> batch, with each JAX process reading its own shard and per-process batches. The iterator returned by
-`iter(make_train_loader(...))` is checkpointable: `get_state()`/`set_state()`, or with Orbax
-`ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator))` / `CheckpointRestore(iterator)`;
-a restored iterator yields exactly the batches the original would have yielded.
+`kauldron/data/py/`: source -> (sharded, shuffled, infinitely repeated) sampler -> per-element
+transforms -> batch, with each JAX process reading its own shard and per-process batches. The
+iterator returned by `iter(make_train_loader(...))` is checkpointable: `get_state()`/`set_state()`,
+or with Orbax `ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator))` /
+`CheckpointRestore(iterator)`; a restored iterator yields exactly the batches the original would
+have yielded.
 
 Usage:
   cfg = default_data_config()            # or config.data from a configs/*.py get_config
@@ -42,10 +43,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   Fields:
     source: 'embedded' (photos shipped in scikit-image/matplotlib, low images synthesised; needs no
       files), 'paired_folder' (root/low_dir + root/high_dir matched by stem, e.g. LOL `our485`) or
-      'unpaired_folder' (images of root/low_dir only, for zero-reference methods; batches hold 'low').
+      'unpaired_folder' (images of root/low_dir only, for zero-reference methods; batches hold
+      'low').
     root: training folder for the folder sources (required for them; unused for 'embedded').
-    eval_root: evaluation folder with the same layout (e.g. LOL `eval15`); `make_eval_set` of a folder
-      source needs it.
+    eval_root: evaluation folder with the same layout (e.g. LOL `eval15`); `make_eval_set` of a
+      folder source needs it.
     low_dir, high_dir: subfolder names; low_dir '' means root itself (unpaired_folder).
     resize: if > 0, first resize every training image to resize x resize with Lanczos (SGZ: 512);
       0 keeps the original size.
@@ -54,7 +56,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     hflip, vflip: random horizontal / vertical flips (p = 1/2 each), same for low and high.
     worker_count: grain worker processes; 0 = transforms run in the training process.
     worker_buffer_size: batches each worker prepares ahead.
-    read_threads, read_buffer_size: grain ReadOptions (threads decoding records, records read ahead).
+    read_threads, read_buffer_size: grain ReadOptions (threads decoding records, records read
+      ahead).
     max_pixels: larger images are skipped (decompression-bomb guard; see `imageio.read_image`).
     degradation: low-light synthesis for 'embedded' (fields of `degrade.DegradationConfig`).
   """

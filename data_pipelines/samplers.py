@@ -1,13 +1,14 @@
 """A grain index sampler whose per-element random generator depends on (seed, epoch, record).
 
-grain's `IndexSampler` hands every element `np.random.Generator(Philox(key=seed + index))`: runs with
-seeds s and s + 1 then draw the same random streams shifted by one element, and an element's crop/noise
-depends on its position in the shuffle. This wrapper keeps IndexSampler's order (shuffle, sharding,
-infinite epochs, checkpointable position) and replaces the generator by one seeded with
-`SeedSequence([seed, epoch, record_key])`: a given photo in a given epoch always gets the same crop and
-noise, a new epoch gets new ones, and nearby seeds are statistically independent.
+grain's `IndexSampler` hands every element `np.random.Generator(Philox(key=seed + index))`: runs
+with seeds s and s + 1 then draw the same random streams shifted by one element, and an element's
+crop/noise depends on its position in the shuffle. This wrapper keeps IndexSampler's order (shuffle,
+sharding, infinite epochs, checkpointable position) and replaces the generator by one seeded with
+`SeedSequence([seed, epoch, record_key])`: a given photo in a given epoch always gets the same crop
+and noise, a new epoch gets new ones, and nearby seeds are statistically independent.
 
-Lives apart from `pipeline.py` because grain pickles it into worker processes, which must not import jax.
+Lives apart from `pipeline.py` because grain pickles it into worker processes, which must not import
+jax.
 """
 
 from __future__ import annotations

@@ -302,41 +302,51 @@ class SCLSource(grain.sources.RandomAccessDataSource):
   def _read(self, path: pathlib.Path) -> np.ndarray:
     return imageio.read_image(path, max_pixels=self.max_pixels)
 
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+  def plan(self, index: int) -> dict[str, Any]:
+    """What element `index` is made of: {'input', 'gamma', 'pos', 'neg'} (+ 'neg_stops' for 'embedded').
+
+    Pool entries are photo names ('embedded') or indices into `positives` / `negatives` ('cityscapes').
+    """
     index = int(index)
     if not 0 <= index < len(self):
       raise IndexError(f'index {index} out of range for {len(self)} records')
     rng = _rng(self.seed, index)
     i = index % self.num_inputs
-    # Fixed draw order: gamma, then pool indices.
-    gamma = float(rng.uniform(*self.darken_gamma))
+    # Fixed draw order: gamma, then the pool draws.
+    out: dict[str, Any] = {'input': i, 'gamma': float(rng.uniform(*self.darken_gamma))}
     if self.inputs == 'embedded':
-      name = self.names[i]
-      image = embedded.load_photo(name)
-      labels = np.array(_embedded_labels(name, self.pseudo_classes))
-      others = [n for n in self.names if n != name]
+      others = [n for n in self.names if n != self.names[i]]
       order = [others[j] for j in rng.permutation(len(others))]
       need = self.num_pos + self.num_neg
       if len(order) < need:  # Too few photos to keep every pool image distinct: reuse some.
         order += [others[j] for j in rng.integers(0, len(others), need - len(order))]
-      pos_names, neg_names = order[:self.num_pos], order[self.num_pos:need]
       stops = rng.uniform(1.5, 3.0, size=self.num_neg)
       signs = np.where(np.arange(self.num_neg) % 2 == 0, -1.0, 1.0)  # under, over, under, ...
-      pos = [self._pool_image(embedded.load_photo(n)) for n in pos_names]
-      neg = [self._pool_image(expose(embedded.load_photo(n), s * st))
-             for n, s, st in zip(neg_names, signs, stops)]
+      out.update(pos=order[:self.num_pos], neg=order[self.num_pos:need],
+                 neg_stops=[float(v) for v in signs * stops])
     else:
-      image_path, label_path, train_ids = self._records[i]
+      out.update(pos=[int(j) for j in rng.choice(len(self.positives), self.num_pos, replace=False)],
+                 neg=[int(j) for j in rng.choice(len(self.negatives), self.num_neg, replace=False)])
+    return out
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    p = self.plan(index)
+    if self.inputs == 'embedded':
+      name = self.names[p['input']]
+      image = embedded.load_photo(name)
+      labels = np.array(_embedded_labels(name, self.pseudo_classes))
+      pos = [self._pool_image(embedded.load_photo(n)) for n in p['pos']]
+      neg = [self._pool_image(expose(embedded.load_photo(n), st)) for n, st in zip(p['neg'], p['neg_stops'])]
+    else:
+      image_path, label_path, train_ids = self._records[p['input']]
       image = self._read(image_path)
       labels = read_labels(label_path, train_ids)
       if labels.shape != image.shape[:2]:
         raise ValueError(f'{label_path}: label size {labels.shape} != image size {image.shape[:2]}')
-      pos_idx = rng.choice(len(self.positives), self.num_pos, replace=False)
-      neg_idx = rng.choice(len(self.negatives), self.num_neg, replace=False)
-      pos = [self._pool_image(self._read(self.positives[j])) for j in pos_idx]
-      neg = [self._pool_image(self._read(self.negatives[j])) for j in neg_idx]
+      pos = [self._pool_image(self._read(self.positives[j])) for j in p['pos']]
+      neg = [self._pool_image(self._read(self.negatives[j])) for j in p['neg']]
     return {
-        'low': darken(image, gamma),
+        'low': darken(image, p['gamma']),
         'labels': labels.astype(np.int32),
         'pos': np.stack(pos).astype(np.float32),
         'neg': np.stack(neg).astype(np.float32),

@@ -1,14 +1,16 @@
-"""grain random-access sources: the embedded photos, paired folders (LOL-style) and unpaired folders.
+"""grain random-access sources: embedded photos, paired folders (LOL-style), unpaired folders.
 
-Every source returns dict elements of RGB float32 HxWx3 images in [0, 1] and has a `__repr__` that depends
-only on its construction arguments and file list: grain compares `repr(source)` when restoring a
-checkpointed iterator (`DataLoader.set_state`), so it must not change while a run is going.
+Every source returns dict elements of RGB float32 HxWx3 images in [0, 1] and has a `__repr__` that
+depends only on its construction arguments and file list: grain compares `repr(source)` when
+restoring a checkpointed iterator (`DataLoader.set_state`), so it must not change while a run is
+going.
 
 Bad files never crash a run. Folder sources check every file cheaply when constructed (header, size
-limit and Pillow's `verify()`, no pixel decoding) and drop failures; files that pass but fail to decode
-later (typically a truncated JPEG, whose header is intact) are skipped at read time by returning the next
-readable record instead. Each bad file is logged ONCE as a warning naming the file and the reason, and
-listed in `source.skipped` as (path, reason) (per process: grain workers keep their own lists).
+limit and Pillow's `verify()`, no pixel decoding) and drop failures; files that pass but fail to
+decode later (typically a truncated JPEG, whose header is intact) are skipped at read time by
+returning the next readable record instead. Each bad file is logged ONCE as a warning naming the
+file and the reason, and listed in `source.skipped` as (path, reason) (per process: grain workers
+keep their own lists).
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ log = logging.getLogger(__name__)
 class EmbeddedPairs(grain.sources.RandomAccessDataSource):
   """The photos of `embedded.EMBEDDED_TRAIN` / `EMBEDDED_TEST` as {'low', 'high'} elements.
 
-  `low` is degraded with a generator fixed by (seed, photo name) (`embedded.degraded_photo`), so element
-  i is the same forever; seed 0 is the canonical test set. With `degradation=None` elements hold only
-  'high': the training pipeline then crops first and synthesises 'low' per epoch with
+  `low` is degraded with a generator fixed by (seed, photo name) (`embedded.degraded_photo`), so
+  element i is the same forever; seed 0 is the canonical test set. With `degradation=None` elements
+  hold only 'high': the training pipeline then crops first and synthesises 'low' per epoch with
   `transforms.Degrade` (fresh noise every epoch, generated at crop resolution).
   """
 
@@ -119,7 +121,8 @@ class _FolderSource(grain.sources.RandomAccessDataSource):
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     n = len(self._records)
     index = int(index)
-    # Deterministic fallback: the next readable record, so a checkpointed iterator replays identically.
+    # Deterministic fallback: the next readable record, so a checkpointed iterator replays
+    # identically.
     for offset in range(n):
       i = (index + offset) % n
       if i in self._failed:
@@ -192,7 +195,7 @@ def _by_stem(directory: pathlib.Path,
 
 
 class UnpairedFolder(_FolderSource):
-  """Single images from one folder as {key: image} (zero-reference / unpaired training, inference)."""
+  """Single images from one folder as {key: image} (zero-reference training, inference)."""
 
   def __init__(self, directory: str | os.PathLike, key: str = 'low', *,
                max_pixels: int = imageio.DEFAULT_MAX_PIXELS, validate: bool = True):

@@ -85,7 +85,7 @@ class SceneConfig:
   vehicle_rate: float = 0.25
   pedestrian_rate: float = 0.08
   day_noise: tuple[float, float] = (2e-4, 1e-6)
-  night_noise: tuple[float, float] = (4e-3, 4e-5)
+  night_noise: tuple[float, float] = (2e-3, 2e-5)
   ambient_night: float = 0.012
 
   def __post_init__(self):
@@ -217,9 +217,13 @@ class _Object:
   y: int  # Top row.
   speed: float  # Pixels per frame, signed.
   albedo: np.ndarray  # hxwx3.
-  alpha: np.ndarray  # hxw in [0, 1].
+  alpha: np.ndarray  # hxw, 0 or 1 (sprites are binary: the mask is exact).
   vehicle: bool
   lane: int  # Vehicle lane or pedestrian stream.
+
+  def __post_init__(self):
+    self.solid = self.alpha[..., None] > 0.5  # hxwx1, for np.copyto(where=...).
+    self.lit_day = (self.albedo * _DAYLIGHT).astype(np.float32)
 
   @property
   def width(self) -> int:
@@ -414,10 +418,10 @@ class SceneRenderer:
       if box is None:
         continue
       (fy, fx), (sy, sx) = box
-      a = o.alpha[sy, sx][..., None]
-      lit = o.albedo[sy, sx] * self.light[fy, fx]
-      img[fy, fx] = img[fy, fx] * (1 - a) + lit * a
-      mask[fy, fx] |= a[..., 0] > 0.5
+      solid = o.solid[sy, sx]
+      lit = o.albedo[sy, sx] * self.light[fy, fx] if cfg.night else o.lit_day[sy, sx]
+      np.copyto(img[fy, fx], lit, where=solid)
+      mask[fy, fx] |= solid[..., 0]
       if cfg.night and o.vehicle:
         beams.append((o, x0))
     for o, x0 in beams:
@@ -480,7 +484,7 @@ class MaskWriter:
 
   def _write(self, name: str, array: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
+    np.lib.format.write_array(buf, np.asarray(array), allow_pickle=False)
     self._zip.writestr(name, buf.getvalue())
 
   def _flush(self) -> None:
@@ -500,7 +504,7 @@ def read_masks(path: str | os.PathLike, frames: Sequence[int] | slice | None = N
   """Foreground masks from a `MaskWriter` archive as bool [N, H, W] (all frames when `frames` is None)."""
   with np.load(path) as z:
     t, h, w = (int(v) for v in z['shape'])
-    chunk = int(z['chunk'])
+    chunk = int(np.asarray(z['chunk']).reshape(-1)[0])
     if frames is None:
       frames = range(t)
     elif isinstance(frames, slice):
@@ -547,7 +551,7 @@ class WrittenVideo:
 
 
 def write_video(out_dir: str | os.PathLike, cfg: SceneConfig, *, num_frames: int, seed: int = 0,
-                camera: int = 0, keyframe_seconds: float = 2.0, crf: int = 20,
+                camera: int = 0, keyframe_seconds: float = 2.0, crf: int = 23,
                 preset: str = 'veryfast') -> WrittenVideo:
   """Renders `num_frames` frames of camera `camera` and writes the MP4, background PNG and masks.
 
@@ -635,6 +639,7 @@ def _write_text_atomic(path: pathlib.Path, text: str) -> None:
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
   with os.fdopen(fd, 'w') as f:
     f.write(text)
+  os.chmod(tmp, 0o644)  # mkstemp creates 0600; the manifest is as readable as the videos.
   os.replace(tmp, path)
 
 

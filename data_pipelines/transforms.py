@@ -1,10 +1,11 @@
-"""Paired image transforms for grain: frozen keyword-only dataclasses over dict elements, numpy only.
+"""Paired image transforms for grain: frozen keyword-only dataclasses over dict elements (numpy).
 
 Following kauldron (`kauldron/data/transforms/`) and BasicSR (`paired_random_crop`, `augment` in
-`basicsr/data/transforms.py`): a random transform samples ONE geometry per element and applies it to every
-key in `keys`, so a low image and its ground truth stay pixel-aligned. Every listed key must be present
-and all of them must have the same height and width (a KeyError / ValueError otherwise: a silent
-misalignment would poison training). Images are HxWxC float32 in [0, 1]; keys not listed pass through.
+`basicsr/data/transforms.py`): a random transform samples ONE geometry per element and applies it to
+every key in `keys`, so a low image and its ground truth stay pixel-aligned. Every listed key must
+be present and all of them must have the same height and width (a KeyError / ValueError otherwise: a
+silent misalignment would poison training). Images are HxWxC float32 in [0, 1]; keys not listed pass
+through.
 
 No jax here: these run inside grain worker processes, which must not initialise an accelerator.
 """
@@ -75,9 +76,9 @@ def _pad_to(image: np.ndarray, h: int, w: int) -> np.ndarray:
 class RandomCrop(grain.transforms.RandomMap):
   """Crops the same random `size` window from every key.
 
-  Images smaller than `size` are first padded by reflection (centred), never with zeros: a black border
-  would look like a dark region whose "ground truth" is also black, which is wrong supervision for
-  low-light enhancement.
+  Images smaller than `size` are first padded by reflection (centred), never with zeros: a black
+  border would look like a dark region whose "ground truth" is also black, which is wrong
+  supervision for low-light enhancement.
   """
 
   size: int | tuple[int, int]
@@ -93,13 +94,14 @@ class RandomCrop(grain.transforms.RandomMap):
     left = int(rng.integers(0, max(iw - w, 0) + 1))
     out = dict(element)
     for k in self.keys:
-      out[k] = np.ascontiguousarray(_pad_to(np.asarray(element[k]), h, w)[top:top + h, left:left + w])
+      padded = _pad_to(np.asarray(element[k]), h, w)
+      out[k] = np.ascontiguousarray(padded[top:top + h, left:left + w])
     return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CenterCrop(grain.transforms.Map):
-  """Crops the central `size` window of every key (reflect-padding smaller images, as RandomCrop)."""
+  """Crops the central `size` window of every key (reflect-pads smaller images like RandomCrop)."""
 
   size: int | tuple[int, int]
   keys: tuple[str, ...] = ('low', 'high')
@@ -113,7 +115,8 @@ class CenterCrop(grain.transforms.Map):
     top, left = max(ih - h, 0) // 2, max(iw - w, 0) // 2
     out = dict(element)
     for k in self.keys:
-      out[k] = np.ascontiguousarray(_pad_to(np.asarray(element[k]), h, w)[top:top + h, left:left + w])
+      padded = _pad_to(np.asarray(element[k]), h, w)
+      out[k] = np.ascontiguousarray(padded[top:top + h, left:left + w])
     return out
 
 
@@ -172,7 +175,7 @@ class Resize(grain.transforms.Map):
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int], method: str = 'lanczos') -> np.ndarray:
-  """Resizes an HxW or HxWxC float image to `size` = (h, w) channel by channel; float32 in [0, 1]."""
+  """Resizes an HxW or HxWxC float image to `size` = (h, w) per channel; float32 in [0, 1]."""
   h, w = size
   if image.shape[:2] == (h, w):
     return image.astype(np.float32, copy=False)
@@ -191,9 +194,10 @@ def resize_image(image: np.ndarray, size: tuple[int, int], method: str = 'lanczo
 class Degrade(grain.transforms.RandomMap):
   """Synthesises `dst` (default 'low') from `src` (default 'high') with `degrade.degrade`.
 
-  Placed AFTER the geometry transforms, so noise is generated at the network's input resolution (as a
-  sensor would produce it) rather than being averaged away by a later resize, and only the crop is
-  degraded. The element generator comes from the sampler, i.e. (seed, epoch, index): fresh every epoch.
+  Placed AFTER the geometry transforms, so noise is generated at the network's input resolution (as
+  a sensor would produce it) rather than being averaged away by a later resize, and only the crop is
+  degraded. The element generator comes from the sampler, i.e. (seed, epoch, index): fresh every
+  epoch.
   """
 
   config: degrade_lib.DegradationConfig = degrade_lib.DegradationConfig()

@@ -48,6 +48,7 @@ of closed GOPs (what encoders write by default) keep their display index.
 from __future__ import annotations
 
 import bisect
+import copy
 import dataclasses
 import datetime
 import fractions
@@ -290,13 +291,19 @@ def list_videos(root: str | os.PathLike) -> list[pathlib.Path]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _to_float(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
-  """RGB float32 HxWx3 in [0, 1], resized with swscale (area filter) when `size` = (h, w) is given."""
+def _to_rgb(frame: av.VideoFrame, size: tuple[int, int] | None) -> np.ndarray:
+  """RGB uint8 HxWx3, resized with swscale (area filter) when `size` = (h, w) is given."""
   kwargs = dict(format='rgb24', threads=1)  # threads=1: one core per grain worker, as measured.
   if size is not None and (frame.height, frame.width) != tuple(size):
     kwargs.update(height=size[0], width=size[1], interpolation='AREA')
-  rgb = frame.to_ndarray(**kwargs)
-  return np.multiply(rgb, np.float32(1 / 255), dtype=np.float32)
+  return frame.to_ndarray(**kwargs)
+
+
+def to_float(rgb: np.ndarray) -> np.ndarray:
+  """uint8 -> float32 in [0, 1]."""
+  out = rgb.astype(np.float32)
+  out *= np.float32(1 / 255)  # In place: half the time of a casting multiply.
+  return out
 
 
 class FrameDecoder:
@@ -360,11 +367,11 @@ class FrameDecoder:
 
   def read(self, start: int, end: int, keep: Callable[[int], bool] = lambda i: True,
            skip: int = 0, convert: bool = True) -> Iterator[tuple[int, np.ndarray | None]]:
-    """Yields (index, RGB float32 frame) for kept frames in [start, end), in order.
+    """Yields (index, RGB uint8 HxWx3 frame) for kept frames in [start, end), in order.
 
     The first `skip` kept frames are decoded but neither converted nor yielded (checkpoint restore).
-    With convert=False frames are yielded as None (counting, luma probes use `read_frame`).
-    Raises VideoDecodeError if the stream is corrupt.
+    With convert=False frames are yielded as None (counting). Raises VideoDecodeError if the stream
+    is corrupt.
     """
     try:
       self._position(start)
@@ -386,14 +393,16 @@ class FrameDecoder:
         if skip > 0:
           skip -= 1
           continue
-        yield index, (_to_float(frame, self.size) if convert else None)
-    except _DECODE_ERRORS as e:
+        yield index, (_to_rgb(frame, self.size) if convert else None)
+    except Exception as e:  # pylint: disable=broad-except  (GeneratorExit passes through)
+      if not isinstance(e, _DECODE_ERRORS):
+        raise
       self._frames, self._pending, self._next = None, None, -1
       raise VideoDecodeError(self.info.path,
                              f'decoding failed near frame {start}: {type(e).__name__}: {e}') from e
 
   def read_frame(self, index: int) -> np.ndarray:
-    """The frame at `index` (or the first decodable one after it, for files with gaps)."""
+    """The uint8 frame at `index` (or the first decodable one after it, for files with gaps)."""
     for _, frame in self.read(index, self.info.num_frames):
       return frame
     raise VideoDecodeError(self.info.path, f'no frame at or after index {index}')
@@ -452,7 +461,7 @@ def median_luma(info: VideoInfo, samples: int = 5) -> float:
     lumas = []
     for k in range(samples):
       frame = decoder.read_frame(int((k + 0.5) * info.num_frames / samples))
-      lumas.append(float((frame @ np.array([0.299, 0.587, 0.114], np.float32)).mean()))
+      lumas.append(float((to_float(frame) @ np.array([0.299, 0.587, 0.114], np.float32)).mean()))
   finally:
     decoder.close()
   return float(np.median(lumas))
@@ -839,7 +848,7 @@ class VideoFramesIterator(grain.DatasetIterator):
 def make_frame_dataset(index: VideoIndex, *, seed: int = 0, shuffle: bool = True,
                        shuffle_buffer: int = 256, num_epochs: int | None = None,
                        shard_index: int = 0, shard_count: int = 1,
-                       image_key: str = 'image') -> grain.IterDataset:
+                       image_key: str = 'image', dtype: str = 'float32') -> grain.IterDataset:
   """Frames of this shard: segments shuffled per epoch, decoded sequentially, window-shuffled.
 
   Args:
@@ -850,10 +859,15 @@ def make_frame_dataset(index: VideoIndex, *, seed: int = 0, shuffle: bool = True
     num_epochs: None repeats forever.
     shard_index, shard_count: this process's contiguous block of segments.
     image_key: key of the frame in the element dicts.
+    dtype: 'float32' (RGB in [0, 1]) or 'uint8' (raw RGB; batch with `batch_frames`, which converts
+      a whole batch at once: ~2x cheaper than per-frame conversion, and 4x less data in the shuffle
+      window and between worker processes).
 
   Returns:
     An IterDataset of frame dicts (module docstring) supporting `mp_prefetch` and checkpointing.
   """
+  if dtype not in ('float32', 'uint8'):
+    raise ValueError(f"dtype must be 'float32' or 'uint8', got {dtype!r}")
   source = VideoSegmentSource(index, shard_index, shard_count)
   if len(source) == 0:
     raise ValueError(f'no {index.options.split} video segments for shard {shard_index} of '
@@ -866,8 +880,113 @@ def make_frame_dataset(index: VideoIndex, *, seed: int = 0, shuffle: bool = True
     segments = segments.repeat(num_epochs)
   ds: grain.IterDataset = VideoFramesIterDataset(segments, index, image_key=image_key)
   if shuffle and shuffle_buffer > 1:
-    ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=shuffle_buffer, seed=seed)
-  return ds
+    # Frames wait in the window as uint8 (a quarter of the memory, no page-fault storm).
+    ds = WindowShuffleIterDataset(ds, window_size=shuffle_buffer, seed=seed)
+  return ds.map(ToFloat(key=image_key)) if dtype == 'float32' else ds
+
+
+def batch_frames(elements: Sequence[dict[str, Any]], image_key: str = 'image') -> dict[str, Any]:
+  """grain `batch_fn` for uint8 frame elements: stacks every key, the image as float32 in [0, 1].
+
+  The float batch is written in place (one allocation per batch instead of one per frame).
+  """
+  out = {k: np.stack([e[k] for e in elements]) for k in elements[0] if k != image_key}
+  first = elements[0][image_key]
+  images = np.empty((len(elements),) + first.shape, np.float32)
+  for i, e in enumerate(elements):
+    np.multiply(e[image_key], np.float32(1 / 255), out=images[i])
+  out[image_key] = images
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ToFloat(grain.transforms.Map):
+  """element[key]: uint8 -> float32 in [0, 1]."""
+
+  key: str = 'image'
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    element = dict(element)
+    element[self.key] = to_float(element[self.key])
+    return element
+
+
+class WindowShuffleIterDataset(grain.IterDataset):
+  """Shuffles consecutive windows of `window_size` elements (grain's WindowShuffle semantics).
+
+  Port note: grain's `experimental.WindowShuffleIterDataset` draws each position with
+  `index_shuffle`, ~1 ms per element on our machines (a third of the per-frame budget); this draws
+  one numpy permutation per window, seeded by (seed, window number). Checkpoint state is the parent
+  state at the window start plus the position in the window: restoring re-reads the window.
+  """
+
+  def __init__(self, parent: grain.IterDataset, *, window_size: int, seed: int):
+    super().__init__(parent)
+    if window_size < 1:
+      raise ValueError(f'window_size must be >= 1, got {window_size}')
+    self._window_size, self._seed = window_size, seed
+
+  def __iter__(self) -> '_WindowShuffleIterator':
+    return _WindowShuffleIterator(self._parent.__iter__(), self._window_size, self._seed)
+
+  def __str__(self) -> str:
+    return f'WindowShuffleIterDataset(window_size={self._window_size}, seed={self._seed})'
+
+
+class _WindowShuffleIterator(grain.DatasetIterator):
+
+  def __init__(self, parent: grain.DatasetIterator, window_size: int, seed: int):
+    super().__init__(parent)
+    self._window_size, self._seed = window_size, seed
+    self._window: list[Any] = []
+    self._window_index = -1
+    self._pos = 0
+    self._start_state = parent.get_state()
+
+  def _fill(self) -> None:
+    self._start_state = self._parent.get_state()
+    items = []
+    for _ in range(self._window_size):
+      try:
+        items.append(next(self._parent))
+      except StopIteration:
+        break
+    rng = np.random.Generator(np.random.Philox(
+        np.random.SeedSequence([self._seed, self._window_index])))
+    self._window = [items[i] for i in rng.permutation(len(items))]
+    self._pos = 0
+
+  def __next__(self) -> Any:
+    if self._pos >= len(self._window):
+      self._window_index += 1
+      self._fill()
+      if not self._window:
+        raise StopIteration
+    item = self._window[self._pos]
+    self._window[self._pos] = None  # Release emitted frames early.
+    self._pos += 1
+    return item
+
+  def get_state(self) -> dict[str, Any]:
+    if self._pos >= len(self._window):  # At a window boundary: the next window starts here.
+      return {'parent': copy.deepcopy(self._parent.get_state()), 'window': self._window_index + 1,
+              'pos': 0}
+    return {'parent': copy.deepcopy(self._start_state), 'window': self._window_index,
+            'pos': self._pos}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state['parent'])
+    self._window_index = int(state['window'])
+    self._window, self._pos = [], 0
+    if state['pos']:
+      self._fill()
+      self._pos = int(state['pos'])
+      self._window[:self._pos] = [None] * self._pos
+    else:
+      self._window_index -= 1  # __next__ increments before filling.
+
+  def __str__(self) -> str:
+    return 'WindowShuffleIterator'
 
 
 # ---------------------------------------------------------------------------------------------
@@ -947,7 +1066,7 @@ class VideoClipSource(grain.sources.RandomAccessDataSource):
             decoder.close()
           decoder = FrameDecoder(self.index.videos[video], size=opts.size,
                                  threads=opts.decoder_threads)
-        frames.append(decoder.read_frame(f))
+        frames.append(to_float(decoder.read_frame(f)))
         if self.with_masks:
           masks.append(self._mask(video, f, frames[-1].shape[:2]))
     finally:
@@ -1066,11 +1185,13 @@ def make_train_dataset(video_cfg, *, batch_size: int, seed: int, shard_index: in
                              with_masks=video_cfg.with_masks)
     ds = grain.MapDataset.source(source)[shard_index::shard_count].shuffle(seed=seed).repeat()
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+    ds = ds.batch(batch_size, drop_remainder=True)
   else:
     ds = make_frame_dataset(index, seed=seed, shuffle=True, shuffle_buffer=video_cfg.shuffle_buffer,
                             shard_index=shard_index, shard_count=shard_count,
-                            image_key=video_cfg.image_key)
-  ds = ds.batch(batch_size, drop_remainder=True)
+                            image_key=video_cfg.image_key, dtype='uint8')
+    ds = ds.batch(batch_size, drop_remainder=True,
+                  batch_fn=functools.partial(batch_frames, image_key=video_cfg.image_key))
   if video_cfg.worker_count > 0:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=video_cfg.worker_count, per_worker_buffer_size=video_cfg.worker_buffer_size))

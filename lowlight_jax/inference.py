@@ -1,10 +1,10 @@
 """Enhancing images with the authors' released weights, exactly as their test scripts do.
 
 Methods and the reference scripts reproduced (see ../shared/conformance/MANIFEST.md):
-  * `sgz`: SGZ (Zheng & Gupta, WACV-W 2022) `test.py` - crop H, W down to multiples of the scale factor
-    (12, hard-coded by the authors), EFE on the 1/12 bilinear downsample, align-corners upsample of x_r,
-    8 curve iterations at full resolution. `keep_size=True` keeps the full input size instead (edge pad, see
-    `models.sgz.sgz_forward`).
+  * `sgz`: SGZ (Zheng & Gupta, WACV-W 2022) `test.py` - crop H, W down to multiples of the scale
+    factor (12, hard-coded by the authors), EFE on the 1/12 bilinear downsample, align-corners
+    upsample of x_r, 8 curve iterations at full resolution. `keep_size=True` keeps the full input
+    size instead (edge pad, see `models.sgz.sgz_forward`).
   * `zero_dce`: Zero-DCE (Guo et al., CVPR 2020) `lowlight_test.py`, full resolution.
   * `scl_lle`: SCL-LLE (Liang et al., AAAI 2022) `lowlight_test.py`, full resolution (same network).
 
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lowlight_jax.convert import io as convert_io
+from lowlight_jax.convert import layout
 from lowlight_jax.convert import weights as convert_weights
 
 PathLike = str | os.PathLike
@@ -29,12 +30,15 @@ DEFAULT_SGZ_SCALE = 12  # SGZ test.py: Tester.scale_factor = 12
 
 
 def load_released(method: str, path: PathLike, *, key: str | None = None) -> dict[str, Any]:
-  """Loads `method`'s weights from an original checkpoint (.pth/.pt/.bin/.safetensors/.npz) or a converted file.
+  """Loads `method`'s weights from an original checkpoint or from a converted file.
+
+  Original checkpoints: torch .pth/.pt/.bin (read without torch), .safetensors or .npz.
 
   Args:
     method: one of `convert.weights.METHODS`.
     path: the weights file; the format is detected from its content.
-    key: optional key of the state dict inside a torch checkpoint (see `convert.io.load_state_dict`).
+    key: optional key of the state dict inside a torch checkpoint (see
+    `convert.io.load_state_dict`).
 
   Returns:
     Flax variables (`{'params': ...}`), ready for the model's `apply` and for `enhance_released`.
@@ -44,22 +48,20 @@ def load_released(method: str, path: PathLike, *, key: str | None = None) -> dic
     if not convert_weights.same_architecture(meta["method"], method):
       raise ValueError(f"{path} holds converted {meta['method']!r} weights, not {method!r}")
     # Re-validate against the model (catches stale or hand-edited files).
-    from lowlight_jax.convert import layout
-    if method != "resnet50":
-      variables = layout.assign(convert_weights.init_shapes(method), variables, strict=True)
-    return variables
+    return layout.assign(convert_weights.init_shapes(method), variables, strict=True)
   return convert_weights.convert(method, convert_io.load_state_dict(path, key=key))
 
 
 @functools.lru_cache(maxsize=None)
 def _forward_fn(method: str, scale_factor: int, crop: bool):
-  """One jitted forward per (method, scale, crop); jax.jit then caches one executable per image shape."""
+  """One jitted forward per (method, scale, crop); jax.jit caches an executable per image shape."""
   model = convert_weights.build_model(method, precision=jax.lax.Precision.HIGHEST)
   if method == "sgz":
     from lowlight_jax.models import sgz
 
     def fwd(variables, x):
-      return sgz.sgz_forward(model.apply, variables, x, scale_factor=scale_factor, crop_to_multiple=crop)
+      return sgz.sgz_forward(model.apply, variables, x, scale_factor=scale_factor,
+                             crop_to_multiple=crop)
   else:
     fwd = model.apply
   return jax.jit(fwd)
@@ -71,8 +73,9 @@ def quantize_like_save_image(y: np.ndarray) -> np.ndarray:
   return np.clip(y * np.float32(255) + np.float32(0.5), 0, 255).astype(np.uint8)
 
 
-def enhance_released(method: str, variables: Any, image: np.ndarray, *, scale_factor: int | None = None,
-                     keep_size: bool = False, return_aux: bool = False) -> dict[str, Any]:
+def enhance_released(method: str, variables: Any, image: np.ndarray, *,
+                     scale_factor: int | None = None, keep_size: bool = False,
+                     return_aux: bool = False) -> dict[str, Any]:
   """Enhances one image with released weights.
 
   Args:
@@ -85,15 +88,18 @@ def enhance_released(method: str, variables: Any, image: np.ndarray, *, scale_fa
       `factor_lowres`; DCE-Net: `curves`, `enhanced_4`) and the unclipped `enhanced`.
 
   Returns:
-    dict(enhanced=(h, w, 3) float32 clipped to [0, 1], uint8=(h, w, 3) uint8[, aux]), where (h, w) is the input
-    size, or for SGZ without `keep_size` the size cropped down to multiples of the scale factor.
+    dict(enhanced=(h, w, 3) float32 clipped to [0, 1], uint8=(h, w, 3) uint8[, aux]), where (h, w)
+    is the input size, or for SGZ without `keep_size` the size cropped down to multiples of the
+    scale factor.
   """
   if method not in ENHANCE_METHODS:
     raise ValueError(f"enhance_released supports {ENHANCE_METHODS}, not {method!r}")
   img = np.asarray(image)
   if img.ndim != 3 or img.shape[-1] != 3:
     raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
-  img = img.astype(np.float32) / np.float32(255) if img.dtype == np.uint8 else img.astype(np.float32)
+  if img.dtype == np.uint8:
+    img = img.astype(np.float32) / np.float32(255)
+  img = img.astype(np.float32)
   if method == "sgz":
     s = DEFAULT_SGZ_SCALE if scale_factor is None else int(scale_factor)
     fn = _forward_fn(method, s, not keep_size)

@@ -1,9 +1,10 @@
 """Conformance with the authors' own PyTorch outputs (../shared/conformance, see its MANIFEST.md).
 
-Every case starts from the ORIGINAL released `.pth` file, read by our torch-free reader, converted, and run
-through `lowlight_jax.inference` (or the DecomNet model): uint8 outputs must be within 1 LSB of the authors'
-PNGs on every pixel (with only a handful of flipped values), float outputs within 1e-4 of their `.npy`.
-The measured flip counts and max errors are printed (`pytest -s`) and attached as junit properties.
+Every case starts from the ORIGINAL released `.pth` file, read by our torch-free reader, converted,
+and run through `lowlight_jax.inference` (or the DecomNet model): uint8 outputs must be within 1 LSB
+of the authors' PNGs on every pixel (with only a handful of flipped values), float outputs within
+1e-4 of their `.npy`. The measured flip counts and max errors are printed (`pytest -s`) and attached
+as junit properties.
 """
 
 import functools
@@ -22,12 +23,13 @@ WEIGHTS = {"sgz": "sgz_Epoch99.pth", "zero_dce": "zerodce_Epoch99.pth", "scl_lle
 # expected/<dir> -> (method, scale factor)
 PIPELINES = {"sgz_s12": ("sgz", 12), "sgz_s1": ("sgz", 1), "zerodce": ("zero_dce", None),
              "scl_lle": ("scl_lle", None)}
-# SGZ at scale 12 is cheap (the EFE runs at 1/12 resolution): every image with a reference, incl. the
-# 2304x1728 Dark7. The full-resolution networks cost seconds per image on 2 CPU cores: a subset that covers
-# lowCUT, DICM (both orientations) and LIME, different per method.
+# SGZ at scale 12 is cheap (the EFE runs at 1/12 resolution): every image with a reference, incl.
+# the 2304x1728 Dark7. The full-resolution networks cost seconds per image on 2 CPU cores: a subset
+# that covers lowCUT, DICM (both orientations) and LIME, different per method.
 CASES = (
-    [("sgz_s12", n) for n in ["lowCUT/1", "lowCUT/22", "lowCUT/23", "lowCUT/55", "lowCUT/79", "DICM/01",
-                              "DICM/12", "DICM/30", "LIME/1", "LIME/2", "LIME/3", "Samples/Dark7"]]
+    [("sgz_s12", n) for n in ["lowCUT/1", "lowCUT/22", "lowCUT/23", "lowCUT/55", "lowCUT/79",
+                              "DICM/01", "DICM/12", "DICM/30", "LIME/1", "LIME/2", "LIME/3",
+                              "Samples/Dark7"]]
     + [("zerodce", n) for n in ["lowCUT/1", "lowCUT/22", "DICM/01", "DICM/12", "LIME/3"]]
     + [("scl_lle", n) for n in ["lowCUT/1", "lowCUT/79", "DICM/01", "LIME/2", "LIME/3"]]
     + [("sgz_s1", n) for n in ["lowCUT/1", "LIME/3"]])
@@ -52,15 +54,16 @@ def _enhance(conformance_dir, pipeline, name):
   if name == "lowCUT/1":  # shared by the PNG and the float tests
     return _enhance_cached(conformance_dir, pipeline, name)
   method, scale = PIPELINES[pipeline]
-  return inference.enhance_released(method, _variables(conformance_dir, method), _input(conformance_dir, name),
-                                    scale_factor=scale)
+  return inference.enhance_released(method, _variables(conformance_dir, method),
+                                    _input(conformance_dir, name), scale_factor=scale)
 
 
 @functools.lru_cache(maxsize=None)
 def _enhance_cached(conformance_dir, pipeline, name):
   method, scale = PIPELINES[pipeline]
-  return inference.enhance_released(method, _variables(conformance_dir, method), _input(conformance_dir, name),
-                                    scale_factor=scale, return_aux=True)
+  return inference.enhance_released(method, _variables(conformance_dir, method),
+                                    _input(conformance_dir, name), scale_factor=scale,
+                                    return_aux=True)
 
 
 @pytest.mark.parametrize("pipeline,name", CASES)
@@ -71,7 +74,8 @@ def test_png_within_one_lsb(conformance_dir, record_property, pipeline, name):
   diff = np.abs(out["uint8"].astype(np.int16) - ref.astype(np.int16))
   flips = int(np.count_nonzero(diff))
   record_property("flipped_values", flips)
-  print(f"\n{pipeline}/{name}: {flips} of {diff.size} uint8 values differ, max {int(diff.max())} LSB")
+  print(f"\n{pipeline}/{name}: {flips} of {diff.size} uint8 values differ, "
+        f"max {int(diff.max())} LSB")
   assert diff.max() <= 1
   assert flips <= MAX_FLIP_FRACTION * diff.size
 
@@ -103,8 +107,9 @@ def test_float_output(conformance_dir, record_property, pipeline):
 def test_retinexnet_decomnet(conformance_dir, record_property):
   """R and L on lowCUT/1, checked on two corner windows that together touch all four image borders.
 
-  The receptive field has radius 10 (9x9 conv + six 3x3 convs), so away from a window's inner edges the
-  window's output equals the full image's exactly; this keeps the test ~6x cheaper than the full image.
+  The receptive field has radius 10 (9x9 conv + six 3x3 convs), so away from a window's inner edges
+  the window's output equals the full image's exactly; this keeps the test ~6x cheaper than the full
+  image.
   """
   variables = _variables(conformance_dir, "retinexnet_decom")
   x = _input(conformance_dir, "lowCUT/1")

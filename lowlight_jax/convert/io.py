@@ -1,4 +1,4 @@
-"""Loading state dicts from the file formats users have: torch `.pth`/`.pt`/`.bin`, `.safetensors`, `.npz`.
+"""Loading state dicts from the files users have: torch `.pth`/`.pt`/`.bin`, `.safetensors`, `.npz`.
 
 The format is recognised from the file's content, not its name:
   * zip archive with a `data.pkl` -> torch >= 1.6 checkpoint (`torch_pickle`, no code is executed);
@@ -6,8 +6,9 @@ The format is recognised from the file's content, not its name:
   * pickle stream starting with torch's magic number -> legacy (pre-1.6) torch checkpoint;
   * 8-byte little-endian header length followed by a JSON object -> safetensors.
 
-safetensors is parsed here (format: u64 header size N, N bytes of JSON `{name: {dtype, shape, data_offsets},
-"__metadata__": {...}}`, then the raw little-endian buffer), so the `safetensors` package is not a dependency.
+safetensors is parsed here (format: u64 header size N, N bytes of JSON `{name: {dtype, shape,
+data_offsets}, "__metadata__": {...}}`, then the raw little-endian buffer), so the `safetensors`
+package is not a dependency.
 """
 
 import json
@@ -42,12 +43,12 @@ def sniff_format(path: PathLike) -> str:
     (n,) = struct.unpack("<Q", head[:8])
     if 0 < n <= min(_MAX_SAFETENSORS_HEADER, os.path.getsize(path) - 8):
       return "safetensors"
-  raise ValueError(f"{path}: unrecognised checkpoint format (expected a torch .pth/.bin, .safetensors "
-                   "or .npz file)")
+  raise ValueError(f"{path}: unrecognised checkpoint format (expected a torch .pth/.bin, "
+                   ".safetensors or .npz file)")
 
 
 def load_safetensors(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """Reads a .safetensors file. Returns (tensors in file order, `__metadata__`). BF16 is widened to float32."""
+  """Reads a .safetensors file -> (tensors in file order, `__metadata__`); BF16 becomes float32."""
   size = os.path.getsize(path)
   with open(path, "rb") as f:
     (n,) = struct.unpack("<Q", f.read(8))
@@ -69,8 +70,8 @@ def load_safetensors(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, s
     begin, end = (int(o) for o in info["data_offsets"])
     count = int(np.prod(shape, dtype=np.int64))
     if not 0 <= begin <= end <= buf.size or end - begin != count * dtype.itemsize:
-      raise ValueError(f"{path}: tensor {name!r} has inconsistent data_offsets {begin, end} for shape "
-                       f"{shape} {dt}")
+      raise ValueError(f"{path}: tensor {name!r} has inconsistent data_offsets {begin, end} for "
+                       f"shape {shape} {dt}")
     arr = np.frombuffer(buf[begin:end].tobytes(), dtype=dtype).astype(dtype.newbyteorder("="))
     arr = arr.reshape(shape)
     if dt == "BF16":
@@ -87,7 +88,7 @@ def load_npz(path: PathLike) -> dict[str, np.ndarray]:
 
 
 def load_checkpoint(path: PathLike) -> Any:
-  """Loads any supported file into Python containers of numpy arrays (torch files keep their nesting)."""
+  """Loads any supported file into containers of numpy arrays (torch files keep their nesting)."""
   fmt = sniff_format(path)
   if fmt in ("torch_zip", "torch_legacy"):
     return torch_pickle.load(path)
@@ -101,7 +102,8 @@ def load_state_dict(path: PathLike, *, key: str | None = None) -> dict[str, np.n
 
   Args:
     path: the file; its format is detected from the content.
-    key: optional (dotted) key of the state dict inside a torch checkpoint; by default common wrappers
+    key: optional (dotted) key of the state dict inside a torch checkpoint; by default common
+    wrappers
       (`state_dict`, `model`, `params_ema`, ...) are unwrapped and a `module.` prefix is stripped.
 
   Returns:

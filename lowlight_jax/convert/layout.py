@@ -3,20 +3,20 @@
 A Flax parameter path is the PyTorch state-dict key split on `.`; only the leaf is renamed
 (docs/CONVENTIONS.md):
 
-  torch leaf                     Flax collection / leaf   layout change
-  `weight`, >= 3-D (conv)        params / `kernel`        OIHW -> HWIO (depthwise (C,1,kh,kw) -> (kh,kw,1,C))
-  `weight`, 2-D (linear)         params / `kernel`        transposed (out,in) -> (in,out)
-  `weight`, 1-D (norm)           params / `scale`         -
-  `bias`                         params / `bias`          -
-  `running_mean`/`running_var`   batch_stats / `mean`/`var`
-  `num_batches_tracked`          dropped
+  torch leaf                    Flax collection / leaf   layout change
+  `weight`, >= 3-D (conv)       params / `kernel`        OIHW -> HWIO (depthwise: (kh,kw,1,C))
+  `weight`, 2-D (linear)        params / `kernel`        transposed (out,in) -> (in,out)
+  `weight`, 1-D (norm)          params / `scale`         -
+  `bias`                        params / `bias`          -
+  `running_mean`/`running_var`  batch_stats / `mean`/`var`
+  `num_batches_tracked`         dropped
 
-Any other leaf (e.g. a raw `nn.Parameter` such as `pos_embed`) keeps its name and layout in `params`.
-Torch `ConvTranspose` weights are stored (in, out, kh, kw) and cannot be told apart from a conv by key:
-converters for such layers must fix them up themselves.
+Any other leaf (e.g. a raw `nn.Parameter` such as `pos_embed`) keeps its name and layout in
+`params`. Torch `ConvTranspose` weights are stored (in, out, kh, kw) and cannot be told apart from a
+conv by key: converters for such layers must fix them up themselves.
 
-`assign` checks a converted tree against a Flax init tree (or its `jax.eval_shape`) and reports every
-missing / unexpected / mis-shaped entry in torch key form, so a failing conversion reads like
+`assign` checks a converted tree against a Flax init tree (or its `jax.eval_shape`) and reports
+every missing / unexpected / mis-shaped entry in torch key form, so a failing conversion reads like
 `load_state_dict` errors.
 """
 
@@ -66,7 +66,7 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
 
 
 def torch_key_to_flax(key: str, ndim: int) -> tuple[str, tuple[str, ...]] | None:
-  """Maps one torch key (and its tensor rank) to `(collection, path)`; None if the key is dropped."""
+  """Maps a torch key (and its tensor rank) to `(collection, path)`; None if the key is dropped."""
   *mods, leaf = key.split(".")
   if leaf in _DROPPED:
     return None
@@ -95,7 +95,7 @@ def torch_to_flax(state_dict: Mapping[str, Any]) -> dict[str, dict]:
     state_dict: torch key -> array-like (numpy arrays, or anything `np.asarray` accepts).
 
   Returns:
-    Nested dicts of numpy arrays; `batch_stats` is present only if the state dict holds running stats.
+    Nested dicts of numpy arrays (copies); `batch_stats` only if there are running stats.
   """
   out: dict[str, dict] = {"params": {}}
   for key, value in state_dict.items():
@@ -106,7 +106,8 @@ def torch_to_flax(state_dict: Mapping[str, Any]) -> dict[str, dict]:
     collection, path = dest
     if path[-1] == "kernel":
       arr = arr.T if arr.ndim == 2 else np.transpose(arr, _kernel_perm(arr.ndim))
-    _set(out.setdefault(collection, {}), path, np.ascontiguousarray(arr))
+    # Always copy: `tensor.numpy()` shares memory with torch buffers that torch may update in place.
+    _set(out.setdefault(collection, {}), path, np.array(arr, order="C", copy=True))
   return out
 
 
@@ -124,7 +125,7 @@ def flax_to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
           arr = arr.T
         elif arr.ndim >= 3:
           arr = np.transpose(arr, np.argsort(_kernel_perm(arr.ndim)))
-      out[flax_path_to_torch_key(collection, path)] = np.ascontiguousarray(arr)
+      out[flax_path_to_torch_key(collection, path)] = np.array(arr, order="C", copy=True)
   return out
 
 

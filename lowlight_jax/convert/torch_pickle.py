@@ -1,21 +1,22 @@
 """Reads PyTorch checkpoints (`torch.save` files) without torch and without running their code.
 
-`torch.load` unpickles arbitrary Python: a checkpoint can name any importable callable and have it called. This
-reader parses the same two on-disk formats with a restricted `pickle.Unpickler` whose `find_class` resolves only
-an explicit allowlist of globals, each mapped to a function of ours that builds numpy arrays; every other global
-raises `UnsafeCheckpointError` before anything is called.
+`torch.load` unpickles arbitrary Python: a checkpoint can name any importable callable and have it
+called. This reader parses the same two on-disk formats with a restricted `pickle.Unpickler` whose
+`find_class` resolves only an explicit allowlist of globals, each mapped to a function of ours that
+builds numpy arrays; every other global raises `UnsafeCheckpointError` before anything is called.
 
 Formats (reference: `torch/serialization.py`, torch 1.x-2.x):
-  * zip (torch >= 1.6, `_use_new_zipfile_serialization=True`): `<prefix>/data.pkl` with persistent ids
-    `('storage', storage_type, key, location, numel)`, raw storages in `<prefix>/data/<key>`, an optional
-    `<prefix>/byteorder` record (`little` when absent).
-  * legacy stream (torch < 1.6): pickles of the magic number, the protocol version (1001) and `sys_info`, then
-    the data pickle with persistent ids `('storage', storage_type, root_key, location, numel, view_metadata)`,
-    then a pickled list of storage keys, then each storage as an int64 element count followed by the raw
-    little-endian elements.
+  * zip (torch >= 1.6, `_use_new_zipfile_serialization=True`): `<prefix>/data.pkl` with persistent
+    ids `('storage', storage_type, key, location, numel)`, raw storages in `<prefix>/data/<key>`, an
+    optional `<prefix>/byteorder` record (`little` when absent).
+  * legacy stream (torch < 1.6): pickles of the magic number, the protocol version (1001) and
+    `sys_info`, then the data pickle with persistent ids `('storage', storage_type, root_key,
+    location, numel, view_metadata)`, then a pickled list of storage keys, then each storage as an
+    int64 element count followed by the raw little-endian elements.
 
-Tensors come back as numpy arrays (bfloat16 widened to float32 exactly); `torch.nn.Parameter` becomes its
-array. Storage sharing, offsets and strides are honoured (tensors are copied out contiguously).
+Tensors come back as numpy arrays (bfloat16 widened to float32 exactly); `torch.nn.Parameter`
+becomes its array. Storage sharing, offsets and strides are honoured (tensors are copied out
+contiguously).
 """
 
 import collections
@@ -36,13 +37,14 @@ _LEGACY_PROTOCOL = 1001
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
-  """The checkpoint references a Python global outside the allowlist (or is malformed on purpose)."""
+  """The checkpoint names a Python global outside the allowlist (or is malformed on purpose)."""
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # dtypes
 
-# Torch dtype name -> numpy dtype of the raw storage elements. bfloat16 is read as uint16 and widened later.
+# Torch dtype name -> numpy dtype of the raw storage elements. bfloat16 is read as uint16 and
+# widened later.
 _TORCH_DTYPES = {
     "float32": np.float32, "float": np.float32, "float64": np.float64, "double": np.float64,
     "float16": np.float16, "half": np.float16, "bfloat16": np.uint16,
@@ -60,7 +62,18 @@ _STORAGE_DTYPES = {
 }
 
 
-class _TorchDtype:
+class _Tag:
+  """A global that pickles may name but neither call nor BUILD."""
+  __slots__ = ()
+
+  def __call__(self, *args, **kwargs):
+    raise UnsafeCheckpointError(f"checkpoint calls {self!r}, which is only a tag")
+
+  def __setstate__(self, state):
+    raise UnsafeCheckpointError(f"BUILD applied to {self!r}")
+
+
+class _TorchDtype(_Tag):
   """Stand-in for a `torch.<dtype>` global (used by `_rebuild_tensor_v3`)."""
   __slots__ = ("name",)
 
@@ -70,11 +83,8 @@ class _TorchDtype:
   def __repr__(self):
     return f"torch.{self.name}"
 
-  def __setstate__(self, state):
-    raise UnsafeCheckpointError("BUILD applied to a torch dtype")
 
-
-class _StorageType:
+class _StorageType(_Tag):
   """Stand-in for a `torch.*Storage` class; only ever used as a tag in persistent ids."""
   __slots__ = ("dtype_name", "untyped")
 
@@ -82,12 +92,12 @@ class _StorageType:
     self.dtype_name = _STORAGE_DTYPES[name]
     self.untyped = name == "UntypedStorage"
 
-  def __setstate__(self, state):
-    raise UnsafeCheckpointError("BUILD applied to a storage type")
+  def __repr__(self):
+    return f"torch storage type {self.dtype_name}"
 
 
 class _Storage:
-  """A flat buffer of elements; `data` is filled immediately (zip) or after the data pickle (legacy)."""
+  """A flat buffer of elements; `data` is filled at once (zip) or after the data pickle (legacy)."""
   __slots__ = ("dtype_name", "numel", "data")
 
   def __init__(self, dtype_name: str, numel: int, data: np.ndarray | None = None):
@@ -105,7 +115,8 @@ class _LazyTensor:
 
   def __init__(self, storage, offset, size, stride, dtype_name):
     if not isinstance(storage, _Storage):
-      raise UnsafeCheckpointError(f"tensor rebuilt from a non-storage object {type(storage).__name__}")
+      raise UnsafeCheckpointError(
+          f"tensor rebuilt from a non-storage object {type(storage).__name__}")
     self.storage = storage
     self.offset = _as_int(offset, "storage offset")
     self.size = tuple(_as_int(s, "size") for s in size)
@@ -154,15 +165,15 @@ def _as_int(x: Any, what: str) -> int:
   return int(x)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Allowlisted callables (our replacements for torch / collections / numpy globals)
 
 def _rebuild_tensor(storage, storage_offset, size, stride):
   return _LazyTensor(storage, storage_offset, size, stride, getattr(storage, "dtype_name", None))
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
+                       backward_hooks=None, metadata=None):
   del requires_grad, backward_hooks, metadata
   return _rebuild_tensor(storage, storage_offset, size, stride)
 
@@ -232,7 +243,7 @@ class _NumpyDtype:
 
 
 class _NumpyArray:
-  """`numpy.core.multiarray._reconstruct(ndarray, ...)` + BUILD; materialised to an ndarray later."""
+  """`numpy.core.multiarray._reconstruct(ndarray, ...)` + BUILD; becomes an ndarray later."""
   __slots__ = ("value",)
 
   def __init__(self):
@@ -250,9 +261,23 @@ class _NumpyArray:
     self.value = arr.reshape(shape, order="F" if fortran else "C").copy()
 
 
+class _NdarrayTag(_Tag):
+  """`numpy.ndarray`, accepted only as `_reconstruct`'s subtype argument.
+
+  Calling the real class would let a pickle allocate arrays of uninitialised memory.
+  """
+  __slots__ = ()
+
+  def __repr__(self):
+    return "numpy.ndarray"
+
+
+_NDARRAY = _NdarrayTag()
+
+
 def _np_reconstruct(subtype, shape, dtype):
   del shape, dtype
-  if subtype is not np.ndarray:
+  if subtype is not _NDARRAY:
     raise UnsafeCheckpointError("numpy _reconstruct of a non-ndarray type")
   return _NumpyArray()
 
@@ -264,7 +289,8 @@ def _np_scalar(dtype, data=None):
 
 
 def _codecs_encode(text, encoding="utf-8"):
-  # Protocol-2 pickles store `bytes` as `_codecs.encode(str, 'latin1')` (numpy scalars and arrays do).
+  # Protocol-2 pickles store `bytes` as `_codecs.encode(str, 'latin1')` (numpy scalars and arrays
+  # do).
   if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
     raise UnsafeCheckpointError("_codecs.encode with unexpected arguments")
   return text.encode(encoding)
@@ -283,7 +309,7 @@ def _build_allowlist() -> dict[tuple[str, str], Any]:
       ("argparse", "Namespace"): _Namespace,
       ("_codecs", "encode"): _codecs_encode,
       ("numpy", "dtype"): _NumpyDtype,
-      ("numpy", "ndarray"): np.ndarray,  # only accepted as `_reconstruct`'s subtype tag
+      ("numpy", "ndarray"): _NDARRAY,
   }
   for np_mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
     allowed[(np_mod, "_reconstruct")] = _np_reconstruct
@@ -326,7 +352,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     return self._persistent(pid)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Materialisation
 
 def _materialise(obj: Any, memo: dict[int, Any] | None = None) -> Any:
@@ -380,7 +406,7 @@ def _storage_from_pid(pid: Any, expected_len: int) -> tuple[_StorageType, str, i
   return storage_type, key, _as_int(pid[4], "storage numel")
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Zip format
 
 def _load_zip(path: PathLike) -> Any:
@@ -419,7 +445,7 @@ def _load_zip(path: PathLike) -> Any:
   return _materialise(obj)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Legacy (pre-1.6) stream format
 
 def _load_legacy(f: BinaryIO) -> Any:
@@ -479,7 +505,7 @@ def _load_legacy(f: BinaryIO) -> Any:
   return _materialise(obj)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Public API
 
 def is_torch_zip(path: PathLike) -> bool:
@@ -515,13 +541,13 @@ def load(path: PathLike) -> Any:
     return _load_legacy(f)
 
 
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "params_ema", "params", "net", "network",
-                 "generator", "module")
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "params_ema", "params", "net",
+                 "network", "generator", "module")
 
 
 def _is_state_dict(obj: Any) -> bool:
-  return (isinstance(obj, Mapping) and len(obj) > 0
-          and all(isinstance(k, str) for k in obj) and all(isinstance(v, np.ndarray) for v in obj.values()))
+  return (isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(k, str) for k in obj)
+          and all(isinstance(v, np.ndarray) for v in obj.values()))
 
 
 def extract_state_dict(obj: Any, *, key: str | None = None, strip_prefixes=("module.",)
@@ -530,10 +556,11 @@ def extract_state_dict(obj: Any, *, key: str | None = None, strip_prefixes=("mod
 
   Args:
     obj: output of `load` (or any nested mapping).
-    key: if given, `obj[key]` is taken (dotted paths allowed, e.g. `"ema.state_dict"`); otherwise common wrapper
-      keys (`state_dict`, `model`, `params_ema`, `params`, `net`, ...) are unwrapped until a flat
-      name -> array mapping is found.
-    strip_prefixes: key prefixes removed when every key carries them (`module.` from DataParallel).
+    key: if given, `obj[key]` is taken (dotted paths allowed, e.g. `"ema.state_dict"`); otherwise
+      common wrapper keys (`state_dict`, `model`, `params_ema`, `params`, `net`, ...) are unwrapped
+      until a flat name -> array mapping is found.
+    strip_prefixes: key prefixes removed when every key carries them (`module.` from
+      DataParallel).
 
   Returns:
     An ordered `dict[str, np.ndarray]`.

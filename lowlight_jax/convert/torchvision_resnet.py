@@ -1,7 +1,7 @@
 """torchvision ResNet-50 state dict -> variables of `lowlight_jax.models.resnet.ResNet50`.
 
-Reference: pytorch/vision `torchvision/models/resnet.py` (`resnet50`, `ResNet50_Weights`). The names follow
-the torch -> Flax rule of `lowlight_jax.convert.layout`; the classifier `fc.*` is dropped.
+Reference: pytorch/vision `torchvision/models/resnet.py` (`resnet50`, `ResNet50_Weights`). The names
+follow the torch -> Flax rule of `lowlight_jax.convert.layout`; the classifier `fc.*` is dropped.
 """
 
 from collections.abc import Mapping, Sequence

@@ -1,21 +1,21 @@
 """Converting released PyTorch weights to Flax variables, and our converted-weights file format.
 
-`convert(method, state_dict)` maps a torch state dict (numpy arrays, e.g. from `convert.io.load_state_dict`) to
-`{'params': ..., ['batch_stats': ...]}` by the naming rule of docs/CONVENTIONS.md and checks it, entry by entry,
-against the Flax model's own init tree (`layout.assign`), so a wrong checkpoint fails with torch-style
-missing / unexpected / mis-shaped key lists.
+`convert(method, state_dict)` maps a torch state dict (numpy arrays, e.g. from
+`convert.io.load_state_dict`) to `{'params': ..., ['batch_stats': ...]}` by the naming rule of
+docs/CONVENTIONS.md and checks it, entry by entry, against the Flax model's own init tree
+(`layout.assign`), so a wrong checkpoint fails with torch-style missing / unexpected / mis-shaped
+key lists.
 
-| method             | released checkpoint                                   | Flax model                          |
-|--------------------|-------------------------------------------------------|-------------------------------------|
-| `sgz`              | SGZ `weight/Epoch99.pth`                              | `models.sgz.EnhancementFactorExtractor` |
-| `zero_dce`         | Zero-DCE `snapshots/Epoch99.pth`                      | `models.dce_net.DCENet`             |
-| `scl_lle`          | SCL-LLE `checkpoints/SCL-LLE.pth`                     | `models.dce_net.DCENet`             |
-| `retinexnet_decom` | GEFU `retinexnet/decomp.pth`                          | `models.retinexnet.RetinexNet`      |
-| `resnet50`         | torchvision `resnet50` ImageNet weights               | `convert.torchvision_resnet`        |
-| `vgg16`            | torchvision `vgg16` ImageNet weights (classifier dropped) | `models.vgg.VGG16Features`      |
+Methods, their released checkpoints and Flax models:
+  * `sgz`: SGZ `weight/Epoch99.pth` -> `models.sgz.EnhancementFactorExtractor`;
+  * `zero_dce`: Zero-DCE `snapshots/Epoch99.pth` -> `models.dce_net.DCENet`;
+  * `scl_lle`: SCL-LLE `checkpoints/SCL-LLE.pth` -> `models.dce_net.DCENet`;
+  * `retinexnet_decom`: GEFU `retinexnet/decomp.pth` -> `models.retinexnet.RetinexNet`;
+  * `resnet50`: torchvision ImageNet weights -> `models.resnet.ResNet50` (`fc` dropped);
+  * `vgg16`: torchvision ImageNet weights -> `models.vgg.VGG16Features` (`classifier` dropped).
 
-Converted files (`save_params` / `load_params`) are flax msgpack: `{format, method, source_name, source_sha256,
-variables}`, written atomically (temporary file + `os.replace`).
+Converted files (`save_params` / `load_params`) are flax msgpack: `{format, method, source_name,
+source_sha256, variables}`, written atomically (temporary file + `os.replace`).
 """
 
 import hashlib
@@ -50,7 +50,7 @@ def _check_method(method: str) -> str:
 
 
 def build_model(method: str, **kwargs: Any) -> nn.Module:
-  """The Flax module whose variables `convert(method, ...)` produces (`kwargs` go to its constructor)."""
+  """The Flax module whose variables `convert(method, ...)` produces (`kwargs`: its fields)."""
   _check_method(method)
   if method == "sgz":
     from lowlight_jax.models import sgz
@@ -82,7 +82,8 @@ def convert(method: str, state_dict: Mapping[str, Any]) -> Variables:
     state_dict: torch key -> array in torch layout (as returned by `convert.io.load_state_dict`).
 
   Returns:
-    `{'params': ..., 'batch_stats': ...}` (the latter only for networks with BatchNorm), numpy float32 leaves.
+    `{'params': ..., 'batch_stats': ...}` (the latter only for networks with BatchNorm), numpy
+    float32 leaves.
 
   Raises:
     ValueError: the state dict does not match the network (every offending key is listed).
@@ -106,8 +107,8 @@ def file_sha256(path: PathLike) -> str:
   return h.hexdigest()
 
 
-def save_params(path: PathLike, variables: Mapping[str, Any], *, method: str, source: PathLike | None = None,
-                source_sha256: str | None = None) -> None:
+def save_params(path: PathLike, variables: Mapping[str, Any], *, method: str,
+                source: PathLike | None = None, source_sha256: str | None = None) -> None:
   """Writes converted variables with a metadata header, atomically.
 
   Args:
@@ -150,7 +151,7 @@ def is_converted_file(path: PathLike) -> bool:
 
 
 def load_params(path: PathLike) -> tuple[Variables, dict[str, str]]:
-  """Reads a `save_params` file. Returns (variables with numpy leaves, metadata dict without the variables)."""
+  """Reads a `save_params` file -> (variables with numpy leaves, metadata without the variables)."""
   if not is_converted_file(path):
     raise ValueError(f"{path} is not a converted-weights file written by lowlight_jax")
   with open(path, "rb") as f:

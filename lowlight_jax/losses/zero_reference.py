@@ -1,11 +1,12 @@
 """Zero-reference losses of Zero-DCE and SGZ, in their released forms (paper forms selectable).
 
-Papers: Guo et al., "Zero-Reference Deep Curve Estimation for Low-Light Image Enhancement" (CVPR 2020);
-Zheng & Gupta, "Semantic-Guided Zero-Shot Learning for Low-Light Image/Video Enhancement" (WACV-W 2022).
-Reference code: ShenZheng2000/Semantic-Guided-Low-Light-Image-Enhancement `Myloss.py` (`L_TV`, `L_spa8`,
-`L_color`, `L_exp`) and Li-Chongyi/Zero-DCE `Myloss.py` (`L_spa`).
+Papers: Guo et al., "Zero-Reference Deep Curve Estimation for Low-Light Image Enhancement"
+(CVPR 2020); Zheng & Gupta, "Semantic-Guided Zero-Shot Learning for Low-Light Image/Video
+Enhancement" (WACV-W 2022). Reference code:
+ShenZheng2000/Semantic-Guided-Low-Light-Image-Enhancement `Myloss.py` (`L_TV`, `L_spa8`, `L_color`,
+`L_exp`) and Li-Chongyi/Zero-DCE `Myloss.py` (`L_spa`).
 
-Every loss takes NHWC arrays and returns per-example values of shape (B,); the batch mean of those equals
+Every loss takes NHWC arrays and returns per-example values of shape (B,); their batch mean equals
 the released (batch-reduced) value. `reduce` does the batch reduction. Fixed filters are constants.
 """
 
@@ -15,7 +16,8 @@ import jax.numpy as jnp
 _EPS_PAPER = 1e-6
 
 
-def reduce(values: jax.Array, *, reduction: str = "mean", weights: jax.Array | None = None) -> jax.Array:
+def reduce(values: jax.Array, *, reduction: str = "mean",
+           weights: jax.Array | None = None) -> jax.Array:
   """Reduces per-example losses: 'mean' (weighted mean if `weights`), 'sum' or 'none'."""
   if weights is not None:
     values = values * weights
@@ -45,9 +47,10 @@ def _safe_sqrt(v: jax.Array) -> jax.Array:
 def tv_loss(x_r: jax.Array) -> jax.Array:
   """Released `L_TV` (before its 1600 weight): `2 * (sum dh^2 / ((H-1) W) + sum dw^2 / (H (W-1)))`.
 
-  Sums run over channels too, and the released value divides the batch sum by B: the per-example value
-  here keeps the factor 2 so that its batch mean is the released value. Port note: the paper's Eq. 5
-  normalises by C*H*W and has no factor 2.
+  Sums run over channels too, and the released value divides the batch sum by B: the per-example
+  value here keeps the factor 2 so that its batch mean is the released value.
+
+  Port note: the paper's Eq. 5 normalises by C*H*W and has no factor 2.
   """
   _, h, w, _ = x_r.shape
   dh = jnp.square(x_r[:, 1:] - x_r[:, :-1]).sum(axis=(1, 2, 3))
@@ -71,12 +74,12 @@ def spatial_consistency_loss(enhanced: jax.Array, low: jax.Array, *, patch: int 
                              diagonal: bool = True, abs_gradients: bool = False) -> jax.Array:
   """Spatial consistency: released SGZ `L_spa8(patch)` (diagonal=True) or Zero-DCE `L_spa` (False).
 
-  Channel means, `patch` x `patch` average pooling, differences to the 4 adjacent (and, with `diagonal`,
-  the 4 diagonal neighbours weighted 0.5) with zero padding at the border; the squared difference of
-  those gradients between the two images, averaged over the pooled map.
+  Channel means, `patch` x `patch` average pooling, differences to the 4 adjacent (and, with
+  `diagonal`, the 4 diagonal neighbours weighted 0.5) with zero padding at the border; the squared
+  difference of those gradients between the two images, averaged over the pooled map.
 
-  Port note: the released code squares `D_low - D_enhanced` without absolute values; the paper's Eq. 2
-  squares `|D_enhanced| - |D_low|`. `abs_gradients=True` selects the paper form.
+  Port note: the released code squares `D_low - D_enhanced` without absolute values; the paper's
+  Eq. 2 squares `|D_enhanced| - |D_low|`. `abs_gradients=True` selects the paper form.
   """
   pe = _avg_pool(enhanced.mean(axis=-1), patch)
   pl = _avg_pool(low.mean(axis=-1), patch)
@@ -95,8 +98,8 @@ def color_constancy_loss(enhanced: jax.Array, *, paper_form: bool = False,
                          eps: float = _EPS_PAPER) -> jax.Array:
   """Colour constancy on the per-image channel means mr, mg, mb.
 
-  Released (`paper_form=False`): `sqrt((mr-mg)^4 + (mr-mb)^4 + (mb-mg)^4)` (the code squares twice; its
-  eps is 0, so the sqrt gets a zero gradient at 0 here instead of NaN).
+  Released (`paper_form=False`): `sqrt((mr-mg)^4 + (mr-mb)^4 + (mb-mg)^4)` (the code squares twice;
+  its eps is 0, so the sqrt gets a zero gradient at 0 here instead of NaN).
   Paper Eq. 3 (`paper_form=True`): Charbonnier `sum_pairs sqrt((mi - mj)^2 + eps^2)`, eps = 1e-6.
   """
   m = enhanced.mean(axis=(1, 2))
@@ -112,7 +115,7 @@ def exposure_loss(enhanced: jax.Array, *, patch: int = 16, level: float = 0.6,
                   squared: bool = True) -> jax.Array:
   """Exposure control: `mean((avgpool_patch(mean_c(Y)) - level)^2)` as released.
 
-  Port note: the paper's Eq. 4 (SGZ "brightness loss") uses |.| instead of the square: `squared=False`.
+  Port note: the paper's Eq. 4 (SGZ "brightness loss") uses |.|, not the square: `squared=False`.
   """
   d = _avg_pool(enhanced.mean(axis=-1), patch) - level
   return (jnp.square(d) if squared else jnp.abs(d)).mean(axis=(1, 2))

@@ -38,8 +38,10 @@ class Method(base.BaseMethod):
     self.use_uss = bool(config.loss_weights.semantic) and config.uss.enabled
     if self.use_uss:
       from lowlight_jax.models import fpn as fpn_lib
-      self.uss = fpn_lib.USS(num_classes=config.uss.num_classes, depths=tuple(config.uss.depths),
-                             bn_use_batch_stats=config.uss.bn_use_batch_stats)
+      self._uss_logits = fpn_lib.uss_logits
+      self.uss = fpn_lib.USS(num_classes=config.uss.num_classes, stage_sizes=tuple(config.uss.depths),
+                             bn_use_batch_stats=config.uss.bn_use_batch_stats,
+                             dtype=jnp.dtype(config.get("compute_dtype", "float32")))
 
   def example_batch(self) -> dict[str, jax.Array]:
     size = self.config.data.crop or self.config.data.resize or 64
@@ -75,7 +77,7 @@ class Method(base.BaseMethod):
     if self.use_uss:
       # The USS is frozen (its params are an argument, not trained) but gradients flow through it to the
       # enhanced image: that is how the semantic loss guides the EFE.
-      logits = self.uss.apply(frozen["uss"], enhanced)
+      logits = self._uss_logits(self.uss, frozen["uss"], enhanced).astype(jnp.float32)
       terms["semantic"] = semantic_losses.focal_loss(logits, gamma=lc.focal_gamma, beta=lc.focal_beta)
     return terms
 
@@ -115,10 +117,10 @@ class Method(base.BaseMethod):
       if cfg.uss.get("backbone_weights"):
         from lowlight_jax.convert import torchvision_resnet
         backbone = torchvision_resnet.convert_resnet50(convert_io.load_state_dict(cfg.uss.backbone_weights))
-        uss = _replace_subtree(uss, "backbone", backbone)
+        uss = _replace_subtree(uss, "resnet", backbone)
       if cfg.uss.get("head_weights"):
         head = layout.torch_to_flax(convert_io.load_state_dict(cfg.uss.head_weights))
-        uss = _replace_subtree(uss, "head", head)
+        uss = _replace_subtree(uss, "fpn", head)
       frozen["uss"] = uss
       changed = True
     if not changed:

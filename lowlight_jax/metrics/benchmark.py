@@ -1,4 +1,4 @@
-"""Throughput of the slow metrics, for `launch.benchmark` (speed is tracked there, never in tests)."""
+"""Throughput of the slow metrics for `launch.benchmark` (speed lives there, never in tests)."""
 
 import time
 
@@ -17,12 +17,14 @@ def _per_second(fn, repeats: int) -> float:
   return repeats / (time.perf_counter() - start)
 
 
-def benchmark_metrics(size: int = 512, batch: int = 4, repeats: int = 3, nets: tuple[str, ...] = ('alex',),
+def benchmark_metrics(size: int = 512, batch: int = 4, repeats: int = 3,
+                      nets: tuple[str, ...] = ('alex',),
                       seed: int = 0) -> dict[str, float | int | str]:
   """Images per second at `size` x `size` on the default backend, after warm-up.
 
-  NIQE runs one image at a time in float64 numpy; LPIPS (`nets`: 'alex', 'vgg') runs jitted on batches of
-  `batch` (VGG at 512 px takes ~10 s per image on a 2-core CPU, hence not timed by default). Needs the metric assets (`python -m launch.assets fetch`).
+  NIQE runs one image at a time in float64 numpy; LPIPS (`nets`: 'alex', 'vgg') runs jitted on
+  batches of `batch` (VGG at 512 px takes ~10 s per image on a 2-core CPU, hence not timed by
+  default). Needs the metric assets (`python -m launch.assets fetch`).
   """
   rng = np.random.default_rng(seed)
   # A smooth image plus noise: natural-ish statistics so NIQE's AGGD fits are not degenerate.

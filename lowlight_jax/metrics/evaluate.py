@@ -1,14 +1,16 @@
 """Scores a folder of enhanced images, optionally against references paired by file stem.
 
-`evaluate_folders` is the library side of `python -m launch.evaluate`: it reads every image once, computes
-the requested metrics with an explicit protocol, survives unreadable or mismatched files (each gets an
-`error` entry in the report), writes the JSON report atomically and, if asked, an HTML report with a table
-and a grid of input / output / reference crops embedded as base64 JPEG thumbnails.
+`evaluate_folders` is the library side of `python -m launch.evaluate`: it reads every image once,
+computes the requested metrics with an explicit protocol, survives unreadable or mismatched files
+(each gets an `error` entry in the report), writes the JSON report atomically and, if asked, an HTML
+report with a table and a grid of input / output / reference crops embedded as base64 JPEG
+thumbnails.
 
 Report layout (JSON):
   {"pred_dir", "ref_dir", "input_dir", "metrics": [...], "protocol": {...},
    "mean": {metric: value}, "count": {metric: number of images averaged},
-   "images": {stem: {"pred": path, "ref": path | null, metric: value, ..., "error": msg (only on failure)}},
+   "images": {stem: {"pred": path, "ref": path | null, metric: value, ...,
+                     "error": msg (only on failure)}},
    "set": {"fid": value} (set-level metrics), "errors": [{"name", "error"}],
    "unpaired": {"pred_only": [...], "ref_only": [...]}}
 Non-finite values (e.g. PSNR of identical images) are written as null and left out of the means.
@@ -27,7 +29,6 @@ import tempfile
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import tqdm
@@ -50,8 +51,9 @@ class Protocol:
 
   Attributes:
     crop_border: pixels removed from each side before every per-image metric.
-    channel: PSNR/SSIM on 'rgb', 'y' (BT.601 luma) or 'grey' (MATLAB rgb2gray), quantised as MATLAB does for
-      uint8 images. NIQE and BRISQUE always follow their official protocol (MATLAB rgb2gray).
+    channel: PSNR/SSIM on 'rgb', 'y' (BT.601 luma) or 'grey' (MATLAB rgb2gray), quantised as MATLAB
+      does for uint8 images. NIQE and BRISQUE always follow their official protocol (MATLAB
+      rgb2gray).
   """
   crop_border: int = 0
   channel: str = 'rgb'
@@ -66,7 +68,8 @@ def list_images(folder: str | os.PathLike) -> dict[str, pathlib.Path]:
   for p in sorted(folder.iterdir()):
     if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
       if p.stem in out:
-        raise ValueError(f'two images share the stem {p.stem!r} in {folder}: {out[p.stem].name}, {p.name}')
+        raise ValueError(
+            f'two images share the stem {p.stem!r} in {folder}: {out[p.stem].name}, {p.name}')
       out[p.stem] = p
   return out
 
@@ -102,8 +105,8 @@ class _Scorers:
         from lowlight_jax.metrics import lpips  # pylint: disable=g-import-not-at-top
         variables = lpips.load_variables(net)
         h = jax.jit(functools.partial(lpips.lpips, net=net, data_range=255.0))
-        self.fns[name] = (lambda h, v: lambda p, r: float(h(p.astype(np.float32), r.astype(np.float32),
-                                                              variables=v)))(h, variables)
+        self.fns[name] = (lambda h, v: lambda p, r: float(
+            h(p.astype(np.float32), r.astype(np.float32), variables=v)))(h, variables)
     if 'niqe' in metrics:
       from lowlight_jax.metrics import niqe  # pylint: disable=g-import-not-at-top
       model = niqe.load_model()
@@ -138,6 +141,7 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
     with os.fdopen(fd, 'w') as f:
       json.dump(obj, f, indent=1, allow_nan=False)
       f.write('\n')
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -154,26 +158,33 @@ def render_html(report: dict[str, Any], thumbs: dict[str, dict[str, str]]) -> st
   metrics = [m for m in report['metrics'] if m not in SET_LEVEL]
   arrow = lambda m: ' &uarr;' if HIGHER_IS_BETTER.get(m) else ' &darr;'
   head = ''.join(f'<th>{html.escape(m)}{arrow(m)}</th>' for m in metrics)
-  rows = [f'<tr class="mean"><td>mean</td>{"".join(f"<td>{_fmt(report["mean"].get(m))}</td>" for m in metrics)}'
-          '<td></td></tr>']
+  means = ''.join(f'<td>{_fmt(report["mean"].get(m))}</td>' for m in metrics)
+  rows = [f'<tr class="mean"><td>mean</td>{means}<td></td></tr>']
   for name, rec in report['images'].items():
     cells = ''.join(f'<td>{_fmt(rec.get(m))}</td>' for m in metrics)
-    rows.append(f'<tr><td>{html.escape(name)}</td>{cells}<td class="err">{_fmt(rec.get("error"))}</td></tr>')
-  set_level = ''.join(f'<p><b>{html.escape(k)}</b>: {_fmt(v)}</p>' for k, v in report.get('set', {}).items())
+    rows.append(
+        f'<tr><td>{html.escape(name)}</td>{cells}<td class="err">{_fmt(rec.get("error"))}</td></tr>'
+    )
+  set_level = ''.join(
+      f'<p><b>{html.escape(k)}</b>: {_fmt(v)}</p>' for k, v in report.get('set', {}).items())
   grid = []
   for name, t in thumbs.items():
-    cells = ''.join(f'<figure><img src="{src}" alt="{html.escape(kind)}"><figcaption>{html.escape(kind)}'
-                    '</figcaption></figure>' for kind, src in t.items())
+    cells = ''.join(
+        f'<figure><img src="{src}" alt="{html.escape(kind)}"><figcaption>{html.escape(kind)}'
+        '</figcaption></figure>' for kind, src in t.items())
     grid.append(f'<div class="row"><h3>{html.escape(name)}</h3>{cells}</div>')
-  settings = html.escape(json.dumps({k: report[k] for k in ('pred_dir', 'ref_dir', 'input_dir', 'protocol')},
-                                    indent=1))
+  settings = html.escape(
+      json.dumps({k: report[k] for k in ('pred_dir', 'ref_dir', 'input_dir', 'protocol')},
+                 indent=1))
   return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>lowlight-jax evaluation</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
+table {{ border-collapse: collapse; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
 tr.mean {{ font-weight: bold; background: #eef; }} td.err {{ color: #b00; text-align: left; }}
-.row {{ display: flex; gap: 8px; align-items: flex-start; }} .row h3 {{ width: 10em; font-size: 0.9em; }}
+.row {{ display: flex; gap: 8px; align-items: flex-start; }}
+.row h3 {{ width: 10em; font-size: 0.9em; }}
 figure {{ margin: 0; text-align: center; font-size: 0.8em; }}
 </style></head><body>
 <h1>Evaluation report</h1>
@@ -191,14 +202,17 @@ figure {{ margin: 0; text-align: center; font-size: 0.8em; }}
 def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike | None = None, *,
                      metrics: Sequence[str] = ('psnr', 'ssim', 'lpips', 'niqe', 'brisque'),
                      input_dir: str | os.PathLike | None = None, protocol: Protocol = Protocol(),
-                     out_json: str | os.PathLike | None = None, out_html: str | os.PathLike | None = None,
+                     out_json: str | os.PathLike | None = None,
+                     out_html: str | os.PathLike | None = None,
                      fid_weights: str | os.PathLike | None = None, grid_limit: int = 24,
                      progress: bool = True) -> dict[str, Any]:
-  """Scores every image of `pred_dir` and returns (and optionally writes) the report described above.
+  """Scores every image of `pred_dir` and returns (and optionally writes) the report described
+  above.
 
   Args:
     pred_dir: enhanced images.
-    ref_dir: references, paired with predictions by file stem; needed by full-reference metrics and FID.
+    ref_dir: references, paired with predictions by file stem; needed by full-reference metrics and
+      FID.
     metrics: names from `METRICS`.
     input_dir: optional low-light inputs (paired by stem) shown in the HTML grid.
     protocol: crop border and PSNR/SSIM channel.
@@ -242,7 +256,8 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike | N
         raise ValueError(f'prediction {pred.shape[:2]} and reference {ref.shape[:2]} sizes differ')
       if fid_model is not None:
         pred_feats.append(fid_model(pred))
-      p, r = _crop(pred, protocol.crop_border), (_crop(ref, protocol.crop_border) if ref is not None else None)
+      p = _crop(pred, protocol.crop_border)
+      r = _crop(ref, protocol.crop_border) if ref is not None else None
       for m, fn in scorers.fns.items():
         if m in FULL_REFERENCE and r is None:
           continue  # unpaired prediction: listed under `unpaired`
@@ -277,7 +292,8 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike | N
       set_values['fid'] = None
       errors.append({'name': '*', 'error': 'fid needs at least two readable images on each side'})
     else:
-      set_values['fid'] = _finite_or_none(fid.fid_from_features(np.stack(pred_feats), np.stack(ref_feats)))
+      set_values['fid'] = _finite_or_none(
+          fid.fid_from_features(np.stack(pred_feats), np.stack(ref_feats)))
 
   report = {
       'pred_dir': str(pred_dir), 'ref_dir': None if ref_dir is None else str(ref_dir),

@@ -1,15 +1,17 @@
-"""FID: Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium"
-(NeurIPS 2017), with the InceptionV3 of mseitzer/pytorch-fid `src/pytorch_fid/inception.py`.
+"""FID: Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
+Equilibrium" (NeurIPS 2017), with the InceptionV3 of mseitzer/pytorch-fid
+`src/pytorch_fid/inception.py`.
 
-The network is torchvision's `Inception3` (Szegedy et al., "Rethinking the Inception Architecture", CVPR 2016)
-with pytorch-fid's changes that reproduce the TensorFlow FID graph (`fid_inception_v3`): `FIDInceptionA/C/E_1`
-average-pool without counting padding, `FIDInceptionE_2` max-pools its pool branch, 1008 classes (unused here).
-Features are the 2048-d pool3 output: bilinear resize to 299x299 (`align_corners=False`, no antialiasing),
-x -> 2x - 1, blocks 0-3, global average pool.
+The network is torchvision's `Inception3` (Szegedy et al., "Rethinking the Inception Architecture",
+CVPR 2016) with pytorch-fid's changes that reproduce the TensorFlow FID graph (`fid_inception_v3`):
+`FIDInceptionA/C/E_1` average-pool without counting padding, `FIDInceptionE_2` max-pools its pool
+branch, 1008 classes (unused here). Features are the 2048-d pool3 output: bilinear resize to 299x299
+(`align_corners=False`, no antialiasing), x -> 2x - 1, blocks 0-3, global average pool.
 
-No registry package ships these weights: pass the `pt_inception-2015-12-05-6726825d.pth` file pytorch-fid
-downloads (torchvision key layout, e.g. `Mixed_5b.branch1x1.conv.weight`); parameter names follow the torch
-keys (naming rule, docs/CONVENTIONS.md). The Fréchet distance is computed in float64.
+No registry package ships these weights: pass the `pt_inception-2015-12-05-6726825d.pth` file
+pytorch-fid downloads (torchvision key layout, e.g. `Mixed_5b.branch1x1.conv.weight`); parameter
+names follow the torch keys (naming rule, docs/CONVENTIONS.md). The Fréchet distance is computed in
+float64.
 """
 
 import os
@@ -35,8 +37,8 @@ class BasicConv2d(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     ph, pw = self.padding
-    x = nn.Conv(self.features, self.kernel, strides=(self.stride,) * 2, padding=((ph, ph), (pw, pw)),
-                use_bias=False, precision=_HIGHEST, name='conv')(x)
+    x = nn.Conv(self.features, self.kernel, strides=(self.stride,) * 2,
+                padding=((ph, ph), (pw, pw)), use_bias=False, precision=_HIGHEST, name='conv')(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name='bn')(x)
     return nn.relu(x)
 
@@ -116,12 +118,16 @@ class FIDInceptionE(nn.Module):
   def __call__(self, x):
     b1 = BasicConv2d(320, (1, 1), name='branch1x1')(x)
     b3 = BasicConv2d(384, (1, 1), name='branch3x3_1')(x)
-    b3 = jnp.concatenate([BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
-                          BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3)], axis=-1)
+    b3 = jnp.concatenate([
+        BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
+        BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3)
+    ], axis=-1)
     bd = BasicConv2d(448, (1, 1), name='branch3x3dbl_1')(x)
     bd = BasicConv2d(384, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
-    bd = jnp.concatenate([BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
-                          BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd)], axis=-1)
+    bd = jnp.concatenate([
+        BasicConv2d(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
+        BasicConv2d(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd)
+    ], axis=-1)
     if self.pool == 'avg':
       p = _avg_pool_same(x)
     else:  # The TF graph's 'mixed_10' pool is a max pool (a bug kept for FID compatibility).
@@ -131,11 +137,13 @@ class FIDInceptionE(nn.Module):
 
 
 class InceptionV3(nn.Module):
-  """pytorch-fid `InceptionV3(output_blocks=[3])`: NHWC images in [0, 1] -> (N, 2048) pool3 features.
+  """pytorch-fid `InceptionV3(output_blocks=[3])`: NHWC images in [0, 1] -> (N, 2048) pool3
+  features.
 
   Attributes:
-    resize_input: bilinearly resize to 299x299 first (pytorch-fid's default). `FeatureExtractor` resizes
-      outside the jitted network instead, so that one compiled network serves every image size.
+    resize_input: bilinearly resize to 299x299 first (pytorch-fid's default). `FeatureExtractor`
+      resizes outside the jitted network instead, so that one compiled network serves every image
+      size.
   """
   resize_input: bool = True
 
@@ -171,13 +179,13 @@ class InceptionV3(nn.Module):
 
 
 def resize_299(x: jax.Array) -> jax.Array:
-  """`F.interpolate(x, (299, 299), mode='bilinear', align_corners=False)` (no antialiasing) on NHWC."""
+  """`F.interpolate(x, (299, 299), mode='bilinear', align_corners=False)` on NHWC (no antialias)."""
   n, _, _, c = x.shape
   return jax.image.resize(x, (n, 299, 299, c), method='linear', antialias=False)
 
 
 def from_torch_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
-  """Variables from a torchvision-layout Inception3 state dict (pt_inception weights); drops fc/AuxLogits."""
+  """Variables from a torchvision-layout Inception3 state dict; `fc` and `AuxLogits` are dropped."""
   sd = {k: v for k, v in state_dict.items() if not k.startswith(('fc.', 'AuxLogits.'))}
   x = jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32)
   target = jax.eval_shape(InceptionV3(resize_input=False).init, jax.random.key(0), x)
@@ -185,7 +193,7 @@ def from_torch_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
 
 
 def load_variables(path: str | os.PathLike) -> dict:
-  """Loads pt_inception-2015-12-05 .pth (or .npz / .safetensors with the same keys) as Flax variables."""
+  """Loads pt_inception-2015-12-05 .pth (or .npz / .safetensors, same keys) as Flax variables."""
   return from_torch_state_dict(convert_io.load_state_dict(path))
 
 
@@ -209,12 +217,14 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
   """|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^{1/2}) in float64.
 
-  Port note: pytorch-fid takes `scipy.linalg.sqrtm(S1 @ S2)` (adding 1e-6 I when it is singular, dropping a
-  small imaginary part). For covariance matrices tr((S1 S2)^{1/2}) equals the sum of square roots of the
-  eigenvalues of the symmetric PSD matrix S1^{1/2} S2 S1^{1/2}, which needs neither fallback.
+  Port note: pytorch-fid takes `scipy.linalg.sqrtm(S1 @ S2)` (adding 1e-6 I when it is singular,
+  dropping a small imaginary part). For covariance matrices tr((S1 S2)^{1/2}) equals the sum of
+  square roots of the eigenvalues of the symmetric PSD matrix S1^{1/2} S2 S1^{1/2}, which needs
+  neither fallback.
   """
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)

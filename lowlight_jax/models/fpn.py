@@ -4,8 +4,8 @@ Paper: Zheng & Gupta, "Semantic-Guided Zero-Shot Learning for Low-Light Image/Vi
 (WACV-W 2022), Sec. 3.3. Reference code: ShenZheng2000/Semantic-Guided-Low-Light-Image-Enhancement
 `modeling/fpn.py` (`fpn_module`, `fpn`), commit 8c187c3.
 
-Names follow the torch attributes: `USS` holds `resnet` and `fpn` as the authors' `fpn` class does, and
-`FPNHead` holds `toplayer`, `latlayer1..3`, `smooth{1..4}_{1,2}`, `classify`.
+Names follow the torch attributes: `USS` holds `resnet` and `fpn` as the authors' `fpn` class does,
+and `FPNHead` holds `toplayer`, `latlayer1..3`, `smooth{1..4}_{1,2}`, `classify`.
 The network is frozen in SGZ: it only provides the semantic (focal) loss on the enhanced image.
 """
 
@@ -22,8 +22,17 @@ from lowlight_jax.ops import resize
 _HEAD_INIT = nn.initializers.normal(stddev=0.01)
 
 
+def head_conv(features: int, kernel: int, *, name: str, dtype: Any = jnp.float32,
+              precision: Any = None) -> nn.Conv:
+  """A top-down conv of the head: stride 1, torch padding (k-1)/2, bias, N(0, 0.01) / 0 init."""
+  pad = (kernel - 1) // 2
+  return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)),
+                 kernel_init=_HEAD_INIT, bias_init=nn.initializers.zeros, dtype=dtype,
+                 precision=precision, name=name)
+
+
 class FPNHead(nn.Module):
-  """`fpn_module`: 1x1 top/lateral convs, bilinear upsample-add, two 3x3 smooths per level, classifier.
+  """`fpn_module`: 1x1 top/lateral convs, bilinear upsample-add, two 3x3 smooths, classifier.
 
   Maps backbone features c2..c5 (NHWC, 256/512/1024/2048 channels) to logits at c2's resolution.
   """
@@ -33,14 +42,11 @@ class FPNHead(nn.Module):
   precision: Any = None
 
   def _conv(self, features: int, kernel: int, name: str) -> nn.Conv:
-    pad = (kernel - 1) // 2
-    return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)),
-                   kernel_init=_HEAD_INIT, bias_init=nn.initializers.zeros, dtype=self.dtype,
-                   precision=self.precision, name=name)
+    return head_conv(features, kernel, name=name, dtype=self.dtype, precision=self.precision)
 
   @staticmethod
   def _resize_to(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
-    # `F.upsample(x, size=..., mode='bilinear')`: align_corners False (odd sizes such as 3 -> 4 -> ...).
+    # `F.upsample(x, size=..., mode='bilinear')`: align_corners False (any size, e.g. 3 -> 4).
     return resize.resize_bilinear(x, hw, align_corners=False)
 
   @nn.compact
@@ -59,8 +65,8 @@ class FPNHead(nn.Module):
     p3 = self._conv(128, 3, "smooth3_2")(self._conv(256, 3, "smooth3_1")(p3))
     p2 = self._conv(128, 3, "smooth4_2")(self._conv(256, 3, "smooth4_1")(p2))
     hw = p2.shape[1:3]
-    cat = jnp.concatenate([self._resize_to(p5, hw), self._resize_to(p4, hw), self._resize_to(p3, hw), p2],
-                          axis=-1)  # order p5, p4, p3, p2 as `_concatenate`
+    # Order p5, p4, p3, p2 as the released `_concatenate`.
+    cat = jnp.concatenate([self._resize_to(p, hw) for p in (p5, p4, p3)] + [p2], axis=-1)
     return self._conv(self.num_classes, 3, "classify")(cat)
 
 
@@ -88,7 +94,7 @@ class USS(nn.Module):
 
 
 def uss_logits(model: USS, variables: Any, x: jax.Array) -> jax.Array:
-  """Applies a frozen `USS` in either BN mode; running-stat updates of batch-stat mode are dropped."""
+  """Applies a frozen `USS` in either BN mode (batch-stat mode's running-stat updates dropped)."""
   if model.bn_use_batch_stats:
     logits, _ = model.apply(variables, x, mutable=["batch_stats"])
     return logits

@@ -21,15 +21,18 @@ import jax.numpy as jnp
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any, precision: Any) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any,
+          precision: Any) -> nn.Conv:
   pad = (kernel - 1) // 2  # torch's symmetric padding, not flax 'SAME' (asymmetric at stride 2)
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
-                 use_bias=False, kernel_init=_CONV_INIT, dtype=dtype, precision=precision, name=name)
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=_CONV_INIT,
+                 dtype=dtype, precision=precision, name=name)
 
 
 def _bn(train: bool, name: str, dtype: Any) -> nn.BatchNorm:
   # PyTorch BatchNorm2d: eps 1e-5, momentum 0.1 (= flax 0.9), biased batch variance for normalising.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                      name=name)
 
 
 class Downsample(nn.Module):
@@ -62,7 +65,8 @@ class Bottleneck(nn.Module):
     y = nn.relu(_bn(train, "bn2", self.dtype)(conv(self.planes, 3, self.stride, "conv2")(y)))
     y = _bn(train, "bn3", self.dtype)(conv(out_features, 1, 1, "conv3")(y))
     if self.stride != 1 or x.shape[-1] != out_features:
-      x = Downsample(out_features, self.stride, self.dtype, self.precision, name="downsample")(x, train)
+      x = Downsample(out_features, self.stride, self.dtype, self.precision,
+                     name="downsample")(x, train)
     return nn.relu(y + x)
 
 

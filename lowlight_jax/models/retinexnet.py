@@ -1,15 +1,17 @@
 """RetinexNet DecomNet: Retinex decomposition of an image into reflectance R and illumination L.
 
-Paper: Wei et al., "Deep Retinex Decomposition for Low-Light Enhancement", BMVC 2018. The variant ported here is
-the frozen reflectance teacher of SCUF/GEFU (Wang et al., "Semantically Consistent Unsupervised Fine-tuning";
-reference code wangsen99/GEFU `src/my_utils/enhancer.py`, commit 5d28e53, weights `retinexnet/decomp.pth`).
+Paper: Wei et al., "Deep Retinex Decomposition for Low-Light Enhancement", BMVC 2018. The variant
+ported here is the frozen reflectance teacher of SCUF/GEFU (Wang et al., "Semantically Consistent
+Unsupervised Fine-tuning"; reference code wangsen99/GEFU `src/my_utils/enhancer.py`, commit 5d28e53,
+weights `retinexnet/decomp.pth`).
 
-Input cat(max over RGB, RGB) (the channel max FIRST) -> 9x9 conv 4->64 (no activation) -> 5 x [3x3 conv
-64->64 + ReLU] -> 3x3 conv 64->4; every conv uses replicate (edge) padding. R = sigmoid(channels 0:3),
-L = sigmoid(channel 3). 207,748 parameters.
+Input cat(max over RGB, RGB) (the channel max FIRST) -> 9x9 conv 4->64 (no activation) -> 5 x [3x3
+conv 64->64 + ReLU] -> 3x3 conv 64->4; every conv uses replicate (edge) padding. R =
+sigmoid(channels 0:3), L = sigmoid(channel 3). 207,748 parameters.
 
-Module names follow the released state dict (`DecomNet.net1_conv0`, `DecomNet.net1_convs.{0,2,4,6,8}`,
-`DecomNet.net1_recon`): the torch `nn.Sequential` keeps the ReLUs at the odd indices.
+Module names follow the released state dict (`DecomNet.net1_conv0`,
+`DecomNet.net1_convs.{0,2,4,6,8}`, `DecomNet.net1_recon`): the torch `nn.Sequential` keeps the ReLUs
+at the odd indices.
 """
 
 from typing import Any

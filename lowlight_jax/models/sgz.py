@@ -1,4 +1,4 @@
-"""SGZ enhancement network: EFE (factor extraction) + RIE (recurrent curve) + the inference pipeline.
+"""SGZ enhancement network: EFE (factor extraction), RIE (recurrent curve), inference pipeline.
 
 Paper: Zheng & Gupta, "Semantic-Guided Zero-Shot Learning for Low-Light Image/Video Enhancement"
 (WACV Workshops 2022). Reference code: ShenZheng2000/Semantic-Guided-Low-Light-Image-Enhancement
@@ -17,9 +17,9 @@ import jax.numpy as jnp
 
 from lowlight_jax.ops import resize
 
-# Port note: METHODS.md (and Zero-DCE's `weights_init`) give N(0, 0.02) for conv weights; the released
-# SGZ train.py never calls a weights_init, so the authors' run used torch's default init. We use
-# N(0, 0.02) kernels and zero biases.
+# Port note: METHODS.md (and Zero-DCE's `weights_init`) give N(0, 0.02) for conv weights; the
+# released SGZ train.py never calls a weights_init, so the authors' run used torch's default init.
+# We use N(0, 0.02) kernels and zero biases.
 _KERNEL_INIT = nn.initializers.normal(stddev=0.02)
 
 
@@ -33,8 +33,8 @@ class DepthwiseSeparableConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
-    x = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=c, precision=self.precision,
-                kernel_init=self.kernel_init, name="depth_conv")(x)
+    x = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=c,
+                precision=self.precision, kernel_init=self.kernel_init, name="depth_conv")(x)
     return nn.Conv(self.features, (1, 1), precision=self.precision, kernel_init=self.kernel_init,
                    name="point_conv")(x)
 
@@ -47,7 +47,7 @@ class EnhancementFactorExtractor(nn.Module):
 
   features: int = 32
   kernel_init: Callable = _KERNEL_INIT
-  # On GPU/TPU pass jax.lax.Precision.HIGHEST for conformance (default conv precision may be TF32/bf16).
+  # On GPU/TPU pass jax.lax.Precision.HIGHEST for conformance (default precision may be TF32/bf16).
   precision: Any = None
 
   @nn.compact
@@ -83,16 +83,16 @@ def sgz_forward(efe_apply: Callable[[Any, jax.Array], jax.Array], params: Any, x
     params: whatever `efe_apply` takes first (for `Module.apply`: `{'params': ...}`).
     x: (B, H, W, 3) float32 in [0, 1].
     scale_factor: the integer s (12 in the authors' test script, 1 in training). Static.
-    crop_to_multiple: True: as released, crop H, W down to multiples of s (top-left anchored), so the
-      outputs are (B, H//s*s, W//s*s, 3). False: keep the full H x W for any size (see below).
+    crop_to_multiple: True: as released, crop H, W down to multiples of s (top-left anchored), so
+      the outputs are (B, H//s*s, W//s*s, 3). False: keep the full H x W for any size (see below).
     iterations: curve iterations (8 as released).
 
   Returns:
     dict with `enhanced` (unclipped curve output), `factor` (full-resolution x_r) and
     `factor_lowres` (the EFE output before upsampling; equals `factor` for s = 1).
 
-  With `crop_to_multiple=False` the input is edge-padded at the bottom/right up to multiples of s, the
-  factor map is computed on the padded image exactly as in the released pipeline, its padded
+  With `crop_to_multiple=False` the input is edge-padded at the bottom/right up to multiples of s,
+  the factor map is computed on the padded image exactly as in the released pipeline, its padded
   rows/columns are cropped off, and the curve is applied to the uncropped input. When H and W are
   already multiples of s this is identical to the released pipeline.
   """

@@ -1,12 +1,14 @@
 """VGG-16 feature extractor in the torchvision `vgg16().features` layout.
 
-Paper: Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Recognition", ICLR 2015.
-Reference code: pytorch/vision `torchvision/models/vgg.py` (configuration "D", no batch norm). SCL-LLE uses its
-relu1_2 / relu2_2 (Gram triplet) and relu4_3 (feature retention) activations on un-normalised inputs.
+Paper: Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Recognition",
+ICLR 2015. Reference code: pytorch/vision `torchvision/models/vgg.py` (configuration "D", no batch
+norm). SCL-LLE uses its relu1_2 / relu2_2 (Gram triplet) and relu4_3 (feature retention) activations
+on un-normalised inputs.
 
-Convs are named by their index in the torch `features` Sequential (`features.0`, `features.2`, `features.5`, ...),
-so a torchvision state dict converts by the naming rule (the classifier is simply not part of this module). No
-input normalisation happens inside: callers normalise if their reference code does.
+Convs are named by their index in the torch `features` Sequential (`features.0`, `features.2`,
+`features.5`, ...), so a torchvision state dict converts by the naming rule (the classifier is
+simply not part of this module). No input normalisation happens inside: callers normalise if their
+reference code does.
 """
 
 from typing import Any
@@ -57,8 +59,8 @@ class _Features(nn.Module):
         if name == self.stop_at:
           break
       else:
-        x = nn.Conv(spec, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, precision=self.precision,
-                    name=name)(x)
+        x = nn.Conv(spec, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                    precision=self.precision, name=name)(x)
     return out
 
 
@@ -66,7 +68,8 @@ class VGG16Features(nn.Module):
   """VGG-16 `features`, returning {relu1_2, relu2_2, relu3_3, relu4_3, relu5_3} up to `stop_at`.
 
   Attributes:
-    stop_at: last ReLU computed (one of `LAYERS`); deeper convs are neither run nor created, so a truncated
+    stop_at: last ReLU computed (one of `LAYERS`); deeper convs are neither run nor created, so a
+    truncated
       model's params are a prefix of the torchvision state dict.
     dtype: compute dtype.
     precision: conv precision (`jax.lax.Precision.HIGHEST` for parity on accelerators).

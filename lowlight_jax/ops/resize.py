@@ -1,14 +1,15 @@
 """PyTorch-semantics resampling (`F.interpolate`, `nn.UpsamplingBilinear2d`) for NHWC jax arrays.
 
-Ported from the CPU kernels of PyTorch `aten/src/ATen/native/UpSample.h` (`area_pixel_compute_scale`,
-`area_pixel_compute_source_index`, `nearest_idx`) so that the SGZ pipeline (Zheng & Gupta, "Semantic-Guided
-Zero-Shot Learning for Low-Light Image/Video Enhancement", WACV-W 2022) reproduces the authors' outputs:
+Ported from PyTorch's CPU kernels (`aten/src/ATen/native/UpSample.h`: `area_pixel_compute_scale`,
+`area_pixel_compute_source_index`, `nearest_idx`) so that the SGZ pipeline (Zheng & Gupta,
+"Semantic-Guided Zero-Shot Learning for Low-Light Image/Video Enhancement", WACV-W 2022) reproduces
+the authors' outputs:
 
-* `jax.image.resize` antialiases when downsampling, has no `align_corners=True` mode and its 'nearest' is
-  half-pixel; none of these match PyTorch.
-* Source coordinates, indices and weights are computed in float32 numpy at trace time (exactly as PyTorch
-  does for float32 tensors), so the ops are static gathers plus a weighted sum: exact on every backend
-  (no matmul precision to worry about), jit-compatible and differentiable w.r.t. the input.
+* `jax.image.resize` antialiases when downsampling, has no `align_corners=True` mode and its
+  'nearest' is half-pixel; none of these match PyTorch.
+* Source coordinates, indices and weights are computed in numpy at trace time exactly as PyTorch
+  computes them for float32 tensors, so the ops are static gathers plus a weighted sum: exact on
+  every backend (no matmul precision to worry about), jit-compatible and differentiable in x.
 
 Images are NHWC (or HWC): height is axis -3, width axis -2.
 """
@@ -68,8 +69,8 @@ def _lerp_axis(x: jax.Array, axis: int, taps) -> jax.Array:
   return (a * jnp.asarray(w0, x.dtype).reshape(shape) + b * jnp.asarray(w1, x.dtype).reshape(shape))
 
 
-def _out_size(in_hw: tuple[int, int], out_hw: Sequence[int] | None,
-              scale_factor: _Pair | None) -> tuple[tuple[int, int], tuple[float | None, float | None]]:
+def _out_size(in_hw: tuple[int, int], out_hw: Sequence[int] | None, scale_factor: _Pair | None
+              ) -> tuple[tuple[int, int], tuple[float | None, float | None]]:
   if (out_hw is None) == (scale_factor is None):
     raise ValueError("give exactly one of out_hw and scale_factor")
   if out_hw is not None:
@@ -84,7 +85,7 @@ def resize_bilinear(x: jax.Array, out_hw: Sequence[int] | None = None, *, align_
   """`F.interpolate(x, size=out_hw | scale_factor=..., mode='bilinear', align_corners=...)`.
 
   No antialiasing. With `scale_factor` (and align_corners False) the source coordinate uses
-  `1 / scale_factor`, not `in / out`, exactly as PyTorch does when `recompute_scale_factor` is unset.
+  `1 / scale_factor`, not `in / out`, as PyTorch does when `recompute_scale_factor` is unset.
 
   Args:
     x: (..., H, W, C) array.
@@ -104,14 +105,14 @@ def resize_bilinear(x: jax.Array, out_hw: Sequence[int] | None = None, *, align_
 def downsample_bilinear_by(x: jax.Array, factor: float) -> jax.Array:
   """`F.interpolate(x, scale_factor=1/factor, mode='bilinear')` (align_corners False), as in SGZ.
 
-  For an even integer factor s and H, W multiples of s, each output pixel is the mean of the 2x2 input
-  pixels at the centre of its s x s block (source coordinate s*d + (s-1)/2).
+  For an even integer factor s and H, W multiples of s, each output pixel is the mean of the 2x2
+  input pixels at the centre of its s x s block (source coordinate s*d + (s-1)/2).
   """
   return resize_bilinear(x, align_corners=False, scale_factor=1.0 / factor)
 
 
 def upsample_bilinear_align_corners(x: jax.Array, factor: float) -> jax.Array:
-  """`nn.UpsamplingBilinear2d(scale_factor=factor)`: bilinear, align_corners=True, size floor(in*factor)."""
+  """`nn.UpsamplingBilinear2d(scale_factor=factor)`: align_corners=True, size floor(in * factor)."""
   return resize_bilinear(x, align_corners=True, scale_factor=factor)
 
 
@@ -128,7 +129,7 @@ def _nearest_index(in_size: int, out_size: int, scale_factor: float | None) -> n
 
 def resize_nearest_torch(x: jax.Array, out_hw: Sequence[int] | None = None, *,
                          scale_factor: _Pair | None = None) -> jax.Array:
-  """`F.interpolate(x, size=out_hw | scale_factor=..., mode='nearest')` (legacy, not 'nearest-exact')."""
+  """`F.interpolate(x, size=out_hw | scale_factor=..., mode='nearest')` (not 'nearest-exact')."""
   h, w = x.shape[-3], x.shape[-2]
   (oh, ow), (sh, sw) = _out_size((h, w), out_hw, scale_factor)
   x = jnp.take(x, jnp.asarray(_nearest_index(h, oh, sh)), axis=x.ndim - 3)

@@ -95,7 +95,8 @@ def test_torch_save_round_trip(tmp_path, zip_format):
 
 def test_extract_state_dict_unwraps_and_strips(tmp_path):
   g = torch.Generator().manual_seed(1)
-  sd = {"module.a.weight": torch.randn(2, 3, generator=g), "module.a.bias": torch.randn(2, generator=g)}
+  sd = {"module.a.weight": torch.randn(2, 3, generator=g),
+        "module.a.bias": torch.randn(2, generator=g)}
   path = tmp_path / "wrapped.pth"
   torch.save({"epoch": 1, "model": {"params_ema": sd}}, path)
   out = torch_pickle.extract_state_dict(torch_pickle.load(path))
@@ -105,7 +106,8 @@ def test_extract_state_dict_unwraps_and_strips(tmp_path):
       ["a.weight", "a.bias"]
 
 
-# --- malicious checkpoints -------------------------------------------------------------------------------
+# --- malicious checkpoints
+# -------------------------------------------------------------------------------
 
 
 class _Payload:
@@ -181,13 +183,29 @@ def test_malicious_legacy_header_refused(tmp_path):
   assert not marker.exists()
 
 
+@pytest.mark.parametrize("data", [
+    # numpy.ndarray((16,)): would hand out uninitialised memory.
+    b"\x80\x02cnumpy\nndarray\nK\x10\x85\x85R.",
+    # Calling a storage type.
+    b"\x80\x02ctorch\nFloatStorage\nK\x10\x85R.",
+    # _rebuild_tensor_v2(1, 0, (1,), (1,), False, None): a tensor over a non-storage object.
+    b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(K\x01K\x00K\x01\x85K\x01\x85\x89NtR.",
+])
+def test_allowlisted_names_cannot_be_misused(tmp_path, data):
+  path = tmp_path / "odd.pth"
+  _write_zip(path, data)
+  with pytest.raises(torch_pickle.UnsafeCheckpointError):
+    torch_pickle.load(path)
+
+
 def test_extension_registry_goes_through_allowlist(tmp_path):
   # EXT opcodes resolve via copyreg's registry: they must hit find_class as well.
   marker = tmp_path / "pwned"
   code = 0xF0
   copyreg.add_extension(os.system.__module__, "system", code)
   try:
-    data = b"\x80\x02\x82" + bytes([code]) + pickle.dumps(_touch_cmd(marker), protocol=2)[2:-1] + b"\x85R."
+    arg = pickle.dumps(_touch_cmd(marker), protocol=2)[2:-1]  # the string, without PROTO and STOP
+    data = b"\x80\x02\x82" + bytes([code]) + arg + b"\x85R."
     path = tmp_path / "evil.pth"
     _write_zip(path, data)
     with pytest.raises(torch_pickle.UnsafeCheckpointError, match="system"):
@@ -198,7 +216,8 @@ def test_extension_registry_goes_through_allowlist(tmp_path):
 
 
 def test_out_of_bounds_strides_refused(tmp_path):
-  # A well-formed tensor whose size/stride would read past its storage (a memory-disclosure attempt).
+  # A well-formed tensor whose size/stride would read past its storage (a memory-disclosure
+  # attempt).
   state = {"w": torch.arange(4.0)}
   path = tmp_path / "ok.pth"
   torch.save(state, path)
@@ -231,7 +250,8 @@ def test_not_a_checkpoint(tmp_path):
 
 
 def test_payloads_are_live(tmp_path):
-  # Control: the same bytes DO run their payload under the stock unpickler, so the refusals above are real.
+  # Control: the same bytes DO run their payload under the stock unpickler, so the refusals above
+  # are real.
   for kind, data in _malicious_pickles(tmp_path / "pwned").items():
     pickle.loads(data)
     assert (tmp_path / "pwned").exists(), kind

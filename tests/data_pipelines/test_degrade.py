@@ -1,4 +1,4 @@
-"""Tests for data_pipelines.degrade: the sRGB curve, Poisson-Gaussian statistics, seeding, darkening."""
+"""Tests for data_pipelines.degrade: sRGB curve, Poisson-Gaussian statistics, seeding, darkening."""
 
 import dataclasses
 

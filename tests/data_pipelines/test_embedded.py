@@ -1,4 +1,4 @@
-"""Tests for the embedded dataset: split by photo, photos load from packages, fixed test degradation."""
+"""Tests for the embedded dataset: split by photo, loading from packages, fixed test degradation."""
 
 import hashlib
 
@@ -57,9 +57,10 @@ def test_unknown_photo_and_split_raise():
     embedded.split_names('val')
 
 
-# sum of the uint8 levels of the canonical test lows (seed 0, default DegradationConfig). A change means
-# the test set changed (degradation model, defaults, or numpy's sampling algorithms): eval numbers
-# before and after are then not comparable. Slack covers last-ulp libm differences between CPUs.
+# sum of the uint8 levels of the canonical test lows (seed 0, default DegradationConfig). A change
+# means the test set changed (degradation model, defaults, or numpy's sampling algorithms): eval
+# numbers before and after are then not comparable. Slack covers last-ulp libm differences between
+# CPUs.
 _PINNED_LEVEL_SUMS = {'chelsea': 16390397, 'coffee': 23329863}
 
 

@@ -1,4 +1,4 @@
-"""Tests for data_pipelines.imageio: every mode decodes to RGB float32, bad files raise, atomic writes."""
+"""Tests for data_pipelines.imageio: all modes decode to RGB float32, bad files raise, atomic IO."""
 
 import io
 import os
@@ -23,7 +23,8 @@ def test_rgb_png_exact(tmp_path):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-  # 20x40 image, left half red, right half blue; orientation 6 = rotate 90 degrees clockwise to view.
+  # 20x40 image, left half red, right half blue; orientation 6 = rotate 90 degrees clockwise to
+  # view.
   arr = np.zeros((20, 40, 3), np.uint8)
   arr[:, :20, 0] = 255
   arr[:, 20:, 2] = 255

@@ -142,6 +142,8 @@ def test_orbax_checkpoint_roundtrip_of_the_iterator(tmp_path, paired_folder):
 def test_worker_processes_restore_and_make_the_same_elements(tmp_path):
   # Small textured images keep worker start-up (not decoding) the only cost.
   rng = np.random.default_rng(0)
+  (tmp_path / 'low').mkdir()
+  (tmp_path / 'high').mkdir()
   for i in range(6):
     for side in ('low', 'high'):
       arr = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
@@ -158,7 +160,8 @@ def test_worker_processes_restore_and_make_the_same_elements(tmp_path):
   restored.set_state(state)
   _assert_same_batches(_take(restored, 2), expected)
   # grain batches inside each worker, so batch composition depends on worker_count; the ELEMENTS do
-  # not, because every crop/flip/noise draw comes from the sampler's (seed, epoch, record) generator.
+  # not, because every crop/flip/noise draw comes from the sampler's (seed, epoch, record)
+  # generator.
   in_process = _take(iter(pipeline.make_train_loader(cfg0, **kwargs)), 4)
   as_set = lambda bs: sorted(x.tobytes() for b in bs for x in np.asarray(b['low']))
   assert as_set(first + expected) == as_set(in_process)
@@ -195,7 +198,8 @@ def test_folder_eval_set_uses_eval_root(paired_folder, tmp_path, write_image):
   assert len(pipeline.make_eval_set(cfg, split='train')) == 6
   with pytest.raises(ValueError, match='eval_root'):
     pipeline.make_eval_set(_cfg(source='paired_folder', root=str(paired_folder)))
-  unpaired = pipeline.make_eval_set(_cfg(source='unpaired_folder', eval_root=str(tmp_path / 'eval')))
+  unpaired = pipeline.make_eval_set(
+      _cfg(source='unpaired_folder', eval_root=str(tmp_path / 'eval')))
   assert [e['high'] for e in unpaired] == [None, None]
 
 

@@ -1,4 +1,4 @@
-"""Tests for data_pipelines.sources: stem matching, bad-file skipping with one warning, stable reprs."""
+"""Tests for data_pipelines.sources: stem matching, skipping bad files with one warning, reprs."""
 
 import io
 import logging

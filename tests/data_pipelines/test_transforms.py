@@ -1,4 +1,4 @@
-"""Tests for data_pipelines.transforms: one geometry for all keys, reflection padding, Lanczos resize."""
+"""Tests for data_pipelines.transforms: one geometry for all keys, reflect pad, Lanczos resize."""
 
 import dataclasses
 

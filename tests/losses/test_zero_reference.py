@@ -1,4 +1,4 @@
-"""Zero-reference losses (lowlight_jax/losses/zero_reference.py) vs hand values and the authors' code."""
+"""Zero-reference losses (lowlight_jax/losses/zero_reference.py) vs hand values and the authors."""
 
 import json
 
@@ -58,8 +58,9 @@ def test_tv_hand_value():
 
 
 def test_spa_hand_value():
-  # One bright pooled cell in the middle of a 3x3 map (patch 1), dark input: 8 neighbours of the centre
-  # (4 + 0.5 * 4 = 6), the 4 adjacent cells see it once (4), the 4 corners diagonally (0.5 * 4 = 2).
+  # One bright pooled cell in the middle of a 3x3 map (patch 1), dark input: the centre sees 8
+  # neighbours (4 + 0.5 * 4 = 6), the 4 adjacent cells see it once (4), the 4 corners diagonally
+  # (0.5 * 4 = 2).
   enh = np.zeros((1, 3, 3, 3), np.float32)
   enh[0, 1, 1] = 1.0
   low = np.zeros_like(enh)
@@ -86,7 +87,8 @@ def test_color_hand_values():
   img = jnp.asarray(np.broadcast_to(means, (1, 4, 5, 3)))
   # released: sqrt(0.2^4 + 0.3^4 + 0.1^4); paper: |0.2| + |0.3| + |0.1| (+ eps^2 inside each root).
   np.testing.assert_allclose(np.asarray(zr.color_constancy_loss(img)), [np.sqrt(0.0098)], rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(zr.color_constancy_loss(img, paper_form=True)), [0.6], rtol=1e-5)
+  paper = zr.color_constancy_loss(img, paper_form=True)
+  np.testing.assert_allclose(np.asarray(paper), [0.6], rtol=1e-5)
   gray = jnp.full((1, 4, 4, 3), 0.4)
   np.testing.assert_allclose(np.asarray(zr.color_constancy_loss(gray, paper_form=True)), [3e-6],
                              rtol=1e-3)

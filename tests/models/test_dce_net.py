@@ -1,4 +1,4 @@
-"""DCE-Net (Zero-DCE / SCL-LLE enhancer): structure and layer-by-layer parity with the authors' activations."""
+"""DCE-Net (Zero-DCE / SCL-LLE): structure and layer-by-layer parity with the authors' code."""
 
 import jax
 import jax.numpy as jnp
@@ -34,13 +34,14 @@ def test_apply_curves_matches_reference_loop():
 
 
 def test_layerwise_parity_with_released_weights(conformance_dir):
-  """Zero-DCE Epoch99 on a 64x64 crop of lowCUT/1 against the official model's stored activations."""
+  """Zero-DCE Epoch99 on a 64x64 crop of lowCUT/1 against the official model's activations."""
   with np.load(conformance_dir / "weights" / "zerodce_epoch99.npz") as w:
     sd = {k: w[k] for k in w.files}
   model = dce_net.DCENet()
   acts = np.load(conformance_dir / "activations" / "zerodce_lowCUT_1_crop64.npz")
   x = jnp.asarray(acts["input"])
-  variables = layout.assign(jax.eval_shape(model.init, jax.random.key(0), x), layout.torch_to_flax(sd))
+  target = jax.eval_shape(model.init, jax.random.key(0), x)
+  variables = layout.assign(target, layout.torch_to_flax(sd))
   out, state = model.apply(variables, x, capture_intermediates=True)
   inter = state["intermediates"]
   for i in range(1, 8):

@@ -93,7 +93,8 @@ def test_tiny_variant_eval_and_train_modes():
     assert _rel_err(got_train[k], want_eval[k]) > 1e-2  # the two modes really differ
   # Running means move with torch momentum 0.1 (= flax 0.9).
   new_mean = updates["batch_stats"]["layer2"]["0"]["bn1"]["mean"]
-  np.testing.assert_allclose(np.asarray(new_mean), tmodel.layer2[0].bn1.running_mean.numpy(), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(new_mean), tmodel.layer2[0].bn1.running_mean.numpy(),
+                             atol=1e-6)
 
 
 def test_convert_validates_keys():

@@ -1,4 +1,4 @@
-"""RetinexNet DecomNet (GEFU's reflectance teacher): structure and parity with the authors' activations."""
+"""RetinexNet DecomNet (GEFU's reflectance teacher): structure and parity with the authors' code."""
 
 import jax
 import jax.numpy as jnp
@@ -13,11 +13,12 @@ def test_param_count_and_names(conformance_dir):
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v["params"])) == 207_748
   with np.load(conformance_dir / "weights" / "retinexnet_decomnet.npz") as w:
     torch_keys = set(w.files)
-  assert set(layout.flax_to_torch(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), v))) == torch_keys
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), v)
+  assert set(layout.flax_to_torch(zeros)) == torch_keys
 
 
 def test_replicate_padding_keeps_constant_images_constant():
-  """With replicate padding a constant image gives constant R and L (zero padding would darken borders)."""
+  """Replicate padding: a constant image gives constant R and L (zero padding changes borders)."""
   model = retinexnet.RetinexNet(channels=8)
   x = jnp.full((1, 12, 12, 3), 0.7)
   rng = np.random.default_rng(0)
@@ -36,7 +37,8 @@ def test_layerwise_parity_with_released_weights(conformance_dir):
   acts = np.load(conformance_dir / "activations" / "retinexnet_decomnet_lowCUT_1_crop32.npz")
   model = retinexnet.RetinexNet()
   x = jnp.asarray(acts["input"])
-  variables = layout.assign(jax.eval_shape(model.init, jax.random.key(0), x), layout.torch_to_flax(sd))
+  target = jax.eval_shape(model.init, jax.random.key(0), x)
+  variables = layout.assign(target, layout.torch_to_flax(sd))
   out, state = model.apply(variables, x, capture_intermediates=True)
   inter = state["intermediates"]["DecomNet"]
   np.testing.assert_allclose(np.asarray(inter["net1_conv0"]["__call__"][0]), acts["net1_conv0"],

@@ -1,4 +1,4 @@
-"""SGZ EFE/RIE/pipeline (lowlight_jax/models/sgz.py) vs the authors' released weights and outputs."""
+"""SGZ EFE/RIE/pipeline (lowlight_jax/models/sgz.py) vs the authors' released weights/outputs."""
 
 import functools
 
@@ -69,7 +69,8 @@ def test_released_scale12_lowcut1(conformance_dir, released):
   exp = conformance_dir / "expected/sgz_s12/lowCUT"
   enhanced = np.asarray(out["enhanced"][0])
   np.testing.assert_allclose(np.clip(enhanced, 0, 1), np.load(exp / "1.npy"), atol=1e-5, rtol=0)
-  np.testing.assert_allclose(np.asarray(out["factor"][0]), np.load(exp / "1_xr.npy"), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(out["factor"][0]), np.load(exp / "1_xr.npy"), atol=1e-5,
+                             rtol=0)
   np.testing.assert_allclose(np.asarray(out["factor_lowres"][0]), np.load(exp / "1_xr_lowres.npy"),
                              atol=1e-5, rtol=0)
   png = np.asarray(Image.open(exp / "1.png")).astype(int)
@@ -95,7 +96,8 @@ def test_released_scale1_lowcut1(conformance_dir, released):
   exp = conformance_dir / "expected/sgz_s1/lowCUT"
   np.testing.assert_allclose(np.clip(np.asarray(out["enhanced"][0]), 0, 1), np.load(exp / "1.npy"),
                              atol=1e-5, rtol=0)
-  np.testing.assert_allclose(np.asarray(out["factor"][0]), np.load(exp / "1_xr.npy"), atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(out["factor"][0]), np.load(exp / "1_xr.npy"), atol=1e-5,
+                             rtol=0)
   png = np.asarray(Image.open(exp / "1.png")).astype(int)
   q = np.asarray(sgz.quantize_like_save_image(out["enhanced"][0])).astype(int)
   assert np.abs(q - png).max() <= 1 and np.count_nonzero(q != png) <= 1e-4 * q.size

@@ -1,4 +1,4 @@
-"""VGG-16 features in the torchvision layout: structure and parity with torchvision (random weights)."""
+"""VGG-16 features in the torchvision layout: structure and parity with torchvision."""
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,8 @@ def test_parity_with_torchvision():
         ref[taps[i]] = h.permute(0, 2, 3, 1).numpy()
   model = vgg.VGG16Features(precision=jax.lax.Precision.HIGHEST)
   xj = jnp.asarray(x.transpose(0, 2, 3, 1))
-  variables = layout.assign(jax.eval_shape(model.init, jax.random.key(0), xj), layout.torch_to_flax(sd))
+  target = jax.eval_shape(model.init, jax.random.key(0), xj)
+  variables = layout.assign(target, layout.torch_to_flax(sd))
   out = model.apply(variables, xj)
   assert sorted(out) == sorted(taps.values())
   for name, r in ref.items():

@@ -20,10 +20,16 @@ def _nhwc(y: torch.Tensor) -> np.ndarray:
   return y.numpy().transpose(0, 2, 3, 1)
 
 
+def _run(fn, x: np.ndarray, *args, **kwargs) -> np.ndarray:
+  """fn(x, *args, **kwargs) under jit (one compilation per call instead of one per primitive)."""
+  return np.asarray(jax.jit(lambda v: fn(v, *args, **kwargs))(jnp.asarray(x)))
+
+
 @pytest.fixture(scope="module")
 def images():
   rng = np.random.default_rng(0)
-  return [rng.random((2, h, w, 3), dtype=np.float32) for h, w in [(7, 9), (13, 5), (33, 50), (1, 4)]]
+  sizes = [(7, 9), (13, 5), (33, 50), (1, 4)]
+  return [rng.random((2, h, w, 3), dtype=np.float32) for h, w in sizes]
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
@@ -32,7 +38,7 @@ def test_bilinear_size_matches_torch(images, align_corners):
     h, w = x.shape[1:3]
     for out in [(5, 11), (17, 3), (1, 1), (h, w), (2 * h + 1, 3 * w + 1)]:
       want = _nhwc(F.interpolate(_torch(x), size=out, mode="bilinear", align_corners=align_corners))
-      got = np.asarray(resize.resize_bilinear(jnp.asarray(x), out, align_corners=align_corners))
+      got = _run(resize.resize_bilinear, x, out, align_corners=align_corners)
       assert got.shape == want.shape
       np.testing.assert_allclose(got, want, atol=_TOL, rtol=0, err_msg=f"{x.shape} -> {out}")
 
@@ -42,7 +48,7 @@ def test_bilinear_large_upsample_matches_torch():
   # product; a naive float32 port is off by ~3e-5 here.
   x = np.random.default_rng(1).random((1, 3, 600, 2), dtype=np.float32)
   want = _nhwc(F.interpolate(_torch(x), size=(7, 1801), mode="bilinear", align_corners=False))
-  got = np.asarray(resize.resize_bilinear(jnp.asarray(x), (7, 1801), align_corners=False))
+  got = _run(resize.resize_bilinear, x, (7, 1801), align_corners=False)
   np.testing.assert_allclose(got, want, atol=_TOL, rtol=0)
 
 
@@ -52,7 +58,7 @@ def test_bilinear_scale_factor_semantics(images):
       if min(x.shape[1:3]) * sf < 1:
         continue
       want = _nhwc(F.interpolate(_torch(x), scale_factor=sf, mode="bilinear"))
-      got = np.asarray(resize.resize_bilinear(jnp.asarray(x), scale_factor=sf, align_corners=False))
+      got = _run(resize.resize_bilinear, x, scale_factor=sf, align_corners=False)
       assert got.shape == want.shape
       np.testing.assert_allclose(got, want, atol=_TOL, rtol=0, err_msg=f"{x.shape} x {sf}")
   # scale_factor=1/3 on 7 rows gives 2 rows sampled at 3d+1, not at the size-based 3.5d+1.25.
@@ -74,7 +80,7 @@ def test_upsample_align_corners_matches_torch(images):
   for x in images:
     for f in [2, 3, 12]:
       want = _nhwc(torch.nn.UpsamplingBilinear2d(scale_factor=f)(_torch(x)))
-      got = np.asarray(resize.upsample_bilinear_align_corners(jnp.asarray(x), f))
+      got = _run(resize.upsample_bilinear_align_corners, x, f)
       assert got.shape == want.shape
       np.testing.assert_allclose(got, want, atol=_TOL, rtol=0)
 
@@ -84,17 +90,19 @@ def test_nearest_matches_torch_exactly(images):
     h, w = x.shape[1:3]
     for out in [(5, 11), (17, 3), (2 * h, 2 * w), (h, w), (3 * h - 1, w + 2)]:
       want = _nhwc(F.interpolate(_torch(x), size=out, mode="nearest"))
-      np.testing.assert_array_equal(np.asarray(resize.resize_nearest_torch(jnp.asarray(x), out)), want)
+      got = _run(resize.resize_nearest_torch, x, out)
+      np.testing.assert_array_equal(got, want)
     for sf in [0.5, 1.7, 3] if h > 1 else [1.7, 3]:
       want = _nhwc(F.interpolate(_torch(x), scale_factor=sf, mode="nearest"))
-      got = np.asarray(resize.resize_nearest_torch(jnp.asarray(x), scale_factor=sf))
+      got = _run(resize.resize_nearest_torch, x, scale_factor=sf)
       np.testing.assert_array_equal(got, want)
 
 
 def test_jit_and_grad():
   x = jnp.asarray(np.random.default_rng(3).random((1, 24, 36, 3), dtype=np.float32))
   down = jax.jit(lambda v: resize.downsample_bilinear_by(v, 12))
-  np.testing.assert_array_equal(np.asarray(down(x)), np.asarray(resize.downsample_bilinear_by(x, 12)))
+  np.testing.assert_array_equal(np.asarray(down(x)),
+                                np.asarray(resize.downsample_bilinear_by(x, 12)))
   g = np.asarray(jax.grad(lambda v: resize.downsample_bilinear_by(v, 12).sum())(x))
   # Only the 2x2 centre of each 12x12 block is read, each with weight 1/4.
   assert np.count_nonzero(g) == 2 * 3 * 4 * 3

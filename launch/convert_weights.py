@@ -1,0 +1,42 @@
+r"""Converts released PyTorch weights to a lowlight_jax converted-weights file (msgpack + metadata).
+
+  python -m launch.convert_weights --method {sgz,zero_dce,scl_lle,retinexnet_decom,resnet50,vgg16} \
+      --input FILE(.pth/.pt/.bin/.safetensors/.npz) --output PATH [--key state_dict]
+
+The torch file is read without torch and without executing pickled code
+(`lowlight_jax.convert.torch_pickle`); the result is checked against the Flax model and loads with
+`lowlight_jax.convert.weights.load_params` or `lowlight_jax.inference.load_released`.
+"""
+
+from absl import app
+from absl import flags
+
+from launch import _common  # noqa: F401  (quiet TensorFlow before jax imports)
+
+_METHODS = ["sgz", "zero_dce", "scl_lle", "retinexnet_decom", "resnet50", "vgg16"]
+_METHOD = flags.DEFINE_enum("method", None, _METHODS, "Released network the weights belong to.")
+_INPUT = flags.DEFINE_string("input", None, "Checkpoint (.pth/.pt/.bin/.safetensors/.npz).")
+_OUTPUT = flags.DEFINE_string("output", None, "Destination of the converted file.")
+_KEY = flags.DEFINE_string("key", None, "Key of the state dict in the checkpoint (default: auto).")
+flags.mark_flags_as_required(["method", "input", "output"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax
+  from lowlight_jax.convert import io, weights
+
+  state_dict = io.load_state_dict(_INPUT.value, key=_KEY.value)
+  variables = weights.convert(_METHOD.value, state_dict)
+  weights.save_params(_OUTPUT.value, variables, method=_METHOD.value, source=_INPUT.value)
+  n = sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
+  print(f"{_METHOD.value}: {len(state_dict)} tensors -> {n:,} parameters; wrote {_OUTPUT.value}")
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

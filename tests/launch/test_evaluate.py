@@ -1,0 +1,137 @@
+"""`python -m launch.evaluate` on a tiny folder pair, and `evaluate_folders` error handling."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from lowlight_jax import assets
+from lowlight_jax.metrics import evaluate
+from lowlight_jax.metrics import full_reference
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def folders(metrics_reference_dir, tmp_path_factory):
+  """pred/ref/inputs folders: three 192x256 crops of the calibration pairs, a corrupt prediction
+  with a reference, and a prediction without one."""
+  assets.fetch()  # the same call as `python -m launch.assets fetch` (no-op once cached)
+  root = tmp_path_factory.mktemp("eval")
+  dirs = {k: root / k for k in ("pred", "ref", "inputs")}
+  for d in dirs.values():
+    d.mkdir()
+  for i, name in enumerate(("I04", "I06", "I19")):
+    dist = np.asarray(Image.open(metrics_reference_dir / "dist" / f"{name}.png").convert("RGB"))
+    ref = np.asarray(Image.open(metrics_reference_dir / "ref" / f"{name}.png").convert("RGB"))
+    crop = (slice(96, 288), slice(128, 384))
+    Image.fromarray(dist[crop]).save(dirs["pred"] / f"img{i}.png")
+    Image.fromarray(ref[crop]).save(dirs["ref"] / f"img{i}.png")
+    Image.fromarray((ref[crop] // 4).astype(np.uint8)).save(dirs["inputs"] / f"img{i}.jpg")
+  (dirs["pred"] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+  Image.fromarray(ref[crop]).save(dirs["ref"] / "broken.png")
+  Image.fromarray(dist[crop]).save(dirs["pred"] / "extra.png")
+  return dirs
+
+
+def _run(*args, env=None):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
+  return subprocess.run([sys.executable, "-m", "launch.evaluate", *args], cwd=REPO,
+                        capture_output=True, text=True, env=env, timeout=600, check=False)
+
+
+def test_cli_report(folders, tmp_path):
+  out, page = tmp_path / "out" / "report.json", tmp_path / "report.html"
+  res = _run("--pred", str(folders["pred"]), "--ref", str(folders["ref"]), "--inputs",
+             str(folders["inputs"]), "--metrics", "psnr,ssim,lpips,niqe,brisque", "--out", str(out),
+             "--html", str(page))
+  assert res.returncode == 0, res.stderr[-3000:]
+  report = json.loads(out.read_text())
+  metrics = ["psnr", "ssim", "lpips", "niqe", "brisque"]
+  assert report["metrics"] == metrics
+  assert set(report["images"]) == {"img0", "img1", "img2", "broken", "extra"}
+  assert "cannot read image" in report["images"]["broken"]["error"]
+  assert [e["name"] for e in report["errors"]] == ["broken"]
+  assert not set(metrics) & set(report["images"]["broken"])
+  assert report["unpaired"] == {"pred_only": ["extra"], "ref_only": []}
+  # The unpaired prediction still gets no-reference scores.
+  extra = report["images"]["extra"]
+  assert {"niqe", "brisque"} <= set(extra) and "psnr" not in extra
+  for m in metrics:
+    vals = [r[m] for r in report["images"].values() if m in r]
+    assert report["count"][m] == len(vals) == (4 if m in ("niqe", "brisque") else 3)
+    assert report["mean"][m] == pytest.approx(np.mean(vals), rel=1e-12)
+  pred = np.asarray(Image.open(folders["pred"] / "img2.png"), np.float32)
+  ref = np.asarray(Image.open(folders["ref"] / "img2.png"), np.float32)
+  assert report["images"]["img2"]["psnr"] == pytest.approx(
+      float(full_reference.psnr(pred, ref, data_range=255.0)), abs=1e-5)
+  # I04 (img0) is the milder distortion.
+  assert report["images"]["img0"]["lpips"] < report["images"]["img2"]["lpips"]
+  text = page.read_text()
+  assert "<table" in text
+  assert text.count("data:image/jpeg;base64,") == 3 * 3 + 1  # input/output/reference x3 + extra
+  assert "broken" in text and not list(out.parent.glob(".*.tmp"))
+
+
+def test_cli_missing_asset_is_a_clear_error(folders, tmp_path):
+  res = _run("--pred", str(folders["pred"]), "--metrics", "niqe", "--out", str(tmp_path / "r.json"),
+             env={assets.ENV_CACHE: str(tmp_path / "empty")})
+  assert res.returncode == 2
+  assert "python -m launch.assets fetch" in res.stderr
+  assert not (tmp_path / "r.json").exists()
+
+
+def test_evaluate_folders_errors_and_protocol(folders, tmp_path):
+  with pytest.raises(ValueError, match="need reference"):
+    evaluate.evaluate_folders(folders["pred"], metrics=["psnr"], progress=False)
+  with pytest.raises(ValueError, match="unknown metrics"):
+    evaluate.evaluate_folders(folders["pred"], metrics=["psnr", "vif"], progress=False)
+  with pytest.raises(ValueError, match="fid needs InceptionV3 weights"):
+    evaluate.evaluate_folders(folders["pred"], folders["ref"], metrics=["fid"], progress=False)
+  # A reference of another size is a per-image error; cropping applies before scoring.
+  ref2 = tmp_path / "ref2"
+  ref2.mkdir()
+  for p in folders["ref"].iterdir():
+    (ref2 / p.name).write_bytes(p.read_bytes())
+  Image.new("RGB", (50, 40)).save(ref2 / "img1.png")
+  protocol = evaluate.Protocol(crop_border=4, channel="y")
+  out = tmp_path / "r.json"
+  report = evaluate.evaluate_folders(folders["pred"], ref2, metrics=["psnr", "ssim"],
+                                     progress=False, protocol=protocol, out_json=out)
+  assert "sizes differ" in report["images"]["img1"]["error"]
+  pred = np.asarray(Image.open(folders["pred"] / "img0.png"), np.float32)
+  ref = np.asarray(Image.open(folders["ref"] / "img0.png"), np.float32)
+  want = full_reference.ssim(pred, ref, data_range=255.0, crop_border=4, channel="y", quantize=True)
+  assert report["images"]["img0"]["ssim"] == pytest.approx(float(want), abs=1e-6)
+  assert json.loads(out.read_text())["protocol"]["psnr_ssim_channel"] == "y"
+
+
+def test_fid_is_a_set_level_value(folders, monkeypatch):
+  # Plumbing only, with a stand-in feature extractor (tests/metrics/test_fid.py tests the network).
+  from lowlight_jax.metrics import fid
+
+  class _MeanColour:
+
+    def __init__(self, variables):
+      assert variables == {"stub": True}
+
+    def __call__(self, img):
+      return img.reshape(-1, 3).mean(axis=0).astype(np.float64)
+
+  monkeypatch.setattr(fid, "load_variables", lambda path: {"stub": True})
+  monkeypatch.setattr(fid, "FeatureExtractor", _MeanColour)
+  report = evaluate.evaluate_folders(folders["pred"], folders["ref"], metrics=["fid"],
+                                     fid_weights="w.pth", progress=False)
+  feats = lambda d, names: np.stack([
+      np.asarray(Image.open(d / f"{n}.png").convert("RGB")).reshape(-1, 3).mean(axis=0)
+      for n in names
+  ])
+  want = fid.fid_from_features(feats(folders["pred"], ["extra", "img0", "img1", "img2"]),
+                               feats(folders["ref"], ["broken", "img0", "img1", "img2"]))
+  assert report["set"]["fid"] == pytest.approx(want, rel=1e-9)
+  assert report["mean"] == {} and [e["name"] for e in report["errors"]] == ["broken"]
