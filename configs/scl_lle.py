@@ -1,20 +1,30 @@
-r"""SCL-LLE: Semantically Contrastive Learning for Low-Light Image Enhancement (AAAI 2022), released recipe.
+r"""SCL-LLE: Semantically Contrastive Learning for Low-Light Image Enhancement (AAAI 2022), released
+recipe.
 
-Paper recipe (default arg): Cityscapes fine-labelled training images, random 384x384 crops + horizontal flip,
-darkened; 2 positives (SICE Part1 normal exposures) and 2 negatives (SICE Part1 under/over-exposures) drawn
-at random per input, resized to 384x384; batch 2; Adam lr 1e-4 with coupled L2 1e-4; gradient clipping to
-global norm 0.1; 50k iterations; frozen DeepLabV3+ (MobileNetV2, OS 16, Cityscapes weights) and VGG-16
-(ImageNet weights). Loss = 10*appearance triplet + 5*Gram triplet + semantic brightness + segmentation CE
-+ feature retention + 8*colour + 200*TV (the released weights). Batch 2 needs a mesh of at most 2 data
+Paper recipe (default arg): Cityscapes fine-labelled training images, random 384x384 crops +
+horizontal flip,
+darkened; 2 positives (SICE Part1 normal exposures) and 2 negatives (SICE Part1
+under/over-exposures) drawn
+at random per input, resized to 384x384; batch 2; Adam lr 1e-4 with coupled L2 1e-4; gradient
+clipping to
+global norm 0.1; 50k iterations; frozen DeepLabV3+ (MobileNetV2, OS 16, Cityscapes weights) and
+VGG-16
+(ImageNet weights). Loss = 10*appearance triplet + 5*Gram triplet + semantic brightness +
+segmentation CE
++ feature retention + 8*colour + 200*TV (the released weights). Batch 2 needs a mesh of at most 2
+data
 shards (`--config.mesh.data=1` or 2).
 
-Without `data.inputs=cityscapes` the data are the embedded stand-in (`data_pipelines/scl_data.py`): embedded
+Without `data.inputs=cityscapes` the data are the embedded stand-in (`data_pipelines/scl_data.py`):
+embedded
 photos with unsupervised stand-in class maps and synthetic exposures of other photos as negatives.
 
 Args (comma separated, e.g. `configs/scl_lle.py:demo,steps=200`):
-  smoke   tiny everything (32px crops, batch 8, 4 steps, a 7-block random DeepLabV3+, random VGG): used by
+  smoke   tiny everything (32px crops, batch 8, 4 steps, a 7-block random DeepLabV3+, random VGG):
+  used by
           tests.
-  demo    a CPU-sized run on the embedded stand-in: 96px crops, batch 8, 300 steps, random frozen nets.
+  demo    a CPU-sized run on the embedded stand-in: 96px crops, batch 8, 300 steps, random frozen
+  nets.
   steps=N override the number of steps.
 
 Launch (paper recipe):
@@ -24,8 +34,10 @@ Launch (paper recipe):
       --config.segmentation.weights=/weights/best_deeplabv3plus_mobilenet_cityscapes_os16.pth \
       --config.vgg.weights=/weights/vgg16-397923af.pth
 
-Paper numbers: NIQE 3.46 / UNIQUE 0.85 averaged over DICM, LIME, MEF, VV, NPE; SICE Part2 17.95 dB / 0.68 SSIM;
-Table 4 (Cityscapes val, gamma 10) mIoU 42.05 / 22.85 / 33.44 (Frankfurt / Lindau / Munster) after enhancement.
+Paper numbers: NIQE 3.46 / UNIQUE 0.85 averaged over DICM, LIME, MEF, VV, NPE; SICE Part2 17.95 dB /
+0.68 SSIM;
+Table 4 (Cityscapes val, gamma 10) mIoU 42.05 / 22.85 / 33.44 (Frankfurt / Lindau / Munster) after
+enhancement.
 """
 
 import ml_collections
@@ -45,7 +57,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
-  c.init_from = config_dict.placeholder(str)  # Released SCL-LLE (or Zero-DCE) weights, or a converted file.
+  # Released SCL-LLE (or Zero-DCE) weights, or a converted file.
+  c.init_from = config_dict.placeholder(str)
   c.init_from_method = "scl_lle"  # 'scl_lle' or 'zero_dce' (same DCE-Net architecture).
 
   c.data = scl_data.default_scl_data_config()  # data.source == 'scl'
@@ -57,17 +70,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
 
   c.segmentation = ml_collections.ConfigDict(dict(
-      weights=config_dict.placeholder(str),  # VainF checkpoint ({'model_state': ...}) or a state dict.
+      # VainF checkpoint ({'model_state': ...}) or a plain state dict.
+      weights=config_dict.placeholder(str),
       num_classes=19,
       output_stride=16,
-      repeats=(1, 2, 3, 4, 3, 3, 1),  # MobileNetV2 blocks per stage; smoke uses a smaller network.
-      # Port note: the released code detaches the enhanced image before DeepLabV3+, so its cross-entropy never
-      # reaches the enhancer; False reproduces that.
+      # MobileNetV2 blocks per stage; smoke uses a smaller network (no checkpoint fits it).
+      repeats=(1, 2, 3, 4, 3, 3, 1),
+      # Port note: the released code detaches the enhanced image before DeepLabV3+, so its
+      # cross-entropy never reaches the enhancer; False reproduces that.
       gradient=True,
       dtype="float32",  # 'bfloat16' on accelerators; BatchNorm and the loss stay float32.
   ))
   c.vgg = ml_collections.ConfigDict(dict(
-      weights=config_dict.placeholder(str),  # torchvision vgg16 state dict (.pth/.safetensors/.npz).
+      weights=config_dict.placeholder(str),  # torchvision vgg16 state dict (.pth/.npz/...).
       dtype="float32",
   ))
 
@@ -77,15 +92,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(
       appearance_margin=0.3,
       gram_margin=0.04,
-      combine="all_pairs",  # How K positives / L negatives form triplets: all_pairs | paired | mean_distance.
-      # Port note: True reproduces the released L_segexp (detached, batch-broadcast); False is the paper's Eq. 6.
+      # How K positives and L negatives form triplets: all_pairs | paired | mean_distance.
+      combine="all_pairs",
+      # Port note: True reproduces the released L_segexp (detached class means, labels broadcast
+      # over the batch); False is the paper's Eq. 6 per image.
       released_semantic_brightness=False,
-      color_paper_form=False,  # True: the paper's Charbonnier colour term instead of the released 4th powers.
+      # True: the paper's Charbonnier colour term instead of the released 4th powers.
+      color_paper_form=False,
       ignore_index=255,
   ))
 
   c.optim = ml_collections.ConfigDict(dict(enhancer=dict(
-      optimizer="adam", lr=1e-4, schedule="constant", weight_decay=1e-4, decoupled=False, clip_norm=0.1)))
+      optimizer="adam", lr=1e-4, schedule="constant", weight_decay=1e-4, decoupled=False,
+      clip_norm=0.1)))
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1))
   c.sharding = ml_collections.ConfigDict(dict(rules=()))

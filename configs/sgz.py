@@ -7,7 +7,7 @@ code says 1e-4, which we follow.
 
 Args (comma separated, e.g. `configs/sgz.py:demo,steps=200`):
   smoke   tiny everything (a tiny ResNet USS, 32px crops, 4 steps): seconds on CPU, used by tests.
-  demo    a CPU-sized variant of the recipe for the README demo: 128px crops of the embedded photos, batch 8,
+  demo    a CPU-sized variant of the recipe for the README demo: 96px crops of the embedded photos, batch 8,
           ResNet-50 USS at random init (no weights file is assumed), 300 steps. It fits ~10 min on 2 cores.
   steps=N override the number of steps.
 
@@ -83,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = 300
     c.batch_size = 8
     c.data.resize = 0
-    c.data.crop = 128
+    c.data.crop = 96
     c.data.hflip = True
     c.log_every = 25
     c.checkpoint_every = 100

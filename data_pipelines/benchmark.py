@@ -1,11 +1,11 @@
-"""Input-pipeline throughput: decoded + augmented images/s (folders) and frames/s (video) per worker count.
+"""Input-pipeline throughput: decoded + augmented images/s (folders), frames/s (video), per worker count.
 
 Called by `launch/benchmark.py`; each function returns a JSON-ready dict. No timing lives in tests.
 With `worker_count=0` everything runs in this process, so `cpu_per_s` (items per CPU-second of this
 process) is the per-core figure, robust to other load on the machine; with workers, `per_s` is the
 wall-clock rate the training loop would see. The goal for video is >= 300 frames/s per core at
-640x360 (decode + RGB conversion + float32), which PyAV/FFmpeg reaches when a worker decodes with one
-thread and segments start on keyframes (see video.py).
+640x360 (decode + RGB conversion + float32), which PyAV/FFmpeg reaches when a worker decodes with
+one thread and segments start on keyframes (see video.py).
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def benchmark_video_dir(cache_dir: str | os.PathLike | None = None, *, seconds: 
 
 
 def video_frames_per_s(video_dir: str | os.PathLike | None = None, *,
-                       worker_counts: Sequence[int] = (0, 1, 2), splits: Iterable[str] = ("day", "night"),
+                       worker_counts: Sequence[int] = (0, 1, 2),
+                       splits: Iterable[str] = ("day", "night"),
                        shuffle_buffer: int = 64, batch_size: int = 8,
                        num_batches: int = 40) -> dict[str, Any]:
   """Frames/s of the video source (shuffled segments, decode, RGB, float32, window shuffle, batch).

@@ -5,22 +5,27 @@ source is a grain `RandomAccessDataSource` of dict elements of RGB float32 HxWx3
 (labels: int32 HxW) built on `sources.py`: files are checked when the source is constructed and bad
 ones are skipped with one warning and listed in `source.skipped` as (path, reason).
 
-| name | layout under `root` (split -> folders) | element keys |
-|---|---|---|
-| lol | train: `our485/{low,high}`; test: `eval15/{low,high}` (Wei et al., BMVC 2018) | low, high |
-| lol_v2_real | `Real_captured/{Train,Test}/{Low,Normal}`; `low00001.png` pairs `normal00001.png` | low, high |
-| lol_v2_synthetic | `Synthetic/{Train,Test}/{Low,Normal}` (Yang et al., TIP 2021) | low, high |
-| lsrw | `[Training data/ or Eval/]{Huawei,Nikon}/{low,high}` (Hai et al., 2023) | low, high |
-| sice | `[Dataset_Part1/ or Dataset_Part2/]<scene>/<k>.JPG` + `Label/<scene>.JPG` (Cai et al., TIP 2018) | see below |
-| enlightengan | `trainA` (low) + `trainB` (normal), unpaired (Jiang et al., TIP 2021) | low, high |
-| cityscapes | `leftImg8bit/{split}/{city}/*_leftImg8bit.png` + `gtFine/{split}/{city}/*_gtFine_labelTrainIds.png` | high, label |
-| dicm, lime, mef, npe, vv | the images (test only; no ground truth) in `root` or `root/<NAME>` | low |
+  name              layout under `root` (split: folders)                                keys
+  lol               train: our485/{low,high}; test: eval15/{low,high}                   low, high
+                    (Wei et al., BMVC 2018)
+  lol_v2_real       Real_captured/{Train,Test}/{Low,Normal}; low00001.png pairs         low, high
+                    normal00001.png (Yang et al., TIP 2021)
+  lol_v2_synthetic  Synthetic/{Train,Test}/{Low,Normal}                                 low, high
+  lsrw              [Training data/ | Eval/]{Huawei,Nikon}/{low,high} (Hai et al.)      low, high
+  sice              [Dataset_Part1/ | Dataset_Part2/]<scene>/<k>.JPG + Label/<scene>.JPG  see below
+                    (Cai et al., TIP 2018)
+  enlightengan      trainA (low) + trainB (normal), unpaired (Jiang et al., TIP 2021)   low, high
+  cityscapes        leftImg8bit/{split}/{city}/*_leftImg8bit.png +                      high, label
+                    gtFine/{split}/{city}/*_gtFine_labelTrainIds.png
+  dicm, lime, mef,  the images (test only; no ground truth) in root or root/<NAME>      low
+  npe, vv
 
-SICE: each scene folder holds an exposure sequence numbered from darkest to brightest. `pool='under'`
-(default) pairs every image of the darker half with the scene's label, `pool='over'` the brighter half
-(an odd sequence's middle image belongs to neither), `pool='normal'` yields the labels alone as 'high'.
-SCL-LLE (Liang et al., AAAI 2022) takes its positives from the labels and its negatives from the
-under/over pools of Part1. Split 'train' reads `Dataset_Part1`, 'test' `Dataset_Part2`, when present.
+SICE: each scene folder holds an exposure sequence numbered from darkest to brightest.
+`pool='under'` (default) pairs every image of the darker half with the scene's label, `pool='over'`
+the brighter half (an odd sequence's middle image belongs to neither), `pool='normal'` yields the
+labels alone as 'high'. SCL-LLE (Liang et al., AAAI 2022) takes its positives from the labels and
+its negatives from the under/over pools of Part1. Split 'train' reads `Dataset_Part1`, 'test'
+`Dataset_Part2`, when present.
 
 Cityscapes: the image is the normal-light 'high' (low-light methods darken it on the fly); 'label'
 holds train ids (0-18, 255 = ignore). Without `*_labelTrainIds.png` (made by cityscapesScripts), the
@@ -50,8 +55,8 @@ PathLike = str | os.PathLike
 
 # cityscapesScripts `labels.py`: id -> trainId (255 = ignore in evaluation). Ids 0..33, plus -1.
 CITYSCAPES_ID_TO_TRAIN_ID = {
-    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
-    27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+    26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 _ID_LUT = np.full(256, 255, np.uint8)
 for _id, _train in CITYSCAPES_ID_TO_TRAIN_ID.items():
   _ID_LUT[_id] = _train
@@ -75,8 +80,9 @@ class FileRecords(sources._FolderSource):  # pylint: disable=protected-access
 
   def __repr__(self) -> str:
     files = '\n'.join(os.fspath(p) for r in self._records for p in r)
-    return (f'FileRecords(name={self.dataset_name!r}, keys={self._keys}, max_pixels={self.max_pixels}'
-            f', num_records={len(self)}, files={zlib.crc32(files.encode()):08x})')
+    return (f'FileRecords(name={self.dataset_name!r}, keys={self._keys}, '
+            f'max_pixels={self.max_pixels}, num_records={len(self)}, '
+            f'files={zlib.crc32(files.encode()):08x})')
 
 
 def read_label(path: PathLike, *, max_pixels: int = imageio.DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -89,9 +95,11 @@ def read_label(path: PathLike, *, max_pixels: int = imageio.DEFAULT_MAX_PIXELS) 
   try:
     with Image.open(path) as im:
       if im.width * im.height > max_pixels:
-        raise imageio.ImageDecodeError(path, f'{im.width}x{im.height} exceeds max_pixels={max_pixels}')
+        raise imageio.ImageDecodeError(
+            path, f'{im.width}x{im.height} exceeds max_pixels={max_pixels}')
       if im.mode not in ('L', 'P', 'I', 'I;16', 'I;16B', 'I;16L'):
-        raise imageio.ImageDecodeError(path, f'label map must be single-channel, got mode {im.mode}')
+        raise imageio.ImageDecodeError(
+            path, f'label map must be single-channel, got mode {im.mode}')
       im.load()
       return np.asarray(im).astype(np.int32)
   except imageio.ImageDecodeError:
@@ -101,7 +109,7 @@ def read_label(path: PathLike, *, max_pixels: int = imageio.DEFAULT_MAX_PIXELS) 
 
 
 class SegmentationRecords(FileRecords):
-  """(image, label map) records: {'high': RGB float32, 'label': int32 HxW}; `id_lut` remaps labels."""
+  """(image, label map) records: {'high': RGB float32, 'label': int32 HxW}; `id_lut` remaps ids."""
 
   def __init__(self, records, *, name: str, id_lut: np.ndarray | None = None, **kwargs):
     self.id_lut = id_lut
@@ -120,7 +128,10 @@ class SegmentationRecords(FileRecords):
 
 
 class UnpairedAB(grain.sources.RandomAccessDataSource):
-  """Two unrelated image folders as one source: {'low': A[i mod |A|], 'high': B[perm(i) mod |B|]}."""
+  """Two unrelated image folders as one source: {'low': A[i mod |A|], 'high': B[perm(i) mod |B|]}.
+
+  `perm` is a permutation of B fixed by `seed`, so record i is the same in every process and epoch.
+  """
 
   def __init__(self, a: sources.UnpairedFolder, b: sources.UnpairedFolder, seed: int = 0):
     self.a, self.b, self.seed = a, b, seed
@@ -266,7 +277,7 @@ def enlightengan(root: PathLike, split: str = 'train', seed: int = 0, **kwargs) 
 
 
 def cityscapes(root: PathLike, split: str = 'train', **kwargs) -> SegmentationRecords:
-  """Fine annotations; `split` is Cityscapes' own: train, val or test (test labels are all ignore)."""
+  """Fine annotations; `split` is Cityscapes' own: train, val or test (test labels: all ignore)."""
   if split not in ('train', 'val', 'test'):
     raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
   root = pathlib.Path(root)
@@ -367,7 +378,8 @@ def write_fake_layout(name: str, root: PathLike, *, size: int = 16, count: int =
     for sub in ('Train', 'Test'):
       base = root / kind / sub
       if kind == 'Real_captured':
-        pairs(base / 'Low', base / 'Normal', lambda k: f'low{k + 1:05d}', lambda k: f'normal{k + 1:05d}')
+        pairs(base / 'Low', base / 'Normal', lambda k: f'low{k + 1:05d}',
+              lambda k: f'normal{k + 1:05d}')
       else:
         pairs(base / 'Low', base / 'Normal', lambda k: f'r{k:04d}', lambda k: f'r{k:04d}')
   elif name == 'lsrw':
@@ -380,7 +392,8 @@ def write_fake_layout(name: str, root: PathLike, *, size: int = 16, count: int =
       for scene in range(1, count + 1):
         base = rand().astype(np.float32)
         for k in range(1, 6):
-          save(root / part / str(scene) / f'{k}.png', np.clip(base * k / 3, 0, 255).astype(np.uint8))
+          exposure = np.clip(base * k / 3, 0, 255).astype(np.uint8)
+          save(root / part / str(scene) / f'{k}.png', exposure)
         save(root / part / 'Label' / f'{scene}.png', base.astype(np.uint8))
   elif name == 'enlightengan':
     for k in range(count):

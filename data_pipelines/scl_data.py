@@ -1,40 +1,42 @@
 """SCL-LLE training data: labelled low-light inputs plus unpaired positive and negative pools.
 
 Paper: Liang et al., "Semantically Contrastive Learning for Low-Light Image Enhancement", AAAI 2022.
-Reference code: LingLIx/SCL-LLE (commit 408d89a) `train.py`: Cityscapes fine-labelled training images
-(random 384 crop, horizontal flip) with their train-id labels; every iteration `random.sample`s 2 positives
-from `Contrast/GT/` (SICE Part1 normal exposures) and 2 negatives from `Contrast/low/` (one under- and one
-over-exposed image per SICE scene), each resized to 384x384 (Lanczos); positives and negatives are unpaired
-with the input and with each other.
+Reference code: LingLIx/SCL-LLE (commit 408d89a) `train.py`: Cityscapes fine-labelled training
+images (random 384 crop, horizontal flip) with their train-id labels; every iteration
+`random.sample`s 2 positives from `Contrast/GT/` (SICE Part1 normal exposures) and 2 negatives from
+`Contrast/low/` (one under- and one over-exposed image per SICE scene), each resized to 384x384
+(Lanczos); positives and negatives are unpaired with the input and with each other.
 
 Element of `SCLSource` (numpy only; grain workers must not import jax):
   'low'    HxWx3 float32 in [0, 1], the (optionally gamma-darkened) input;
   'labels' HxW int32 class ids (Cityscapes train ids 0..18, 255 = unlabelled);
   'pos'    (num_pos, S, S, 3) normal-light images of OTHER scenes, S = pool_size;
   'neg'    (num_neg, S, S, 3) under/over-exposed images of other scenes.
-Everything about element `index` (which input, its darkening gamma, which pool images) is drawn from a
-generator seeded by (seed, index), so it is deterministic; the source has `pairings` virtual copies of the
-input list, each drawing fresh pool images and gammas, so a run sees new (input, positive, negative) triplets
-instead of the same ones every epoch. Crops and flips come later from the sampler's (seed, epoch, record)
-generator (`transforms.RandomCrop` / `RandomFlip` on 'low' and 'labels' together).
+Everything about element `index` (which input, its darkening gamma, which pool images; see
+`SCLSource.plan`) is drawn from a generator seeded by (seed, index), so it is deterministic. The
+source holds `pairings` virtual copies of the input list, each drawing fresh pool images and gammas,
+so a run sees new (input, positive, negative) triplets instead of the same ones every epoch. Crops
+and flips come later from the sampler's (seed, epoch, record) generator (`transforms.RandomCrop` /
+`RandomFlip` on 'low' and 'labels' together).
 
 Inputs (`data.inputs`):
   'cityscapes': `root/leftImg8bit/<split>/<city>/*_leftImg8bit.png` with
-    `root/gtFine/<split>/<city>/*_gtFine_labelTrainIds.png` (cityscapesScripts `createTrainIdLabelImgs`), or,
-    when absent, `*_gtFine_labelIds.png` mapped to train ids here (as VainF's `Cityscapes.encode_target`).
-    Pools: `data.positives_dir`, `data.negatives_dir` (flat image folders, e.g. the released `Contrast/GT`,
-    `Contrast/low`).
-  'embedded' (default; needs no files): a STAND-IN for the real data, so every config trains out of the box.
-    Inputs are the embedded training photographs (`embedded.EMBEDDED_TRAIN`); their "labels" are NOT semantic
-    classes but an unsupervised segmentation (SLIC superpixels grouped by k-means on mean Lab colour into
-    `data.pseudo_classes` regions, computed once per photo), which is enough to exercise the per-class
-    brightness term; positives are OTHER training photos as they are (normal exposure) and negatives are
-    synthetic exposures of yet other photos (half under-exposed by 1.5-3 stops, half over-exposed by 1.5-3
-    stops, in linear light). Negatives use photos distinct from the positives whenever enough photos exist.
+    `root/gtFine/<split>/<city>/*_gtFine_labelTrainIds.png` (cityscapesScripts
+    `createTrainIdLabelImgs`) or, when absent, `*_gtFine_labelIds.png` mapped to train ids here (as
+    VainF's `Cityscapes.encode_target`). Pools: `data.positives_dir`, `data.negatives_dir` (flat
+    image folders, e.g. the released `Contrast/GT` and `Contrast/low`).
+  'embedded' (default; needs no files): a STAND-IN for the real data, so every config trains out of
+    the box. Inputs are the embedded training photographs (`embedded.EMBEDDED_TRAIN`); their
+    "labels" are NOT semantic classes but an unsupervised segmentation (SLIC superpixels grouped by
+    k-means on mean Lab colour into `data.pseudo_classes` regions, computed once per photo), enough
+    to exercise the per-class brightness term; positives are OTHER training photos as they are
+    (normal exposure) and negatives synthetic exposures of yet other photos (alternately 1.5-3 stops
+    under and 1.5-3 stops over, in linear light). Negatives use photos distinct from the positives
+    whenever enough photos exist.
 
-Darkening: `low = image ** gamma`, gamma ~ U[darken_gamma] per element (the paper's "standard positive gamma
-transformation", also used by its Table 4 protocol). The released Cityscapes loader is not published; the paper
-only says the brightness was adjusted, so the range is our choice (config).
+Darkening: `low = image ** gamma`, gamma ~ U[darken_gamma] per element (the paper's "standard
+positive gamma transformation", also used by its Table 4 protocol). The released Cityscapes loader
+is not published; the paper only says the brightness was adjusted, so the range is our choice.
 """
 
 from __future__ import annotations
@@ -62,15 +64,15 @@ INPUTS = ('embedded', 'cityscapes')
 IGNORE_INDEX = 255
 
 # Cityscapes label id -> train id (cityscapesScripts `labels.py`; ids without a train id -> 255).
-_CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
-                         25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+_CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                         24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 CITYSCAPES_ID_TO_TRAIN_ID = np.full(256, IGNORE_INDEX, np.uint8)
 for _id, _train_id in _CITYSCAPES_TRAIN_IDS.items():
   CITYSCAPES_ID_TO_TRAIN_ID[_id] = _train_id
 
 
 def default_scl_data_config() -> ml_collections.ConfigDict:
-  """The `config.data` section of SCL-LLE (`source='scl'` tells `data_pipelines.pipeline` to come here).
+  """The `config.data` section of SCL-LLE (`source='scl'` routes the pipeline to this module).
 
   Fields:
     source: 'scl'.
@@ -78,12 +80,12 @@ def default_scl_data_config() -> ml_collections.ConfigDict:
     root: Cityscapes root (with `leftImg8bit/` and `gtFine/`); `split` / `eval_split` its splits.
     positives_dir, negatives_dir: pool folders for 'cityscapes' inputs.
     num_pos, num_neg: pool images per element (2 and 2 as released).
-    pool_size: pool images are resized (Lanczos, ignoring aspect) to pool_size x pool_size; must equal `crop`
-      (the appearance distance compares pixels).
+    pool_size: pool images are resized (Lanczos, ignoring aspect) to pool_size x pool_size; must
+      equal `crop` (the appearance distance compares pixels).
     crop: random crop of the input and its labels; hflip: random horizontal flip of both.
     darken_gamma: (lo, hi) of the input darkening gamma; (1, 1) disables it.
     eval_gamma: fixed darkening gamma of the Cityscapes evaluation images.
-    eval_max_images: how many Cityscapes evaluation images the trainer's eval set holds (read into memory).
+    eval_max_images: Cityscapes evaluation images in the trainer's eval set (held in memory).
     pairings: virtual copies of the input list, each with fresh pool draws (see module docstring).
     pseudo_classes: number of stand-in classes of the embedded inputs.
     worker_count, worker_buffer_size, read_threads, read_buffer_size, max_pixels: as in
@@ -101,7 +103,6 @@ def default_scl_data_config() -> ml_collections.ConfigDict:
   c.num_neg = 2
   c.pool_size = 384
   c.crop = 384
-  c.resize = 0  # Unused (the trainer reads `crop` for its example batch); kept for config compatibility.
   c.hflip = True
   c.darken_gamma = (1.5, 5.0)
   c.eval_gamma = 4.0
@@ -122,17 +123,17 @@ def darken(image: np.ndarray, gamma: float) -> np.ndarray:
 
 
 def expose(image: np.ndarray, stops: float) -> np.ndarray:
-  """A synthetic exposure change of an sRGB image by `stops` (negative = under), in linear light, clipped."""
+  """Exposure change of an sRGB image by `stops` (< 0: under) in linear light, clipped."""
   linear = degrade_lib.srgb_to_linear(np.clip(image, 0.0, 1.0)) * (2.0 ** stops)
   return degrade_lib.linear_to_srgb(np.clip(linear, 0.0, 1.0)).astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Stand-in labels for the embedded photos.
 
 
 def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator, iters: int = 25) -> np.ndarray:
-  """Plain k-means (k-means++ seeding); returns the cluster of every point, clusters sorted by first feature."""
+  """Plain k-means (k-means++ seeding): each point's cluster, clusters sorted by first feature."""
   k = min(k, len(points))
   centres = [points[rng.integers(len(points))]]
   for _ in range(1, k):
@@ -142,7 +143,8 @@ def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator, iters: int = 2
   centres = np.asarray(centres)
   for _ in range(iters):
     assign = np.argmin(((points[:, None] - centres[None]) ** 2).sum(-1), axis=1)
-    new = np.array([points[assign == j].mean(0) if np.any(assign == j) else centres[j] for j in range(k)])
+    new = np.array([points[assign == j].mean(0) if np.any(assign == j) else centres[j]
+                    for j in range(k)])
     if np.allclose(new, centres):
       break
     centres = new
@@ -153,16 +155,17 @@ def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator, iters: int = 2
 
 def pseudo_labels(image: np.ndarray, num_classes: int = 6, *, seed: int = 0, max_side: int = 256,
                   n_segments: int = 150) -> np.ndarray:
-  """Stand-in class map: SLIC superpixels grouped into `num_classes` regions by k-means on mean Lab colour.
+  """Stand-in class map: SLIC superpixels grouped into `num_classes` by k-means on mean Lab colour.
 
-  Computed on a copy downscaled to at most `max_side` pixels, then upsampled (nearest) to the image size.
-  Class ids are ordered by region lightness; they carry no semantics across photos.
+  Computed on a copy downscaled to at most `max_side` pixels, then upsampled (nearest) to the image
+  size. Class ids are ordered by region lightness; they carry no semantics across photos.
   """
   from skimage import color, segmentation  # pylint: disable=g-import-not-at-top
 
   h, w = image.shape[:2]
   scale = min(1.0, max_side / max(h, w))
-  small = transforms.resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))), 'area')
+  small = transforms.resize_image(image, (max(1, round(h * scale)), max(1, round(w * scale))),
+                                  'area')
   sp = segmentation.slic(small, n_segments=n_segments, compactness=10, start_label=0)
   lab = color.rgb2lab(small)
   n_sp = sp.max() + 1
@@ -185,12 +188,13 @@ def _embedded_labels(name: str, num_classes: int) -> np.ndarray:
   return labels
 
 
-# ---------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Cityscapes layout.
 
 
 def list_cityscapes(root: str | os.PathLike, split: str = 'train',
-                    cities: Sequence[str] | None = None) -> list[tuple[pathlib.Path, pathlib.Path, bool]]:
+                    cities: Sequence[str] | None = None
+                    ) -> list[tuple[pathlib.Path, pathlib.Path, bool]]:
   """(image, label, label_is_train_ids) triples of a Cityscapes-layout folder, sorted.
 
   Raises:
@@ -232,7 +236,7 @@ def read_labels(path: str | os.PathLike, train_ids: bool) -> np.ndarray:
   return labels.astype(np.int32)
 
 
-# ---------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # The source.
 
 
@@ -276,25 +280,30 @@ class SCLSource(grain.sources.RandomAccessDataSource):
       if not root:
         raise ValueError("data.root must be set for inputs='cityscapes'")
       if not positives_dir or not negatives_dir:
-        raise ValueError("data.positives_dir and data.negatives_dir must be set for inputs='cityscapes'")
+        raise ValueError(
+            "data.positives_dir and data.negatives_dir must be set for inputs='cityscapes'")
       self._records = list_cityscapes(root, split)
       self.positives = imageio.list_images(positives_dir)
       self.negatives = imageio.list_images(negatives_dir)
-      for kind, pool, n in (('positives', self.positives, num_pos), ('negatives', self.negatives, num_neg)):
+      pools = (('positives', self.positives, num_pos), ('negatives', self.negatives, num_neg))
+      for kind, pool, n in pools:
         if len(pool) < n:
-          raise ValueError(f'{kind} pool has {len(pool)} images, fewer than the {n} drawn per element')
+          raise ValueError(
+              f'{kind} pool has {len(pool)} images, fewer than the {n} drawn per element')
     self.num_inputs = len(self._records)
 
   def __len__(self) -> int:
     return self.num_inputs * self.pairings
 
   def __repr__(self) -> str:
-    # grain compares reprs when restoring a checkpointed iterator: construction arguments and file lists only.
+    # grain compares reprs when restoring a checkpointed iterator: arguments and file lists only.
     files = '|'.join(str(r) for r in self._records + self.positives + self.negatives)
+    crc = zlib.crc32(files.encode())
     return (f'SCLSource(inputs={self.inputs!r}, n={self.num_inputs}, pos={len(self.positives)}, '
-            f'neg={len(self.negatives)}, files_crc={zlib.crc32(files.encode()):08x}, num_pos={self.num_pos}, '
-            f'num_neg={self.num_neg}, pool_size={self.pool_size}, darken_gamma={self.darken_gamma}, '
-            f'pairings={self.pairings}, pseudo_classes={self.pseudo_classes}, seed={self.seed})')
+            f'neg={len(self.negatives)}, files_crc={crc:08x}, num_pos={self.num_pos}, '
+            f'num_neg={self.num_neg}, pool_size={self.pool_size}, '
+            f'darken_gamma={self.darken_gamma}, pairings={self.pairings}, '
+            f'pseudo_classes={self.pseudo_classes}, seed={self.seed})')
 
   def _pool_image(self, image: np.ndarray) -> np.ndarray:
     return transforms.resize_image(image, (self.pool_size, self.pool_size), 'lanczos')
@@ -303,9 +312,10 @@ class SCLSource(grain.sources.RandomAccessDataSource):
     return imageio.read_image(path, max_pixels=self.max_pixels)
 
   def plan(self, index: int) -> dict[str, Any]:
-    """What element `index` is made of: {'input', 'gamma', 'pos', 'neg'} (+ 'neg_stops' for 'embedded').
+    """What element `index` is made of: {'input', 'gamma', 'pos', 'neg'} (+ 'neg_stops').
 
-    Pool entries are photo names ('embedded') or indices into `positives` / `negatives` ('cityscapes').
+    Pool entries are photo names ('embedded', which also gives the negatives' exposure changes in
+    stops, 'neg_stops') or indices into `positives` / `negatives` ('cityscapes').
     """
     index = int(index)
     if not 0 <= index < len(self):
@@ -336,7 +346,8 @@ class SCLSource(grain.sources.RandomAccessDataSource):
       image = embedded.load_photo(name)
       labels = np.array(_embedded_labels(name, self.pseudo_classes))
       pos = [self._pool_image(embedded.load_photo(n)) for n in p['pos']]
-      neg = [self._pool_image(expose(embedded.load_photo(n), st)) for n, st in zip(p['neg'], p['neg_stops'])]
+      neg = [self._pool_image(expose(embedded.load_photo(n), st))
+             for n, st in zip(p['neg'], p['neg_stops'])]
     else:
       image_path, label_path, train_ids = self._records[p['input']]
       image = self._read(image_path)
@@ -356,13 +367,15 @@ class SCLSource(grain.sources.RandomAccessDataSource):
 def make_source(data_cfg: ml_collections.ConfigDict, *, seed: int = 0) -> SCLSource:
   """The training source described by `data_cfg` (see `default_scl_data_config`)."""
   if data_cfg.crop and data_cfg.pool_size != data_cfg.crop:
-    raise ValueError(f'data.pool_size ({data_cfg.pool_size}) must equal data.crop ({data_cfg.crop}): the '
-                     'appearance triplet compares the enhanced crop with the pool images pixel by pixel')
+    raise ValueError(
+        f'data.pool_size ({data_cfg.pool_size}) must equal data.crop ({data_cfg.crop}): the '
+        'appearance triplet compares the enhanced crop with the pool images pixel by pixel')
   return SCLSource(data_cfg.inputs, root=data_cfg.root, split=data_cfg.split,
                    positives_dir=data_cfg.positives_dir, negatives_dir=data_cfg.negatives_dir,
                    num_pos=data_cfg.num_pos, num_neg=data_cfg.num_neg, pool_size=data_cfg.pool_size,
                    darken_gamma=tuple(data_cfg.darken_gamma), pairings=data_cfg.pairings,
-                   pseudo_classes=data_cfg.pseudo_classes, seed=seed, max_pixels=data_cfg.max_pixels)
+                   pseudo_classes=data_cfg.pseudo_classes, seed=seed,
+                   max_pixels=data_cfg.max_pixels)
 
 
 def make_train_transforms(data_cfg: ml_collections.ConfigDict) -> list[Any]:
@@ -377,11 +390,12 @@ def make_train_transforms(data_cfg: ml_collections.ConfigDict) -> list[Any]:
 
 
 def make_train_loader(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int,
-                      shard_index: int | None = None, shard_count: int | None = None) -> grain.DataLoader:
-  """Infinite, shuffled, sharded grain DataLoader of SCL-LLE batches (same contract as the pipeline's).
+                      shard_index: int | None = None,
+                      shard_count: int | None = None) -> grain.DataLoader:
+  """Infinite, shuffled, sharded grain DataLoader of SCL-LLE batches (the pipeline's contract).
 
-  Batches: {'low': (B, crop, crop, 3), 'labels': (B, crop, crop) int32, 'pos': (B, num_pos, S, S, 3),
-  'neg': (B, num_neg, S, S, 3)}.
+  Batches: {'low': (B, crop, crop, 3), 'labels': (B, crop, crop) int32,
+  'pos': (B, num_pos, S, S, 3), 'neg': (B, num_neg, S, S, 3)}.
   """
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
@@ -408,12 +422,13 @@ def make_train_loader(data_cfg: ml_collections.ConfigDict, *, batch_size: int, s
 
 
 def labelled_set(data_cfg: ml_collections.ConfigDict, split: str | None = None,
-                 cities: Sequence[str] | None = None, limit: int | None = None) -> Iterator[dict[str, Any]]:
-  """Full-resolution labelled images {'name', 'image', 'labels'} (normal light, not darkened), lazily.
+                 cities: Sequence[str] | None = None,
+                 limit: int | None = None) -> Iterator[dict[str, Any]]:
+  """Full-resolution labelled images {'name', 'image', 'labels'} (normal light), lazily.
 
-  'cityscapes': `split` (default `data.eval_split`) of `data.root`, optionally only `cities` (the paper's
-  Table 4 uses frankfurt, lindau, munster of val); images are read one at a time. 'embedded': the test photos
-  with stand-in labels. `limit` caps the number of images.
+  'cityscapes': `split` (default `data.eval_split`) of `data.root`, optionally only `cities` (the
+  paper's Table 4 uses frankfurt, lindau, munster of val); images are read one at a time.
+  'embedded': the test photos with stand-in labels. `limit` caps the number of images.
   """
   if data_cfg.inputs == 'embedded':
     names = embedded.split_names('test')[:limit]
@@ -430,9 +445,9 @@ def labelled_set(data_cfg: ml_collections.ConfigDict, split: str | None = None,
 def make_eval_set(data_cfg: ml_collections.ConfigDict, split: str = 'test') -> list[dict[str, Any]]:
   """Evaluation images [{'name', 'low', 'high'}] for the trainer.
 
-  'embedded': the common embedded evaluation set (`pipeline.make_eval_set` of source 'embedded'), so numbers
-  compare across methods. 'cityscapes': the first `eval_max_images` images of `eval_split` darkened with the
-  fixed `eval_gamma`, 'high' being the original image.
+  'embedded': the common embedded evaluation set (`pipeline.make_eval_set` of source 'embedded'),
+  so numbers compare across methods. 'cityscapes': the first `eval_max_images` images of
+  `eval_split` darkened with the fixed `eval_gamma`, 'high' being the original image.
   """
   if data_cfg.inputs == 'embedded':
     from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top

@@ -1,11 +1,11 @@
 """Procedural fixed-camera traffic videos by day and by night: the embedded default for video data.
 
-DMGNIE (Daytime-Memory Guided Nighttime Image Enhancement; seed `000_f6de8f8b0015d52c`) trains on long
-videos from fixed road-intersection cameras: SegBMN learns the static background of a camera from K of
-its daytime frames, and the night frames of the same camera are enhanced with that background as a
-guide. The authors' LQ-TLL videos are private and nothing can be downloaded, so this module renders
-stand-in footage with exactly the properties those models rely on, plus the ground truth real footage
-never has:
+DMGNIE (Daytime-Memory Guided Nighttime Image Enhancement; seed `000_f6de8f8b0015d52c`) trains on
+long videos from fixed road-intersection cameras: SegBMN learns the static background of a camera
+from K of its daytime frames, and the night frames of the same camera are enhanced with that
+background as a guide. The authors' LQ-TLL videos are private and nothing can be downloaded, so this
+module renders stand-in footage with exactly the properties those models rely on, plus the ground
+truth real footage never has:
 
   * a fixed camera: a textured static background (sky, buildings with windows, trees, two sidewalks
     with street lamps, a four-lane road with lane marks and a centre line);
@@ -16,14 +16,15 @@ never has:
     on the road ahead of each vehicle, headlight glare (saturating), red tail lights, and strong
     signal-dependent sensor noise (the Poisson-Gaussian model of `degrade.py`, at night-time gain);
   * ground truth per video: the static background under the video's own lighting (PNG, noise-free)
-    and a foreground mask for every frame (1 = vehicle/pedestrian pixel).
+    and a foreground mask for every frame (1 = vehicle/pedestrian pixel; DMGNIE's M is 1 - mask).
 
-Rendering happens in linear light and is tone-mapped with a 1/2.2 power; no deep learning, no assets.
-Everything is streamed: each frame is rendered, encoded and forgotten, so videos of any length cost
-constant memory. The same (seed, camera) gives the same scene by day and by night; traffic differs.
+Rendering happens in linear light and is tone-mapped with a 1/2.2 power; no learned parts, no
+assets. Everything is streamed: each frame is rendered, encoded and forgotten, so videos of any
+length cost constant memory. The same (seed, camera) gives the same scene by day and by night;
+traffic and noise differ.
 
-Outputs of `write_video` (stem `cam{camera:02d}_{YYYYMMDD}T{HHMMSS}`; the wall-clock timestamp in the
-name is what `video.py` uses for its day/night split, and it is also stored as the MP4's
+Outputs of `write_video` (stem `cam{camera:02d}_{YYYYMMDD}T{HHMMSS}`; the wall-clock timestamp in
+the name is what `video.py` uses for its day/night split, and it is also stored as the MP4's
 `creation_time`):
 
   {stem}.mp4             H.264 (libx264; MPEG-4 Part 2 if the build lacks it), yuv420p, a keyframe
@@ -124,7 +125,7 @@ def _build_layout(width: int, height: int, rng: np.random.Generator) -> _Layout:
   albedo = np.zeros((h, w, 3), np.float32)
   emissive = np.zeros((h, w, 3), np.float32)
   rows = lambda f: int(round(f * h))
-  sky_end, bld_base, walk_top, road_top, road_bot = rows(.22), rows(.42), rows(.42), rows(.50), rows(.88)
+  bld_base, walk_top, road_top, road_bot = rows(.42), rows(.42), rows(.50), rows(.88)
 
   # Sky: pale blue gradient (it reflects nothing, but the daylight multiplies it like the rest).
   t = np.linspace(0, 1, max(bld_base, 1), dtype=np.float32)[:, None, None]
@@ -135,7 +136,8 @@ def _build_layout(width: int, height: int, rng: np.random.Generator) -> _Layout:
   while x < w:
     bw = int(rng.integers(max(3, w // 12), max(4, w // 5)))
     top = rows(rng.uniform(.04, .30))
-    colour = rng.uniform(.2, .55) * np.array(rng.choice([[1, .95, .9], [.9, .9, .95], [1, .85, .7]]))
+    tint = rng.choice([[1, .95, .9], [.9, .9, .95], [1, .85, .7]])
+    colour = rng.uniform(.2, .55) * np.array(tint)
     tex = .85 + .3 * _smooth_noise(rng, bld_base - top, min(bw, w - x), 6)[..., None]
     albedo[top:bld_base, x:x + bw] = colour * tex
     step_y, step_x = max(2, h // 30), max(2, w // 60)
@@ -235,8 +237,8 @@ def _vehicle_sprite(rng: np.random.Generator, lane_h: int, w: int) -> tuple[np.n
   truck = rng.random() < .15
   length = max(4, int(rng.uniform(.16, .22) * w if truck else rng.uniform(.07, .12) * w))
   height = max(2, int(lane_h * (rng.uniform(.75, .85) if truck else rng.uniform(.55, .7))))
-  colours = [[.8, .8, .8], [.05, .05, .05], [.6, .05, .04], [.1, .2, .5], [.5, .5, .52], [.8, .7, .1],
-             [.3, .35, .3]]
+  colours = [[.8, .8, .8], [.05, .05, .05], [.6, .05, .04], [.1, .2, .5], [.5, .5, .52],
+             [.8, .7, .1], [.3, .35, .3]]
   body = np.array(colours[int(rng.integers(len(colours)))], np.float32) * rng.uniform(.85, 1.1)
   albedo = np.broadcast_to(body, (height, length, 3)).copy()
   alpha = np.ones((height, length), np.float32)
@@ -345,7 +347,8 @@ def _clip_box(x0: int, y0: int, h: int, w: int, height: int, width: int):
   fx1, fy1 = min(x0 + w, width), min(y0 + h, height)
   if fx0 >= fx1 or fy0 >= fy1:
     return None
-  return ((slice(fy0, fy1), slice(fx0, fx1)), (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0)))
+  return ((slice(fy0, fy1), slice(fx0, fx1)),
+          (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0)))
 
 
 def _gaussian_sprite(h: int, w: int, sy: float, sx: float, cy: float, cx: float) -> np.ndarray:
@@ -381,7 +384,8 @@ class SceneRenderer:
     self.traffic = _Traffic(cfg, self.layout, traffic_rng)
     # Headlight beam (a long, flat ellipse on the road ahead) and glare (a small saturating blob).
     bh, bw = max(2, h // 8), max(4, w // 5)
-    self._beam = _gaussian_sprite(bh, bw, bh / 3, bw / 2.2, bh / 2, 0)[..., None] * _HEADLIGHT_COLOUR
+    beam = _gaussian_sprite(bh, bw, bh / 3, bw / 2.2, bh / 2, 0)
+    self._beam = beam[..., None] * _HEADLIGHT_COLOUR
     g = max(3, (w // 40) | 1)
     self._glare = (_gaussian_sprite(g, g, g / 4, g / 4, g // 2, g // 2)[..., None] * 4.0 *
                    _HEADLIGHT_COLOUR)
@@ -460,10 +464,11 @@ def _to_uint8(linear: np.ndarray) -> np.ndarray:
 class MaskWriter:
   """Streams per-frame boolean masks into a `.npz` (a zip of `.npy` members), chunk by chunk.
 
-  Format (readable with plain `np.load`): `shape.npy` = int64 [T, H, W]; `chunk.npy` = int64 frames per
-  chunk; `masks_{k:06d}.npy` = uint8 [n_k, H, ceil(W / 8)] holding frames k*chunk ... k*chunk + n_k - 1,
-  bits packed along the width with `np.packbits(mask, axis=-1)` (big-endian bit order). Members are
-  deflate-compressed; random access to a frame decompresses one chunk. `read_masks` unpacks.
+  Format (readable with plain `np.load`): `shape.npy` = int64 [T, H, W]; `chunk.npy` = int64
+  frames per chunk; `masks_{k:06d}.npy` = uint8 [n_k, H, ceil(W / 8)] holding frames k*chunk to
+  k*chunk + n_k - 1, bits packed along the width with `np.packbits(mask, axis=-1)` (big-endian
+  bit order). Members are deflate-compressed; random access to a frame decompresses one chunk.
+  `read_masks` unpacks; 1 = foreground (vehicle or pedestrian).
   """
 
   def __init__(self, path: str | os.PathLike, height: int, width: int, chunk: int = MASK_CHUNK):
@@ -501,7 +506,7 @@ class MaskWriter:
 
 
 def read_masks(path: str | os.PathLike, frames: Sequence[int] | slice | None = None) -> np.ndarray:
-  """Foreground masks from a `MaskWriter` archive as bool [N, H, W] (all frames when `frames` is None)."""
+  """Foreground masks of a `MaskWriter` archive: bool [N, H, W] (all frames if `frames` is None)."""
   with np.load(path) as z:
     t, h, w = (int(v) for v in z['shape'])
     chunk = int(np.asarray(z['chunk']).reshape(-1)[0])
@@ -529,7 +534,8 @@ def read_masks(path: str | os.PathLike, frames: Sequence[int] | slice | None = N
 
 
 def video_stem(camera: int, night: bool) -> str:
-  """`cam{camera:02d}_{timestamp}`: the timestamp (day 12:00, night 22:00) drives the day/night split."""
+  """`cam{camera:02d}_{timestamp}`; the timestamp (day 12:00, night 22:00) drives the day/night
+  split of `video.py`."""
   start = (NIGHT_START if night else DAY_START) + datetime.timedelta(minutes=camera)
   return f'cam{camera:02d}_{start.strftime(TIMESTAMP_FORMAT)}'
 
@@ -563,8 +569,8 @@ def write_video(out_dir: str | os.PathLike, cfg: SceneConfig, *, num_frames: int
     cfg: scene size, frame rate, day or night.
     num_frames: length of the video in frames.
     seed, camera: the scene geometry depends on (seed, camera); traffic and noise also on day/night.
-    keyframe_seconds: GOP length. Short GOPs make the random access of `video.py` cheap (a seek decodes
-      at most one GOP) at a small cost in file size.
+    keyframe_seconds: GOP length. Short GOPs make the random access of `video.py` cheap (a seek
+      decodes at most one GOP) at a small cost in file size.
     crf, preset: libx264 quality (lower is better) and speed preset.
   """
   if num_frames <= 0:
@@ -644,7 +650,8 @@ def _write_text_atomic(path: pathlib.Path, text: str) -> None:
 
 
 # The embedded default: small day + night videos of two cameras, generated on first use.
-DEFAULT_SET = dict(minutes=1.0, fps=10.0, width=160, height=90, night=(False, True), seed=0, cameras=2)
+DEFAULT_SET = dict(minutes=1.0, fps=10.0, width=160, height=90, night=(False, True), seed=0,
+                   cameras=2)
 
 
 def default_video_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:

@@ -1,10 +1,10 @@
 """TFDS builders for the folder datasets of `datasets.py`: ArrayRecord files readable by grain.
 
-Each builder reads a folder the user already has (`manual_dir`; nothing is downloaded), decodes every
-image with the robust reader of `imageio` (EXIF rotation, 16-bit, grey, alpha, palette, CMYK handled;
-bad files skipped and logged by the sources) and stores it as an 8-bit RGB PNG, so TensorFlow is never
-needed: tfds without TF cannot encode numpy arrays, but it stores encoded bytes and decodes them with
-Pillow. The output is ArrayRecord (`file_format='array_record'`), read back by
+Each builder reads a folder the user already has (`manual_dir`; nothing is downloaded), decodes
+every image with the robust reader of `imageio` (EXIF rotation, 16-bit, grey, alpha, palette, CMYK
+handled; bad files skipped and logged by the sources) and stores it as an 8-bit RGB PNG, so
+TensorFlow is never needed: tfds without TF cannot encode numpy arrays, but it stores encoded bytes
+and decodes them with Pillow. The output is ArrayRecord (`file_format='array_record'`), read back by
 `tfds.data_source(name, data_dir=..., split=...)`, which is a grain random-access source.
 
   builder = tfds_builders.prepare('lol', manual_dir='/data/LOLdataset', data_dir='/data/tfds')
@@ -40,8 +40,8 @@ from data_pipelines import imageio
 
 log = logging.getLogger(__name__)
 
-_INSTRUCTIONS = """Nothing is downloaded. Pass the folder of the dataset as you obtained it, with its
-published layout (see data_pipelines/datasets.py), as `manual_dir`:
+_INSTRUCTIONS = """Nothing is downloaded. Pass the folder of the dataset as you obtained it, with
+its published layout (see data_pipelines/datasets.py), as `manual_dir`:
   tfds_builders.prepare(NAME, manual_dir=FOLDER, data_dir=OUT)"""
 
 
@@ -69,7 +69,8 @@ def _image_feature() -> tfds.features.Image:
 
 
 class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Shared builder: `_DATASET` in `datasets.DATASETS`, `_SPLITS` tfds split -> (source split, kwargs)."""
+  """Shared builder: `_DATASET` names a `datasets.DATASETS` layout; `_SPLITS` maps each tfds split
+  to (source split, layout kwargs)."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
@@ -151,13 +152,13 @@ class LowlightLolV2Synthetic(_FolderBuilder):
 
 
 class LowlightLsrw(_FolderBuilder):
-  """LSRW (Hai et al., 2023): Huawei + Nikon low/high pairs; 'Training data' -> train, 'Eval' -> test."""
+  """LSRW (Hai et al., 2023): Huawei + Nikon pairs; 'Training data' -> train, 'Eval' -> test."""
 
   _DATASET = 'lsrw'
 
 
 class LowlightSice(_FolderBuilder):
-  """SICE (Cai et al., TIP 2018): Part1 -> train, Part2 -> test; configs choose the exposure pool."""
+  """SICE (Cai et al., TIP 2018): Part1 -> train, Part2 -> test; configs pick the exposure pool."""
 
   _DATASET = 'sice'
   BUILDER_CONFIGS = [
@@ -175,7 +176,8 @@ class LowlightSice(_FolderBuilder):
 
 
 class LowlightEnlightengan(_FolderBuilder):
-  """EnlightenGAN unpaired set (Jiang et al., TIP 2021): trainA -> train_low, trainB -> train_high."""
+  """EnlightenGAN unpaired set (Jiang et al., TIP 2021): trainA -> train_low, trainB -> train_high
+  (and testA/testB -> test_low/test_high when present)."""
 
   _DATASET = 'enlightengan'
   _KEYS = ('image',)
@@ -239,7 +241,8 @@ def prepare(name: str, *, manual_dir: str | os.PathLike, data_dir: str | os.Path
   """Builds (or reuses) the ArrayRecord files of dataset `name` from `manual_dir` into `data_dir`.
 
   `config` picks a builder config (SICE pool); for the test sets the name is the config. Returns the
-  builder; read with `tfds.data_source(builder.name + '/' + config, ...)` or `builder.as_data_source`.
+  builder; read with `tfds.data_source(builder.name + '/' + config, ...)` or
+  `builder.as_data_source(split)`.
   """
   if name not in BUILDERS:
     raise KeyError(f'no TFDS builder for {name!r}; known: {sorted(BUILDERS)}')

@@ -1,4 +1,4 @@
-"""grain sources over long fixed-camera videos, streamed with PyAV: frames, K-frame clips, day/night.
+"""grain sources over long fixed-camera videos, streamed with PyAV: frames, K-frame clips, day/night
 
 DMGNIE (Daytime-Memory Guided Nighttime Image Enhancement; seed `000_f6de8f8b0015d52c`) trains on
 weeks of road-intersection footage: SegBMN consumes K daytime frames of ONE camera spread over time,
@@ -12,27 +12,30 @@ module never decodes a whole video and never seeks per frame:
   * Each video is cut into segments of ~`segment_seconds`, snapped to keyframes when the index has
     them, so reaching a segment costs one seek and no wasted decoding.
   * Shuffling happens at segment level (grain `MapDataset.shuffle`, reshuffled every epoch) and then
-    within a window of decoded frames (`WindowShuffleIterDataset`); a segment is decoded sequentially
-    and consecutive segments of one file continue without seeking.
-  * Sharding: JAX processes take contiguous, disjoint blocks of segments (`shard_index`/`shard_count`);
-    grain worker processes (`mp_prefetch`) take strided, disjoint slices of each process's stream.
+    within a window of decoded frames (`WindowShuffleIterDataset`); a segment is decoded
+    sequentially and consecutive segments of one file continue without seeking.
+  * Sharding: JAX processes take contiguous, disjoint blocks of segments (`shard_index` of
+    `shard_count`); grain worker processes (`mp_prefetch`) take strided, disjoint slices of each
+    process's segment stream.
   * The iterator position (segment position + frames already emitted) is a small dict: grain
-    `get_state`/`set_state` and Orbax checkpointing restore it exactly; restoring seeks to the segment
-    and skips the emitted frames without converting them.
+    `get_state`/`set_state` and Orbax checkpointing restore it exactly; restoring seeks to the
+    segment and skips the emitted frames without converting them.
   * Day/night: by wall-clock time, from a timestamp in the file name (`cam03_20240601T221500.mp4`,
-    `2024-06-01_22-15-00.mkv`, ...) or the container's `creation_time`, evaluated per segment (a video
-    spanning dusk is split correctly); without a timestamp, by the median luma of a few sampled frames
-    against a threshold, computed once per file and cached (in-process and optionally on disk).
+    `2024-06-01_22-15-00.mkv`, ...) or the container's `creation_time`, evaluated per segment (a
+    video spanning dusk is split correctly); without a timestamp, by the median luma of a few
+    sampled frames against a threshold, computed once per file and cached (in-process and
+    optionally in a JSON file).
   * Camera (scene) id: the file-name prefix before the timestamp, else the parent folder, else the
     file stem; ids are the sorted camera names' positions.
   * Bad files (empty, truncated, not a video, no video stream, undecodable) are skipped with ONE
-    warning naming the file and the reason and listed in `skipped` as (path, reason). Files that pass
-    the probe but fail mid-decode end their segment early; the failure is logged once per file and
-    appended to `skipped` of the process that saw it (grain workers keep their own lists).
+    warning naming the file and the reason and listed in `skipped` as (path, reason). Files that
+    pass the probe but fail mid-decode end their segment early; the failure is logged once per file
+    and appended to `skipped` of the process that saw it (grain workers keep their own lists).
 
 Elements are dicts of numpy values (no jax here: this runs in grain workers):
-  frames: {'image': float32 HxWx3 RGB in [0, 1], 'camera': int32, 'video': int32, 'frame': int64
-    (index in its video), 'time': float32 (seconds since the video start), 'night': bool}
+  frames: {'image': float32 HxWx3 RGB in [0, 1] (uint8 with dtype='uint8'), 'camera': int32,
+    'video': int32, 'frame': int64 (index in its video), 'time': float32 (seconds since the video
+    start), 'night': bool}
   clips (`VideoClipSource`): {'frames': float32 KxHxWx3, 'camera': int32, 'video': int32[K],
     'frame': int64[K], 'time': float32[K]} (+ 'masks': bool KxHxW from synthetic ground truth).
 
@@ -260,7 +263,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
       created = container.metadata.get('creation_time') or stream.metadata.get('creation_time')
       if created:
         try:
-          stamp = datetime.datetime.fromisoformat(created.replace('Z', '+00:00')).replace(tzinfo=None)
+          stamp = datetime.datetime.fromisoformat(created.replace('Z', '+00:00'))
+          stamp = stamp.replace(tzinfo=None)
         except ValueError:
           stamp = None
     return VideoInfo(path=path, num_frames=num_frames, rate=rate, time_base=time_base,
@@ -497,7 +501,8 @@ class VideoOptions:
     day_hours: [start, end) local hours counted as day when a wall-clock timestamp is known.
     luma_threshold, luma_samples: day/night by median luma when no timestamp is known.
     luma_cache: JSON file caching the sampled luma per file ('' = in-process only).
-    decoder_threads: FFmpeg decoding threads per decoder (1 per grain worker is the efficient choice).
+    decoder_threads: FFmpeg decoding threads per decoder (1 per grain worker is the efficient
+      choice).
   """
 
   split: str = 'all'
@@ -678,7 +683,8 @@ def _cached_probe(path: str, size: int, mtime_ns: int) -> VideoInfo:
 
 def shard_segments(segments: Sequence[Segment], shard_index: int,
                    shard_count: int) -> list[Segment]:
-  """Contiguous block `shard_index` of `shard_count` (the first `len % count` blocks get one more)."""
+  """Contiguous block `shard_index` of `shard_count` (the first `len % count` blocks get one more
+  segment)."""
   if not 0 <= shard_index < shard_count:
     raise ValueError(f'shard_index {shard_index} not in [0, {shard_count})')
   per, extra = divmod(len(segments), shard_count)
@@ -724,7 +730,7 @@ class VideoSegmentSource(grain.sources.RandomAccessDataSource):
 
 
 class VideoFramesIterDataset(grain.IterDataset):
-  """Streams the frames of the segments of a `MapDataset` parent (of `VideoSegmentSource` records).
+  """Streams the uint8 RGB frames of the segments of a `MapDataset` of `VideoSegmentSource` records.
 
   Worker processes (`mp_prefetch`) slice the parent (`set_slice`), so each worker decodes disjoint
   segments. Iterator state: {'segment': position in the parent, 'emitted': frames already returned
@@ -1004,7 +1010,8 @@ class VideoClipSource(grain.sources.RandomAccessDataSource):
   order with at most one seek each.
 
   With `with_masks`, foreground masks are read from `{video stem}_masks.npz` beside each video
-  (synthetic ground truth, `synthetic_video.read_masks`), resized with nearest neighbour.
+  (synthetic ground truth, `synthetic_video.read_masks`), resized with nearest neighbour. The fps /
+  stride options of the index do not apply to clips (frames are drawn from whole segments).
   """
 
   def __init__(self, index: VideoIndex, *, clip_frames: int, num_records: int | None = None,
@@ -1118,10 +1125,10 @@ def default_video_config():
   """The `data.video` section for video training (see `make_train_dataset`).
 
   Fields: root (folder of videos, searched recursively; unset = the synthetic default set of
-  `synthetic_video.default_video_dir()`), split, segment_seconds, fps, stride, height/width (0 = native),
-  day_hours, luma_threshold, luma_samples, luma_cache, decoder_threads, shuffle_buffer, clip_frames
-  (K > 0: elements are K-frame clips of one camera instead of single frames), clip_records,
-  with_masks, worker_count, worker_buffer_size.
+  `synthetic_video.default_video_dir()`), split, segment_seconds, fps, stride, height/width
+  (0 = native), day_hours, luma_threshold, luma_samples, luma_cache, decoder_threads,
+  shuffle_buffer, clip_frames (K > 0: elements are K-frame clips of one camera instead of single
+  frames), clip_records, with_masks, image_key, worker_count, worker_buffer_size.
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   from ml_collections import config_dict  # pylint: disable=g-import-not-at-top

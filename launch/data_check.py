@@ -1,15 +1,16 @@
 r"""Iterates a config's training pipeline and prints ONE JSON object describing what it produced.
 
-  python -m launch.data_check --config configs/sgz.py:smoke [--config.FIELD=VALUE ...] --num_batches N
+  python -m launch.data_check --config configs/sgz.py:smoke [--config.FIELD=VALUE ...] \
+      --num_batches N
 
-Builds `config.data` with `data_pipelines.pipeline.make_train_loader` (batch `config.batch_size`, seed
-`config.seed`, shard --shard_index of --shard_count), pulls N batches and reports:
+Builds `config.data` with `data_pipelines.pipeline.make_train_loader` (batch `config.batch_size`,
+seed `config.seed`, shard --shard_index of --shard_count), pulls N batches and reports:
 
   batches, elements, seconds, first_batch_s (includes worker start-up), elements_per_s (after the
   first batch), per key: element shape, dtype, min / max / mean over everything seen, and the files
-  the sources skipped, with reasons. Skips are collected from the sources living in this process: with
-  `data.worker_count > 0`, files that fail only when decoded inside a worker are logged by that worker
-  (stderr) but not listed here; run with `--config.data.worker_count=0` for the complete list.
+  the sources skipped, with reasons. Skips are collected from the sources living in this process:
+  with `data.worker_count > 0`, files that fail only when decoded inside a worker are logged by that
+  worker (stderr) but not listed here; run with `--config.data.worker_count=0` for the full list.
 
 Example (a folder with one broken file):
   python -m launch.data_check --config configs/sgz.py:smoke --config.data.source=unpaired_folder \
@@ -29,8 +30,8 @@ import numpy as np
 
 from launch import _common  # noqa: F401  (quiet TF/absl logs)
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<method>.py[:arg]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (configs/<method>.py[:arg]).", lock_config=True)
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 10, "Batches to pull.")
 _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "Which shard to read.")
 _SHARD_COUNT = flags.DEFINE_integer("shard_count", 1, "Number of shards (JAX processes).")
@@ -118,8 +119,9 @@ def check(config, num_batches: int, shard_index: int = 0, shard_count: int = 1) 
       "elements": elements,
       "seconds": round(end - start, 4),
       "first_batch_s": round(first_done - start, 4),
-      "elements_per_s": round(per_batch * (num_batches - 1) / rest, 2) if num_batches > 1 and rest > 0
-                        else round(elements / (end - start), 2),
+      # After the first batch (worker start-up and first file opens are not throughput).
+      "elements_per_s": (round(per_batch * (num_batches - 1) / rest, 2)
+                         if num_batches > 1 and rest > 0 else round(elements / (end - start), 2)),
       "elements_spec": stats.result(),
   }
   report["skipped"] = skipped_files(loader)

@@ -1,14 +1,16 @@
-r"""Renders synthetic fixed-camera traffic videos (day or night) with ground-truth backgrounds and masks.
+r"""Renders synthetic fixed-camera traffic videos (day or night) with ground-truth backgrounds.
 
-  python -m launch.make_synthetic_video --out DIR --minutes M --fps F --size WxH [--night | --both] \
-      [--seed S] [--cameras N]
+  python -m launch.make_synthetic_video --out DIR --minutes M --fps F --size WxH \
+      [--night | --both] [--seed S] [--cameras N]
 
-Writes per camera `cam{NN}_{YYYYMMDD}T{HHMMSS}.mp4` (day videos start at 12:00, night ones at 22:00, which
-the day/night split of `data_pipelines.video` reads from the name), `..._background.png`,
-`..._masks.npz` and a `manifest.json`; see `data_pipelines/synthetic_video.py` for the scene and formats.
-Frames are streamed: memory does not grow with the length. Example (30 minutes of 64x36 in ~10 s):
+Writes per camera `cam{NN}_{YYYYMMDD}T{HHMMSS}.mp4` (day videos start at 12:00, night ones at 22:00,
+which the day/night split of `data_pipelines.video` reads from the name), `..._background.png`,
+`..._masks.npz` and a `manifest.json`; see `data_pipelines/synthetic_video.py` for the scene and the
+formats. Frames are streamed: memory does not grow with the length. Example (30 minutes of 64x36,
+day and night, in well under a minute on one core):
 
-  python -m launch.make_synthetic_video --out /tmp/videos --minutes 30 --fps 10 --size 64x36 --both
+  python -m launch.make_synthetic_video --out /tmp/videos --minutes 30 --fps 10 --size 64x36 \
+      --both --preset ultrafast
 """
 
 import json
@@ -26,7 +28,8 @@ _NIGHT = flags.DEFINE_bool("night", False, "Render the night version (default: d
 _BOTH = flags.DEFINE_bool("both", False, "Render day AND night videos of every camera.")
 _SEED = flags.DEFINE_integer("seed", 0, "Scene and traffic seed.")
 _CAMERAS = flags.DEFINE_integer("cameras", 1, "Number of cameras (different scenes).")
-_PRESET = flags.DEFINE_string("preset", "veryfast", "libx264 speed preset (ultrafast for long tests).")
+_PRESET = flags.DEFINE_string("preset", "veryfast",
+                              "libx264 speed preset (ultrafast for long test videos).")
 flags.mark_flags_as_required(["out"])
 
 

@@ -1,16 +1,24 @@
 """Segmentation before/after enhancement on darkened labelled images: SCL-LLE's Table 4 protocol.
 
-Paper: Liang et al., "Semantically Contrastive Learning for Low-Light Image Enhancement", AAAI 2022, section
-"Semantic Segmentation with LLE" / Table 4: Cityscapes val cities (Frankfurt, Lindau, Munster) darkened with
-the "standard positive gamma transformation" x -> x^gamma, gamma in {1, 2, 6, 10}; each darkened image is
-segmented by the frozen DeepLabV3+ as it is ("Input") and after enhancement; mIoU over the 19 classes.
-Reference code for the metric: VainF/DeepLabV3Plus-Pytorch `metrics/stream_metrics.py::StreamSegMetrics`
-(SCL-LLE's `metrics/`): one confusion matrix accumulated over the whole set (pixels whose label is outside
-[0, num_classes), e.g. 255, are ignored), IoU_c = TP / (TP + FP + FN), mIoU = nanmean over classes (a class
+Paper: Liang et al., "Semantically Contrastive Learning for Low-Light Image Enhancement", AAAI 2022,
+section
+"Semantic Segmentation with LLE" / Table 4: Cityscapes val cities (Frankfurt, Lindau, Munster)
+darkened with
+the "standard positive gamma transformation" x -> x^gamma, gamma in {1, 2, 6, 10}; each darkened
+image is
+segmented by the frozen DeepLabV3+ as it is ("Input") and after enhancement; mIoU over the 19
+classes.
+Reference code for the metric: VainF/DeepLabV3Plus-Pytorch
+`metrics/stream_metrics.py::StreamSegMetrics`
+(SCL-LLE's `metrics/`): one confusion matrix accumulated over the whole set (pixels whose label is
+outside
+[0, num_classes), e.g. 255, are ignored), IoU_c = TP / (TP + FP + FN), mIoU = nanmean over classes
+(a class
 absent from both labels and predictions does not count).
 
 Protocol choices made explicit: darkening acts on the [0, 1] float image (no 8-bit requantisation);
-predictions are the argmax of the logits at the input size; mIoU is returned as a fraction (the paper prints
+predictions are the argmax of the logits at the input size; mIoU is returned as a fraction (the
+paper prints
 percentages).
 """
 
@@ -70,7 +78,8 @@ def evaluate_segmentation(enhance_fn: Callable[[Any], Any], segment_fn: Callable
   Args:
     enhance_fn: (1, H, W, 3) [0, 1] -> (1, H, W, 3) enhanced image (array or {'enhanced': array}).
     segment_fn: (1, H, W, 3) [0, 1] -> (1, H, W, num_classes) logits (or {'logits': array}).
-    samples: elements {'image': HxWx3 normal-light [0, 1], 'labels': HxW ids (255 = ignore)}; iterated once,
+    samples: elements {'image': HxWx3 normal-light [0, 1], 'labels': HxW ids (255 = ignore)};
+      iterated once,
       so a lazy generator of full-resolution images is fine.
     gammas: darkening exponents.
     num_classes: classes of the confusion matrix (19 for Cityscapes).
@@ -97,10 +106,14 @@ def evaluate_segmentation(enhance_fn: Callable[[Any], Any], segment_fn: Callable
       out = enhance_fn(dark)
       enhanced = np.asarray(jax.device_get(out["enhanced"] if isinstance(out, Mapping) else out))
       conf[(g, "input")] += confusion_matrix(labels, predict(dark), num_classes)
-      conf[(g, "enhanced")] += confusion_matrix(labels, predict(np.clip(enhanced, 0.0, 1.0)), num_classes)
+      conf[(g, "enhanced")] += confusion_matrix(labels, predict(np.clip(enhanced, 0.0, 1.0)),
+                                                num_classes)
     n += 1
-  result: dict[str, Any] = {f"gamma_{g:g}": {kind: mean_iou(conf[(g, kind)]) for kind in ("input", "enhanced")}
-                            for g in gammas}
+  result: dict[str, Any] = {
+      f"gamma_{g:g}": {
+          kind: mean_iou(conf[(g, kind)]) for kind in ("input", "enhanced")
+      } for g in gammas
+  }
   result["num_images"] = n
   return result
 

@@ -1,25 +1,27 @@
-"""Contrastive (triplet) losses with unpaired positives/negatives, and VGG feature retention, of SCL-LLE.
+"""SCL-LLE's contrastive triplets with unpaired positives/negatives, and VGG feature retention.
 
-Paper: Liang et al., "Semantically Contrastive Learning for Low-Light Image Enhancement", AAAI 2022, Eqs. 2-5
-(contrastive brightness restoration) and Eq. 8 (feature retention).
+Paper: Liang et al., "Semantically Contrastive Learning for Low-Light Image Enhancement", AAAI 2022,
+Eqs. 2-5 (contrastive brightness restoration) and Eq. 8 (feature retention).
 Reference code: LingLIx/SCL-LLE (commit 408d89a) `Myloss.py` (`L_con`, `gram`, `PerceptualLoss`,
 `perception_loss`) and `train.py` (how they are combined).
 
-Two triplets compare the enhanced image I_H with normal-light positives I_P and under/over-exposed negatives
-I_N that come from OTHER scenes (unpaired with I_H and with each other):
+Two triplets compare the enhanced image I_H with normal-light positives I_P and under/over-exposed
+negatives I_N that come from OTHER scenes (unpaired with I_H and with each other):
   appearance: d = mean |grey(a) - grey(b)| (grey = channel mean), margin beta = 0.3;
   Gram:       d = sum over VGG-16 relu1_2 and relu2_2 of sum((G(a) - G(b))^2), G = F^T F / (C H W),
               margin alpha = 0.04;
   L = max(d(I_H, I_P) - d(I_H, I_N) + margin, 0).
 
-Several positives / negatives per image (`combine`): the paper's triplet has ONE positive and ONE negative
-("a particular case of the contrastive loss when the number of the positive and negative samples is one") and
-pairs each positive with "a couple of negative samples". The default `combine='all_pairs'` therefore forms one
-Eq.-5 triplet for every (positive, negative) pair of an image and averages them. `'paired'` uses the k-th
-positive with the k-th negative only, and `'mean_distance'` averages the distances before the hinge.
-Port note: the released train.py pairs enhanced image i with the i-th sampled positive and negative, but
-takes the hinge of BATCH-averaged distances (`max(mean_i d(H_i, P_i) - mean_i d(H_i, N_i) + m, 0)`); our
-losses are per example (hinge per image), which the trainer averages over the batch.
+Several positives / negatives per image (`combine`): the paper's triplet has ONE positive and ONE
+negative ("a particular case of the contrastive loss when the number of the positive and negative
+samples is one") and pairs each positive with "a couple of negative samples". The default
+`combine='all_pairs'` therefore forms one Eq.-5 triplet for every (positive, negative) pair of an
+image and averages them. `'paired'` uses the k-th positive with the k-th negative only, and
+`'mean_distance'` averages the distances before the hinge.
+
+Port note: the released train.py pairs enhanced image i with the i-th sampled positive and negative,
+but takes the hinge of BATCH-averaged distances (`max(mean_i d(H_i, P_i) - mean_i d(H_i, N_i) + m,
+0)`); our losses are per example (hinge per image), which the trainer averages over the batch.
 
 All functions are pure, take NHWC arrays and return per-example values of shape (B,).
 """
@@ -59,7 +61,7 @@ def gram_matrix(features: jax.Array, *, precision=jax.lax.Precision.HIGHEST) -> 
 
 
 def gram_distance(grams_a: Sequence[jax.Array], grams_b: Sequence[jax.Array]) -> jax.Array:
-  """Sum over layers of the summed squared Gram differences (`MSELoss(reduction='sum')` per image)."""
+  """Sum over layers of the summed squared Gram differences (`MSELoss(reduction='sum')`)."""
   if len(grams_a) != len(grams_b):
     raise ValueError(f"need the same layers, got {len(grams_a)} and {len(grams_b)}")
   return sum(jnp.sum(jnp.square(ga - gb), axis=(-2, -1)) for ga, gb in zip(grams_a, grams_b))
@@ -85,7 +87,8 @@ def triplet_loss(d_pos: jax.Array, d_neg: jax.Array, *, margin: float, combine: 
     return jnp.mean(jax.nn.relu(d_pos[:, :, None] - d_neg[:, None, :] + margin), axis=(1, 2))
   if combine == "paired":
     if d_pos.shape != d_neg.shape:
-      raise ValueError(f"'paired' needs as many positives as negatives, got {d_pos.shape} and {d_neg.shape}")
+      raise ValueError(
+          f"'paired' needs as many positives as negatives, got {d_pos.shape} and {d_neg.shape}")
     return jnp.mean(jax.nn.relu(d_pos - d_neg + margin), axis=1)
   if combine == "mean_distance":
     return jax.nn.relu(jnp.mean(d_pos, axis=1) - jnp.mean(d_neg, axis=1) + margin)
@@ -93,7 +96,8 @@ def triplet_loss(d_pos: jax.Array, d_neg: jax.Array, *, margin: float, combine: 
 
 
 def appearance_triplet_loss(enhanced: jax.Array, positives: jax.Array, negatives: jax.Array, *,
-                            margin: float = APPEARANCE_MARGIN, combine: str = "all_pairs") -> jax.Array:
+                            margin: float = APPEARANCE_MARGIN,
+                            combine: str = "all_pairs") -> jax.Array:
   """Appearance triplet on grey maps.
 
   Args:
@@ -133,6 +137,6 @@ def gram_triplet_loss(enhanced_grams: Sequence[jax.Array], positive_grams: Seque
 
 
 def feature_retention_loss(features_input: jax.Array, features_enhanced: jax.Array) -> jax.Array:
-  """Eq. 8 / released `perception_loss`: mean squared difference of VGG relu4_3 maps, per example."""
+  """Eq. 8 / released `perception_loss`: per-example MSE between VGG relu4_3 maps."""
   d = features_input.astype(jnp.float32) - features_enhanced.astype(jnp.float32)
   return jnp.mean(jnp.square(d), axis=tuple(range(1, d.ndim)))

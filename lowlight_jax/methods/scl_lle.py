@@ -1,36 +1,41 @@
-"""SCL-LLE: Semantically Contrastive Learning for Low-Light Image Enhancement (Liang et al., AAAI 2022).
+"""SCL-LLE: Semantically Contrastive Learning for Low-Light Image Enhancement (AAAI 2022).
 
-Reference code: LingLIx/SCL-LLE (commit 408d89a) `train.py`, `Myloss.py`, `lowlight_model.py`, and the
-VainF/DeepLabV3Plus-Pytorch network it vendors (`network/`).
+Paper: Liang, Li, Wei, Yang, Zhang, Yang, Du, Zhou, AAAI 2022.
 
-One trained group, `enhancer`: DCE-Net (Zero-DCE's curve estimator, 79,416 parameters; 8 curve iterations).
-Two frozen networks: DeepLabV3+ / MobileNetV2 (19 Cityscapes classes, output stride 16, ImageNet-normalised
-input, BatchNorm in eval mode) and VGG-16 `features` (torchvision layout, input NOT normalised, as released);
-both are random (`random_variables`) unless `segmentation.weights` / `vgg.weights` name checkpoint files. Gradients flow THROUGH
-the frozen networks into the enhancer; their parameters are never updated.
+Reference code: LingLIx/SCL-LLE (commit 408d89a) `train.py`, `Myloss.py`, `lowlight_model.py`, and
+the VainF/DeepLabV3Plus-Pytorch network it vendors (`network/`).
 
-Loss terms (per example, each reported as `loss_<name>`; weights are `config.loss_weights`, released values):
+One trained group, `enhancer`: DCE-Net (Zero-DCE's curve estimator, 79,416 parameters; 8 curve
+iterations). Two frozen networks: DeepLabV3+ / MobileNetV2 (19 Cityscapes classes, output stride 16,
+ImageNet-normalised input, BatchNorm in eval mode) and VGG-16 `features` (torchvision layout, input
+NOT normalised, as released); both are random unless `segmentation.weights` / `vgg.weights` name
+checkpoint files. Gradients flow THROUGH the frozen networks into the enhancer; their parameters are
+never updated.
+
+Loss terms (per example, reported as `loss_<name>`; `config.loss_weights`, the released values):
   contrast_appearance  10   grey-map triplet, margin 0.3, unpaired positives / negatives
   contrast_gram         5   VGG relu1_2 + relu2_2 Gram triplet, margin 0.04
-  semantic_brightness   1   per-image, per-class squared deviation from the class-mean brightness (Eq. 6-7)
-  segmentation          1   DeepLabV3+ cross-entropy of the enhanced image against the labels (Eq. 7)
+  semantic_brightness   1   per image and class, squared deviation from the class-mean brightness
+  segmentation          1   DeepLabV3+ cross-entropy of the enhanced image vs the labels (Eq. 7)
   feature_retention     1   VGG relu4_3 MSE between input and enhanced image (Eq. 8)
   color                 8   Zero-DCE colour constancy (released 4th-power form)
   tv                  200   illumination smoothness (Zero-DCE L_TV) on the 24 curve maps
 A zero weight skips the term (and the frozen network it alone needs).
 
-Port notes (released behaviour -> ours; `config.loss` switches restore the released one where cheap):
-- The released segmentation loss sends NO gradient to the enhancer (the enhanced image is `.detach()`ed before
-  DeepLabV3+ and the loss re-wrapped in `torch.tensor`); ours does (`segmentation.gradient=False` restores the
-  released behaviour). The released DeepLabV3+ also runs in train mode (batch statistics, running stats
-  drifting with momentum 0.01); ours uses its running statistics.
-- The released semantic brightness term detaches the class means, uses class sums over all pixels and
-  broadcasts every label map over every image of the batch: `loss.released_semantic_brightness=True`.
-- The released triplets take the hinge of batch-averaged (appearance) or batch-SUMMED (Gram) distances; ours
-  are per example (hinge per image, then the batch mean); with batch 2 the released Gram distances are twice
-  ours relative to the same 0.04 margin.
-- DCE-Net init: conv kernels N(0, 0.02) as the released `weights_init`; biases 0 (torch keeps its default
-  uniform bias init there).
+Port notes (released behaviour -> ours; config switches restore the released one where cheap):
+- The released segmentation loss sends NO gradient to the enhancer (the enhanced image is
+  `.detach()`ed before DeepLabV3+ and the loss re-wrapped in `torch.tensor`); ours does
+  (`segmentation.gradient=False` restores the released behaviour). The released DeepLabV3+ also runs
+  in train mode (batch statistics, running stats drifting with momentum 0.01); ours uses its running
+  statistics.
+- The released semantic brightness term detaches the class means, uses class sums over all pixels
+  and broadcasts every label map over every image of the batch:
+  `loss.released_semantic_brightness=True`.
+- The released triplets take the hinge of batch-averaged (appearance) or batch-SUMMED (Gram)
+  distances; ours are per example (hinge per image, then the batch mean); with batch 2 the released
+  Gram distances are twice ours relative to the same 0.04 margin.
+- DCE-Net init: conv kernels N(0, 0.02) as the released `weights_init`; biases 0 (torch keeps its
+  default uniform bias init there).
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from lowlight_jax.losses import contrastive
 from lowlight_jax.losses import scl_semantic
@@ -51,8 +55,8 @@ from lowlight_jax.models import deeplabv3plus
 from lowlight_jax.models import vgg as vgg_lib
 
 PyTree = Any
-TERMS = ("contrast_appearance", "contrast_gram", "semantic_brightness", "segmentation", "feature_retention",
-         "color", "tv")
+TERMS = ("contrast_appearance", "contrast_gram", "semantic_brightness", "segmentation",
+         "feature_retention", "color", "tv")
 
 
 def _dtype(name: str) -> Any:
@@ -67,33 +71,6 @@ def _reinit_kernels(params: PyTree, rng: jax.Array, std: float) -> PyTree:
     if getattr(path[-1], "key", None) == "kernel":
       leaf = std * jax.random.normal(jax.random.fold_in(rng, i), leaf.shape, leaf.dtype)
     out.append(leaf)
-  return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def random_variables(module: Any, rng: jax.Array, *example: jax.Array) -> PyTree:
-  """Random variables of a frozen network without running it: kernels He-normal, norms identity.
-
-  Kernels ~ N(0, 2 / fan_in) (fan_in = all kernel dims but the last), biases and BatchNorm shifts / running
-  means 0, BatchNorm scales / running variances 1. All values come from ONE normal draw that is then cut into
-  the leaves: XLA compiles one random-number kernel instead of one per leaf, which makes the jitted init of a
-  300-leaf network fast on CPU (flax's per-leaf initialisers took tens of seconds to compile).
-  """
-  shapes = jax.eval_shape(module.init, rng, *example)
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-  kernels = [leaf for path, leaf in leaves if getattr(path[-1], "key", None) == "kernel"]
-  flat = jax.random.normal(rng, (sum(int(np.prod(k.shape)) for k in kernels),), jnp.float32)
-  out, offset = [], 0
-  for path, leaf in leaves:
-    name = getattr(path[-1], "key", None)
-    if name == "kernel":
-      n = int(np.prod(leaf.shape))
-      std = np.sqrt(2.0 / max(int(np.prod(leaf.shape[:-1])), 1))
-      out.append((flat[offset:offset + n].reshape(leaf.shape) * std).astype(leaf.dtype))
-      offset += n
-    elif name in ("scale", "var"):
-      out.append(jnp.ones(leaf.shape, leaf.dtype))
-    else:
-      out.append(jnp.zeros(leaf.shape, leaf.dtype))
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -114,14 +91,14 @@ class Method(base.BaseMethod):
     self.use_vgg = self.use_retention or self.use_gram
     self.use_seg = bool(w.get("segmentation", 0.0))
     vgg_dtype = _dtype(config.vgg.dtype)
-    # The frozen VGG is created up to the deepest layer any term needs; the Gram features of the pool images
-    # come from a shallower view of the same parameters.
-    self.vgg = vgg_lib.VGG16Features(stop_at="relu4_3" if self.use_retention else "relu2_2", dtype=vgg_dtype)
+    # The frozen VGG is created up to the deepest layer any term needs; the Gram features of the
+    # pool images come from a shallower view of the same parameters.
+    self.vgg = vgg_lib.VGG16Features(stop_at="relu4_3" if self.use_retention else "relu2_2",
+                                     dtype=vgg_dtype)
     self.vgg_gram = vgg_lib.VGG16Features(stop_at="relu2_2", dtype=vgg_dtype)
     seg = config.segmentation
     self.deeplab = deeplabv3plus.DeepLabV3PlusMobileNet(
-        num_classes=seg.num_classes, output_stride=seg.output_stride, repeats=tuple(seg.repeats),
-        normalize_input=True,
+        num_classes=seg.num_classes, output_stride=seg.output_stride, normalize_input=True,
         dtype=_dtype(seg.dtype))
 
   def example_batch(self) -> dict[str, jax.Array]:
@@ -138,9 +115,9 @@ class Method(base.BaseMethod):
     params = _reinit_kernels(params, std_rng, self.config.model.init_std)
     frozen = {}
     if self.use_vgg:
-      frozen["vgg"] = random_variables(self.vgg, vgg_rng, x)
+      frozen["vgg"] = self.vgg.init(vgg_rng, x)
     if self.use_seg:
-      frozen["deeplab"] = random_variables(self.deeplab, seg_rng, x)
+      frozen["deeplab"] = self.deeplab.init(seg_rng, x)
     return base.Variables(params={"enhancer": params}, model_state={}, frozen=frozen)
 
   def forward(self, enhancer_params: PyTree, low: jax.Array) -> dict[str, jax.Array]:
@@ -151,8 +128,9 @@ class Method(base.BaseMethod):
     """Frozen DeepLabV3+ logits (N, H, W, classes) of [0, 1] images."""
     return self.deeplab.apply(frozen["deeplab"], images)["logits"]
 
-  def loss_terms(self, enhancer_params: PyTree, frozen: PyTree, batch: base.Batch) -> dict[str, jax.Array]:
-    """Per-example, unweighted loss terms (each of shape (B,)) for the terms with a non-zero weight."""
+  def loss_terms(self, enhancer_params: PyTree, frozen: PyTree,
+                 batch: base.Batch) -> dict[str, jax.Array]:
+    """Per-example, unweighted loss terms (each (B,)) of the terms with a non-zero weight."""
     lc, w = self.config.loss, self.config.loss_weights
     low = batch["low"]
     b = low.shape[0]
@@ -177,7 +155,8 @@ class Method(base.BaseMethod):
         pos, neg = batch["pos"], batch["neg"]
         k, n = pos.shape[1], neg.shape[1]
         pool = jnp.concatenate([pos, neg], axis=1)
-        f_pool = jax.lax.stop_gradient(self.vgg_gram.apply(vgg_vars, pool.reshape((-1,) + pool.shape[2:])))
+        f_pool = jax.lax.stop_gradient(
+            self.vgg_gram.apply(vgg_vars, pool.reshape((-1,) + pool.shape[2:])))
         grams_h, grams_p, grams_n = [], [], []
         for layer in contrastive.GRAM_LAYERS:
           grams_h.append(contrastive.gram_matrix(f_enh[layer]))
@@ -185,14 +164,17 @@ class Method(base.BaseMethod):
           grams_p.append(g[:, :k])
           grams_n.append(g[:, k:])
         terms["contrast_gram"] = contrastive.gram_triplet_loss(grams_h, grams_p, grams_n,
-                                                                margin=lc.gram_margin, combine=lc.combine)
+                                                               margin=lc.gram_margin,
+                                                               combine=lc.combine)
     labels = batch.get("labels")
     if w.get("semantic_brightness", 0.0):
       if lc.released_semantic_brightness:
-        terms["semantic_brightness"] = jnp.full((b,), scl_semantic.released_semantic_brightness(enhanced, labels))
+        terms["semantic_brightness"] = jnp.full(
+            (b,), scl_semantic.released_semantic_brightness(enhanced, labels))
       else:
         terms["semantic_brightness"] = scl_semantic.semantic_brightness_consistency(
-            enhanced, labels, num_classes=self.config.segmentation.num_classes, ignore_index=lc.ignore_index)
+            enhanced, labels, num_classes=self.config.segmentation.num_classes,
+            ignore_index=lc.ignore_index)
     if self.use_seg:
       seg_in = enhanced if self.config.segmentation.gradient else jax.lax.stop_gradient(enhanced)
       terms["segmentation"] = scl_semantic.segmentation_cross_entropy(
@@ -227,14 +209,15 @@ class Method(base.BaseMethod):
       if self.use_vgg and cfg.vgg.get("weights"):
         loaded = inference.load_released("vgg16", cfg.vgg.weights)
         target = jax.device_get(frozen["vgg"])
-        # The frozen VGG stops at relu4_3: keep the converted convs it has (all of them must be there).
+        # The frozen VGG stops at relu4_3: keep the converted convs it has (all must be there).
         kept = {"params": {"features": {k: v for k, v in loaded["params"]["features"].items()
                                         if k in target["params"]["features"]}}}
         frozen["vgg"] = layout.assign(target, kept)
         changed = True
     if self.use_seg and cfg.segmentation.get("weights"):
       from lowlight_jax.convert import deeplab
-      frozen["deeplab"] = deeplab.load_deeplabv3plus(cfg.segmentation.weights, jax.device_get(frozen["deeplab"]))
+      frozen["deeplab"] = deeplab.load_deeplabv3plus(cfg.segmentation.weights,
+                                                     jax.device_get(frozen["deeplab"]))
       changed = True
     if not changed:
       return variables

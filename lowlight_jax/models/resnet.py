@@ -31,6 +31,8 @@ def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any,
 
 def _bn(train: bool, name: str, dtype: Any) -> nn.BatchNorm:
   # PyTorch BatchNorm2d: eps 1e-5, momentum 0.1 (= flax 0.9), biased batch variance for normalising.
+  # Port note: in train mode torch updates running_var with the UNBIASED batch variance, flax with
+  # the biased one (factor n/(n-1)); outputs are identical, only the running-stat updates differ.
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       name=name)
 

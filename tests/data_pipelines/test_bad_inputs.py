@@ -1,9 +1,9 @@
 """Bad input never crashes a run: a generated corpus of awkward and broken images and videos.
 
 Real images in unusual encodings (16-bit, grey, grey+alpha, RGBA, palette, CMYK, EXIF rotation, 1x1)
-must be converted correctly; broken files (empty, truncated, not an image, over the pixel limit, video
-without a video stream, cut-short MP4) must be skipped with ONE warning naming the file and the
-reason, and counted in `skipped`, while the training pipeline keeps going.
+must be converted correctly; broken files (empty, truncated, not an image, over the pixel limit,
+video without a video stream, cut-short MP4) must be skipped with ONE warning naming the file and
+the reason, and counted in `skipped`, while the training pipeline keeps going.
 """
 
 import io
@@ -34,7 +34,8 @@ def _png_rgb16(path: pathlib.Path, rgb16: np.ndarray) -> None:
   raw = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
   chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
                               + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+  header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB).
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
                    + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
@@ -45,7 +46,7 @@ def _jpeg_bytes(image: Image.Image, **kwargs) -> bytes:
 
 
 def make_image_corpus(d: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """Writes the corpus; returns ({good file: expected RGB}, {bad file: expected reason fragment})."""
+  """Writes the corpus; returns ({good file: expected RGB}, {bad file: reason fragment})."""
   d.mkdir(parents=True, exist_ok=True)
   good, bad = {}, {}
   # 16-bit grey: full precision is kept.
@@ -138,7 +139,8 @@ def test_broken_images_are_skipped_once_with_a_reason(tmp_path, caplog):
   reasons = dict(source.skipped)
   assert sorted(reasons) == sorted(os.fspath(tmp_path / n) for n in bad)
   for name, fragment in bad.items():
-    assert fragment in reasons[os.fspath(tmp_path / name)], (name, reasons[os.fspath(tmp_path / name)])
+    reason = reasons[os.fspath(tmp_path / name)]
+    assert fragment in reason, (name, reason)
   for name in bad:
     assert sum(os.fspath(tmp_path / name) in r.getMessage() for r in caplog.records) == 1, name
   # Every element handed out is a real image of the corpus, never a broken one.

@@ -1,4 +1,4 @@
-"""Synthetic surveillance videos: outputs, reproducibility, ground truth, lighting, CLI, default set."""
+"""Synthetic surveillance videos: outputs, reproducibility, ground truth, lighting, CLI, default."""
 
 import json
 import os
@@ -44,7 +44,8 @@ def test_same_seed_same_video_other_seed_other_video(tmp_path):
   b = synthetic_video.write_video(tmp_path / "b", cfg, num_frames=12, seed=4)
   c = synthetic_video.write_video(tmp_path / "c", cfg, num_frames=12, seed=5)
   np.testing.assert_array_equal(_decode(a.video), _decode(b.video))
-  np.testing.assert_array_equal(synthetic_video.read_masks(a.masks), synthetic_video.read_masks(b.masks))
+  np.testing.assert_array_equal(synthetic_video.read_masks(a.masks),
+                                synthetic_video.read_masks(b.masks))
   assert a.background.read_bytes() == b.background.read_bytes()
   assert not np.array_equal(_decode(a.video), _decode(c.video))
 
@@ -91,7 +92,8 @@ def test_read_masks_random_access_across_chunks(tmp_path):
   every = synthetic_video.read_masks(out.masks)
   picks = [290, 3, synthetic_video.MASK_CHUNK - 1, synthetic_video.MASK_CHUNK]
   np.testing.assert_array_equal(synthetic_video.read_masks(out.masks, picks), every[picks])
-  np.testing.assert_array_equal(synthetic_video.read_masks(out.masks, slice(250, 270)), every[250:270])
+  np.testing.assert_array_equal(synthetic_video.read_masks(out.masks, slice(250, 270)),
+                                every[250:270])
   with pytest.raises(IndexError):
     synthetic_video.read_masks(out.masks, [every.shape[0]])
 

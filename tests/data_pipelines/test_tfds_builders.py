@@ -102,7 +102,8 @@ def test_builds_and_reads_without_tensorflow(tmp_path):
       "import tensorflow_datasets as tfds\n"
       f"raw = datasets.write_fake_layout('lol', {os.fspath(tmp_path / 'raw')!r}, count=1)\n"
       f"tfds_builders.prepare('lol', manual_dir=raw, data_dir={os.fspath(tmp_path / 'd')!r})\n"
-      f"src = tfds.data_source('lowlight_lol', data_dir={os.fspath(tmp_path / 'd')!r}, split='test')\n"
+      f"src = tfds.data_source('lowlight_lol', data_dir={os.fspath(tmp_path / 'd')!r}, "
+      "split='test')\n"
       "assert src[0]['low'].shape == (16, 16, 3)\n"
       "print('tensorflow' in sys.modules)\n")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,

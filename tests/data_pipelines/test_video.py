@@ -1,4 +1,4 @@
-"""Video source: probing, segments, day/night, resampling, shuffling, sharding, checkpoints, clips."""
+"""Video source: probing, segments, day/night, resampling, shuffle, shards, checkpoints, clips."""
 
 import json
 import logging
@@ -110,7 +110,8 @@ def test_day_night_split_by_cached_luma_without_timestamps(video_dir, tmp_path, 
   assert day_luma > 0.35 and night_luma < 0.2
   # Second build: served from the on-disk cache, no frame is decoded.
   monkeypatch.setattr(video, "median_luma", lambda *a, **k: pytest.fail("cache not used"))
-  again = video.VideoIndex(tmp_path / "videos", video.VideoOptions(split="day", luma_cache=os.fspath(cache)))
+  again = video.VideoIndex(tmp_path / "videos",
+                           video.VideoOptions(split="day", luma_cache=os.fspath(cache)))
   assert {again.videos[s.video].path for s in again.segments} == {
       os.fspath(tmp_path / "videos" / "day" / "clip.mp4")}
 
@@ -177,7 +178,8 @@ def test_shuffle_is_seeded_and_checkpoint_restores_exactly(video_dir):
   order = [k for b in first for k in zip(b["video"].tolist(), b["frame"].tolist())]
   assert order != sorted(order)
   other = iter(video.make_frame_dataset(index, seed=8, shuffle_buffer=32).batch(4))
-  assert [next(other)["frame"].tolist() for _ in range(3)] != [b["frame"].tolist() for b in first[:3]]
+  other_frames = [next(other)["frame"].tolist() for _ in range(3)]
+  assert other_frames != [b["frame"].tolist() for b in first[:3]]
 
 
 def test_epochs_repeat_with_a_new_segment_order(video_dir):
@@ -244,7 +246,8 @@ def test_clips_hold_k_frames_of_one_camera_spread_over_its_day(video_dir):
     # One frame per quarter of the camera's day timeline (one 200-frame video here).
     assert [f // (FRAMES // 4) for f in clip["frame"]] == [0, 1, 2, 3]
     path = pathlib.Path(index.videos[clip["video"][0]].path)
-    gt = synthetic_video.read_masks(path.with_name(path.stem + "_masks.npz"), clip["frame"].tolist())
+    gt = synthetic_video.read_masks(path.with_name(path.stem + "_masks.npz"),
+                                    clip["frame"].tolist())
     np.testing.assert_array_equal(clip["masks"], gt)
   again = video.VideoClipSource(index, clip_frames=4, num_records=6, seed=0)
   np.testing.assert_array_equal(again[1]["frames"], source[1]["frames"])
@@ -272,6 +275,59 @@ def test_container_without_frame_count_falls_back_to_a_packet_scan(tmp_path):
   np.testing.assert_allclose(means, [8 * i / 255 for i in range(30)], atol=3 / 255)
 
 
+def _train_cfg(root, **overrides):
+  cfg = video.default_video_config()
+  cfg.root = os.fspath(root)
+  cfg.update(overrides)
+  return cfg
+
+
+@pytest.mark.parametrize("clip_frames", [0, 3])
+def test_train_dataset_batches_and_resumes_exactly(video_dir, clip_frames):
+  cfg = _train_cfg(video_dir, split="day", shuffle_buffer=16, clip_frames=clip_frames,
+                   clip_records=8)
+  ds = video.make_train_dataset(cfg, batch_size=4, seed=2, shard_index=0, shard_count=1)
+  it = iter(ds)
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(4)]
+  restored = iter(ds)
+  restored.set_state(state)
+  for want in expected:
+    got = next(restored)
+    assert got.keys() == want.keys()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k])
+  batch = expected[0]
+  if clip_frames:
+    assert batch["frames"].shape == (4, 3, 36, 64, 3) and batch["camera"].shape == (4,)
+  else:
+    assert batch["image"].shape == (4, 36, 64, 3) and batch["image"].dtype == np.float32
+    assert not batch["night"].any()  # split='day'
+    # batch_frames converts the whole uint8 batch: identical to the per-frame float path.
+    index = video.VideoIndex(video_dir, video.options_from_config(cfg))
+    v, f = int(batch["video"][0]), int(batch["frame"][0])
+    single = video.VideoIndex(index.videos[v].path, video.options_from_config(cfg))
+    frames = list(video.make_frame_dataset(single, shuffle=False, num_epochs=1))
+    np.testing.assert_array_equal(batch["image"][0], frames[f]["image"])
+
+
+def test_benchmark_functions_report_rates(video_dir, tmp_path):
+  from data_pipelines import benchmark  # pylint: disable=g-import-not-at-top
+
+  result = benchmark.video_frames_per_s(video_dir, worker_counts=(0,), splits=("night",),
+                                        batch_size=2, num_batches=3)
+  night = result["night"]
+  assert night["size"] == "64x36" and night["bytes_per_frame"] > 0
+  assert night["workers_0"]["items"] == 6 and night["workers_0"]["per_s"] > 0
+  folder = benchmark.write_benchmark_images(tmp_path / "img", count=4, size=(40, 48))
+  assert len(list(folder.glob("*.jpg"))) == 4
+  result = benchmark.folder_images_per_s(folder, worker_counts=(0,), batch_size=2, crop=32,
+                                         num_batches=2)
+  assert result["workers_0"]["items"] == 4 and result["workers_0"]["per_s"] > 0
+
+
 def _rss_mb() -> float:
   with open("/proc/self/statm") as f:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -295,7 +351,8 @@ def test_thirty_minute_video_streams_with_bounded_memory(tmp_path):
   assert n + 1 == 18_000 and seen.all()
   growth = max(rss) - rss[1]  # After the first window and decoder are warm.
   print(f"RSS MB: start {rss0:.1f}, after writing {rss_written:.1f}, streaming "
-        f"{min(rss):.1f}..{max(rss):.1f} (growth {growth:.1f}); video {written.video.stat().st_size} B")
+        f"{min(rss):.1f}..{max(rss):.1f} (growth {growth:.1f}); "
+        f"video {written.video.stat().st_size} B")
   # All 18,000 float32 frames would be 500 MB; a per-frame leak of even 1 kB would add 18 MB.
   assert growth < 16
   assert rss_written - rss0 < 64  # The writer streams too.

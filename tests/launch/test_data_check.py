@@ -52,5 +52,6 @@ def test_skipped_files_are_listed_with_reasons(tmp_path):
   assert report["elements"] == 8 and set(report["elements_spec"]) == {"low"}
   assert report["elements_spec"]["low"]["shape"] == [32, 32, 3]
   reasons = {pathlib.Path(s["path"]).name: s["reason"] for s in report["skipped"]}
-  assert reasons == {"empty.png": "empty file (0 bytes)", "page.jpg": "not a recognised image format"}
+  assert reasons == {"empty.png": "empty file (0 bytes)",
+                     "page.jpg": "not a recognised image format"}
   assert report["num_skipped"] == 2
