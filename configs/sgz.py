@@ -8,7 +8,8 @@ code says 1e-4, which we follow.
 Args (comma separated, e.g. `configs/sgz.py:demo,steps=200`):
   smoke   tiny everything (a tiny ResNet USS, 32px crops, 4 steps): seconds on CPU, used by tests.
   demo    a CPU-sized variant of the recipe for the README demo: 96px crops of the embedded photos, batch 8,
-          ResNet-50 USS at random init (no weights file is assumed), 300 steps. It fits ~10 min on 2 cores.
+          lr 1e-3, exposure level 0.45 (see below), ResNet-50 USS at random init (no weights file is assumed),
+          300 steps. About 10 min on 2 cores.
   steps=N override the number of steps.
 
 Launch:
@@ -87,8 +88,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.hflip = True
     c.log_every = 25
     c.checkpoint_every = 100
-    c.eval.every = 150
+    c.eval.every = 300
     c.optim.enhancer.lr = 1e-3  # Few steps: the authors' README rate (1e-3) converges within the CPU budget.
+    # E = 0.6 targets well-exposed outdoor scenes; the embedded photos' normal-light versions are darker
+    # (channel means 0.3-0.6), and brightening every 16x16 patch to 0.6 over-exposes them and amplifies the
+    # synthetic sensor noise (measured: -1.2 dB vs. the input at E = 0.6, 300 steps). Zero-reference
+    # methods take E as a property of the target domain; 0.45 is ours.
+    c.loss.exposure_level = 0.45
   if a.smoke:
     c.total_steps = 4
     c.batch_size = 8

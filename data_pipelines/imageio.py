@@ -195,6 +195,10 @@ def write_png_atomic(path: PathLike, image: np.ndarray) -> None:
       Image.fromarray(image).save(f, format='PNG')
       f.flush()
       os.fsync(f.fileno())
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would (umask applied).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

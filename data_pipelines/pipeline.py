@@ -34,7 +34,9 @@ from data_pipelines import transforms
 
 log = logging.getLogger(__name__)
 
-SOURCES = ('embedded', 'paired_folder', 'unpaired_folder')
+SOURCES = ('embedded', 'paired_folder', 'unpaired_folder', 'dataset', 'video')
+# Named layouts of `datasets.py` whose elements are 'low'/'high' pairs of equal size.
+PAIRED_DATASETS = ('lol', 'lol_v2_real', 'lol_v2_synthetic', 'lsrw')
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -59,6 +61,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     read_threads, read_buffer_size: grain ReadOptions (threads decoding records, records read
       ahead).
     max_pixels: larger images are skipped (decompression-bomb guard; see `imageio.read_image`).
+    dataset: for source 'dataset', a name of `datasets.DATASETS` (lol, lol_v2_real, lsrw, sice, enlightengan,
+      dicm, ...) read from `root` in its standard layout; `dataset_options` are passed to it (e.g. pool='under').
+    video: for source 'video', the `video.default_video_config()` section (frames of a folder of videos,
+      or the synthetic surveillance set when video.root is unset).
     degradation: low-light synthesis for 'embedded' (fields of `degrade.DegradationConfig`).
   """
   c = ml_collections.ConfigDict()
@@ -77,6 +83,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.read_buffer_size = 16
   c.max_pixels = imageio.DEFAULT_MAX_PIXELS
   c.degradation = ml_collections.ConfigDict(dataclasses.asdict(degrade_lib.DegradationConfig()))
+  c.dataset = config_dict.placeholder(str)
+  c.dataset_options = ml_collections.ConfigDict()
+  from data_pipelines import video  # pylint: disable=g-import-not-at-top
+  c.video = video.default_video_config()
   return c
 
 
@@ -105,6 +115,15 @@ def make_train_source(data_cfg: ml_collections.ConfigDict) -> grain.sources.Rand
     _folder(data_cfg.root, '', 'root')
     return sources.PairedFolder(data_cfg.root, data_cfg.low_dir, data_cfg.high_dir,
                                 max_pixels=data_cfg.max_pixels)
+  if data_cfg.source == 'dataset':
+    from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
+    if not data_cfg.dataset:
+      raise ValueError("data.dataset must name a dataset for source 'dataset'")
+    _folder(data_cfg.root, '', 'root')
+    return datasets.make_source(data_cfg.dataset, data_cfg.root, 'train', max_pixels=data_cfg.max_pixels,
+                                **data_cfg.dataset_options.to_dict())
+  if data_cfg.source == 'video':
+    raise ValueError("source 'video' has no random-access source; use make_train_loader")
   return sources.UnpairedFolder(_folder(data_cfg.root, data_cfg.low_dir, 'root'), key='low',
                                 max_pixels=data_cfg.max_pixels)
 
@@ -114,8 +133,16 @@ def make_train_transforms(data_cfg: ml_collections.ConfigDict) -> list[Any]:
   _check_source(data_cfg)
   if not data_cfg.crop and not data_cfg.resize:
     raise ValueError('data.crop or data.resize must be > 0: batching needs one image size')
-  keys = {'embedded': ('high',), 'paired_folder': ('low', 'high'),
-          'unpaired_folder': ('low',)}[data_cfg.source]
+  if data_cfg.source == 'dataset':
+    keys = ('low', 'high') if data_cfg.dataset in PAIRED_DATASETS else ('low',)
+    if data_cfg.dataset == 'sice':
+      keys = ('high',) if data_cfg.dataset_options.get('pool') == 'normal' else ('low', 'high')
+    if data_cfg.dataset in ('enlightengan', 'cityscapes'):
+      raise ValueError(f"data.dataset={data_cfg.dataset!r} has unpaired/labelled elements: use the method's own "
+                       "pipeline (e.g. configs/scl_lle.py) rather than the paired/unpaired image loader")
+  else:
+    keys = {'embedded': ('high',), 'paired_folder': ('low', 'high'),
+            'unpaired_folder': ('low',), 'video': ('image',)}[data_cfg.source]
   ops = []
   if data_cfg.resize:
     ops.append(transforms.Resize(size=data_cfg.resize, keys=keys))
@@ -157,12 +184,18 @@ def make_train_loader(data_cfg: ml_collections.ConfigDict, *, batch_size: int, s
     # No drop_remainder: with infinite epochs uneven shards cost nothing, dropped records would.
     shard_options = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count,
                                                 drop_remainder=False)
+  if data_cfg.source == 'video':
+    from data_pipelines import video  # pylint: disable=g-import-not-at-top
+    # Video frames stream through a grain IterDataset (sequential decoding of shuffled segments); its
+    # iterator is checkpointable like the DataLoader's.
+    return video.make_train_dataset(data_cfg.video, batch_size=batch_size, seed=seed,
+                                    shard_index=shard_index, shard_count=shard_count)
   source = make_train_source(data_cfg)
   operations = make_train_transforms(data_cfg)
   operations.append(grain.transforms.Batch(batch_size=batch_size, drop_remainder=True))
   return grain.DataLoader(
       data_source=source,
-      sampler=samplers.EpochSeededSampler(len(source), shard_options, seed),
+      sampler=_sampler(len(source), shard_options, seed, batch_size),
       operations=operations,
       worker_count=data_cfg.worker_count,
       worker_buffer_size=data_cfg.worker_buffer_size,
@@ -170,6 +203,15 @@ def make_train_loader(data_cfg: ml_collections.ConfigDict, *, batch_size: int, s
       read_options=grain.ReadOptions(num_threads=data_cfg.read_threads,
                                      prefetch_buffer_size=data_cfg.read_buffer_size),
   )
+
+
+def _sampler(num_records: int, shard_options, seed: int, batch_size: int):
+  """Global-batch order (topology independent) when the shards are JAX processes, as in training."""
+  if isinstance(shard_options, grain.sharding.ShardByJaxProcess) or shard_options.shard_count > 1:
+    options = grain.sharding.ShardOptions(shard_options.shard_index, shard_options.shard_count,
+                                          drop_remainder=False)
+    return samplers.GlobalBatchSampler(num_records, options, seed, batch_size)
+  return samplers.EpochSeededSampler(num_records, shard_options, seed)
 
 
 def make_eval_set(data_cfg: ml_collections.ConfigDict,

@@ -70,3 +70,43 @@ class EpochSeededSampler:
     seq = np.random.SeedSequence([self._seed, self.epoch(index), meta.record_key])
     return grain.RecordMetadata(index=meta.index, record_key=meta.record_key,
                                 rng=np.random.Generator(np.random.Philox(seq)))
+
+
+class GlobalBatchSampler:
+  """Makes every process's local batches slices of ONE global, topology-independent batch sequence.
+
+  The global order is `EpochSeededSampler` over all records (one shard). Global batch t holds global positions
+  [t*B, (t+1)*B) with B = batch_per_process * shard_count; process p's local batch t holds positions
+  t*B + p*b + [0, b). So 1 process x 8 devices and 2 processes x 4 devices train on exactly the same global
+  batches (same records, same crops and noise), which is what makes loss trajectories comparable across
+  topologies and lets a run move to another topology between checkpoints.
+
+  grain's DataLoader reads sampler index k = i * shard_count + shard_index for the i-th local element, so the
+  mapping is done here and the DataLoader keeps its usual (checkpointable) bookkeeping. Local batches must be
+  formed in order, i.e. in-process (worker_count 0) or with one worker; more workers interleave elements.
+  """
+
+  def __init__(self, num_records: int, shard_options: grain.sharding.ShardOptions, seed: int,
+               batch_per_process: int):
+    self._global = EpochSeededSampler(num_records, grain.sharding.ShardOptions(0, 1), seed)
+    self._shard_options = shard_options
+    self._batch = int(batch_per_process)
+    self._seed = seed
+    self._num_records = num_records
+
+  def __len__(self) -> int:
+    return len(self._global)
+
+  def __repr__(self) -> str:
+    return (f'GlobalBatchSampler(num_records={self._num_records}, seed={self._seed}, '
+            f'batch_per_process={self._batch}, shard={self._shard_options.shard_index}/'
+            f'{self._shard_options.shard_count})')
+
+  def global_position(self, index: int) -> int:
+    p, count, b = index % self._shard_options.shard_count, self._shard_options.shard_count, self._batch
+    i = index // count
+    return (i // b) * b * count + p * b + i % b
+
+  def __getitem__(self, index: int) -> grain.RecordMetadata:
+    meta = self._global[self.global_position(index)]
+    return grain.RecordMetadata(index=index, record_key=meta.record_key, rng=meta.rng)

@@ -1,25 +1,19 @@
 """Segmentation before/after enhancement on darkened labelled images: SCL-LLE's Table 4 protocol.
 
 Paper: Liang et al., "Semantically Contrastive Learning for Low-Light Image Enhancement", AAAI 2022,
-section
-"Semantic Segmentation with LLE" / Table 4: Cityscapes val cities (Frankfurt, Lindau, Munster)
-darkened with
-the "standard positive gamma transformation" x -> x^gamma, gamma in {1, 2, 6, 10}; each darkened
-image is
-segmented by the frozen DeepLabV3+ as it is ("Input") and after enhancement; mIoU over the 19
-classes.
+section "Semantic Segmentation with LLE" / Table 4: Cityscapes val cities (Frankfurt, Lindau,
+Munster) darkened with the "standard positive gamma transformation" x -> x^gamma, gamma in
+{1, 2, 6, 10}; each darkened image is segmented by the frozen DeepLabV3+ as it is ("Input") and
+after enhancement; mIoU over the 19 classes.
 Reference code for the metric: VainF/DeepLabV3Plus-Pytorch
-`metrics/stream_metrics.py::StreamSegMetrics`
-(SCL-LLE's `metrics/`): one confusion matrix accumulated over the whole set (pixels whose label is
-outside
-[0, num_classes), e.g. 255, are ignored), IoU_c = TP / (TP + FP + FN), mIoU = nanmean over classes
-(a class
-absent from both labels and predictions does not count).
+`metrics/stream_metrics.py::StreamSegMetrics` (SCL-LLE's `metrics/`): one confusion matrix
+accumulated over the whole set (pixels whose label is outside [0, num_classes), e.g. 255, are
+ignored), IoU_c = TP / (TP + FP + FN), mIoU = nanmean over classes (a class absent from both labels
+and predictions does not count).
 
 Protocol choices made explicit: darkening acts on the [0, 1] float image (no 8-bit requantisation);
 predictions are the argmax of the logits at the input size; mIoU is returned as a fraction (the
-paper prints
-percentages).
+paper prints percentages).
 """
 
 from __future__ import annotations
@@ -79,8 +73,7 @@ def evaluate_segmentation(enhance_fn: Callable[[Any], Any], segment_fn: Callable
     enhance_fn: (1, H, W, 3) [0, 1] -> (1, H, W, 3) enhanced image (array or {'enhanced': array}).
     segment_fn: (1, H, W, 3) [0, 1] -> (1, H, W, num_classes) logits (or {'logits': array}).
     samples: elements {'image': HxWx3 normal-light [0, 1], 'labels': HxW ids (255 = ignore)};
-      iterated once,
-      so a lazy generator of full-resolution images is fine.
+      iterated once, so a lazy generator of full-resolution images is fine.
     gammas: darkening exponents.
     num_classes: classes of the confusion matrix (19 for Cityscapes).
 
@@ -110,17 +103,15 @@ def evaluate_segmentation(enhance_fn: Callable[[Any], Any], segment_fn: Callable
                                                 num_classes)
     n += 1
   result: dict[str, Any] = {
-      f"gamma_{g:g}": {
-          kind: mean_iou(conf[(g, kind)]) for kind in ("input", "enhanced")
-      } for g in gammas
-  }
+      f"gamma_{g:g}": {kind: mean_iou(conf[(g, kind)]) for kind in ("input", "enhanced")}
+      for g in gammas}
   result["num_images"] = n
   return result
 
 
 def method_fns(method: Any, params: Any, frozen: Any, model_state: Any = None
                ) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
-  """Jitted (enhance_fn, segment_fn) of a trained SCL-LLE `Method` (its frozen DeepLabV3+ segments)."""
+  """Jitted (enhance_fn, segment_fn) of an SCL-LLE `Method`; its frozen DeepLabV3+ segments."""
   model_state = {} if model_state is None else model_state
   enhance = jax.jit(lambda x: method.enhance(params, model_state, frozen, x)["enhanced"])
   segment = jax.jit(lambda x: method.segment(frozen, x))

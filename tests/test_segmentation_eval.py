@@ -1,4 +1,4 @@
-"""SCL-LLE Table 4 protocol: confusion-matrix mIoU by hand, and input == enhanced for an identity enhancer."""
+"""SCL-LLE Table 4 protocol: mIoU by hand; input == enhanced for an identity enhancer."""
 
 import math
 

@@ -33,11 +33,8 @@ def unwrap_checkpoint(obj: Any) -> dict[str, np.ndarray]:
     if key in obj and isinstance(obj[key], Mapping):
       obj = obj[key]
       break
-  out = {
-      str(k): np.asarray(v)
-      for k, v in obj.items()
-      if hasattr(v, "shape") or isinstance(v, np.ndarray)
-  }
+  out = {str(k): np.asarray(v) for k, v in obj.items()
+         if hasattr(v, "shape") or isinstance(v, np.ndarray)}
   if not out:
     raise ValueError(f"no tensors found in checkpoint keys {list(obj)[:10]}")
   for prefix in _PREFIXES:

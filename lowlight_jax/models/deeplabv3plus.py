@@ -52,8 +52,8 @@ CITYSCAPES_NUM_CLASSES = 19
 # MobileNetV2 inverted-residual settings (expansion t, channels c, repeats n, stride s).
 _MOBILENET_V2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                           (6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENET_V2_REPEATS = tuple(n for _, _, n, _ in _MOBILENET_V2_SETTINGS)  # (1, 2, 3, 4, 3, 3, 1)
 _STEM_CHANNELS = 32
-_LOW_LEVEL_END = 4  # features[0:4] -> stride 4, 24 channels.
 
 
 def imagenet_normalize(x: jax.Array) -> jax.Array:
@@ -63,13 +63,21 @@ def imagenet_normalize(x: jax.Array) -> jax.Array:
   return (x - mean) / std
 
 
-def mobilenet_v2_blocks(output_stride: int = 16) -> tuple[tuple[int, int, int, int, int], ...]:
-  """(in, out, stride, dilation, expansion) of `features[1:18]`, VainF's dilation schedule."""
+def mobilenet_v2_blocks(output_stride: int = 16, repeats: tuple[int, ...] = MOBILENET_V2_REPEATS
+                        ) -> tuple[tuple[int, int, int, int, int], ...]:
+  """(in, out, stride, dilation, expansion) of `features[1:18]`, VainF's dilation schedule.
+
+  `repeats` overrides the blocks per stage (only for small test networks; released weights need the
+  default).
+  """
   if output_stride not in (8, 16, 32):
     raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+  if len(repeats) != len(_MOBILENET_V2_SETTINGS) or min(repeats) < 1:
+    raise ValueError(
+        f"repeats must be {len(_MOBILENET_V2_SETTINGS)} positive counts, got {repeats}")
   blocks = []
   current_stride, dilation, inp = 2, 1, _STEM_CHANNELS
-  for t, c, n, s in _MOBILENET_V2_SETTINGS:
+  for (t, c, _, s), n in zip(_MOBILENET_V2_SETTINGS, repeats):
     previous_dilation = dilation
     if current_stride == output_stride:
       stride, dilation = 1, dilation * s
@@ -180,12 +188,13 @@ class _FeatureSlice(nn.Module):
   start: int
   stop: int
   output_stride: int
+  repeats: tuple[int, ...] = MOBILENET_V2_REPEATS
   dtype: Any = jnp.float32
   precision: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    blocks = mobilenet_v2_blocks(self.output_stride)
+    blocks = mobilenet_v2_blocks(self.output_stride, self.repeats)
     for index in range(self.start, self.stop):
       if index == 0:
         # Stem: 3x3 stride 2 with NO padding (VainF's ConvBNReLU passes padding 0).
@@ -201,15 +210,18 @@ class _FeatureSlice(nn.Module):
 class MobileNetV2Backbone(nn.Module):
   """`low_level_features` (features[0:4], stride 4) and `high_level_features` (features[4:18])."""
   output_stride: int = 16
+  repeats: tuple[int, ...] = MOBILENET_V2_REPEATS
   dtype: Any = jnp.float32
   precision: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
-    n = len(mobilenet_v2_blocks(self.output_stride)) + 1
-    low = _FeatureSlice(0, _LOW_LEVEL_END, self.output_stride, self.dtype, self.precision,
+    repeats = tuple(self.repeats)
+    n = len(mobilenet_v2_blocks(self.output_stride, repeats)) + 1
+    low_end = 1 + repeats[0] + repeats[1]  # stem + the 16- and 24-channel stages (4 as released)
+    low = _FeatureSlice(0, low_end, self.output_stride, repeats, self.dtype, self.precision,
                         name="low_level_features")(x)
-    out = _FeatureSlice(_LOW_LEVEL_END, n, self.output_stride, self.dtype, self.precision,
+    out = _FeatureSlice(low_end, n, self.output_stride, repeats, self.dtype, self.precision,
                         name="high_level_features")(low)
     return {"low_level": low, "out": out}
 
@@ -299,12 +311,15 @@ class DeepLabV3PlusMobileNet(nn.Module):
   Attributes:
     num_classes: 19 for the Cityscapes checkpoints.
     output_stride: 16 (ASPP rates 6/12/18) as SCL-LLE uses; 8 gives rates 12/24/36.
+    repeats: inverted-residual blocks per MobileNetV2 stage; anything but the default (1, 2, 3, 4,
+      3, 3, 1) is a smaller network for fast tests that no released checkpoint fits.
     normalize_input: ImageNet-normalise the [0, 1] input first (see module docstring).
     dtype: compute dtype of the convs (BatchNorm runs in float32; params are float32).
     precision: conv precision (`jax.lax.Precision.HIGHEST` for parity on accelerators).
   """
   num_classes: int = CITYSCAPES_NUM_CLASSES
   output_stride: int = 16
+  repeats: tuple[int, ...] = MOBILENET_V2_REPEATS
   normalize_input: bool = True
   dtype: Any = jnp.float32
   precision: Any = None
@@ -315,8 +330,8 @@ class DeepLabV3PlusMobileNet(nn.Module):
     if self.normalize_input:
       x = imagenet_normalize(x.astype(jnp.float32))
     rates = (12, 24, 36) if self.output_stride == 8 else (6, 12, 18)  # VainF's `_segm_mobilenet`
-    features = MobileNetV2Backbone(self.output_stride, self.dtype, self.precision, name="backbone")(
-        x.astype(self.dtype))
+    features = MobileNetV2Backbone(self.output_stride, tuple(self.repeats), self.dtype,
+                                   self.precision, name="backbone")(x.astype(self.dtype))
     logits = DeepLabHeadV3Plus(self.num_classes, rates, self.dtype, self.precision,
                                name="classifier")(features)
     logits = resize.resize_bilinear(logits.astype(jnp.float32), x.shape[1:3], align_corners=False)

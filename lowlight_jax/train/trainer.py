@@ -12,6 +12,7 @@ argument of the step, never in an optimizer and never donated.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -303,6 +304,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         dt = time.time() - t0
         scalars["train/steps_per_sec"] = steps_since / max(dt, 1e-9)
         writer.write_scalars(step, scalars)
+        if jax.process_index() == 0:
+          with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
         logging.info("step %d/%d  %s", step, total,
                      "  ".join(f"{k[6:]}={v:.4g}" for k, v in scalars.items()))
         last_scalars = scalars
@@ -341,7 +345,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _write_json(path: str, obj: dict) -> None:
-  import json
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2)

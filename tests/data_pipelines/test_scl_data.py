@@ -1,4 +1,4 @@
-"""SCL-LLE data: deterministic unpaired pool sampling, Cityscapes layout and label mapping, the loader."""
+"""SCL-LLE data: deterministic unpaired pools, Cityscapes layout and label mapping, the loader."""
 
 import numpy as np
 import pytest
@@ -27,8 +27,8 @@ def test_embedded_element_shapes_and_determinism(embedded_source):
   assert len(src) == 3 * src.num_inputs == 18
   e = src[7]
   h, w = e["low"].shape[:2]
-  assert e["low"].dtype == np.float32 and e["labels"].dtype == np.int32 and e["labels"].shape == (h,
-                                                                                                  w)
+  assert e["low"].dtype == np.float32 and e["labels"].dtype == np.int32
+  assert e["labels"].shape == (h, w)
   assert e["pos"].shape == (2, 32, 32, 3) and e["neg"].shape == (2, 32, 32, 3)
   assert set(np.unique(e["labels"])) == {0, 1, 2, 3}  # stand-in classes
   again = src[7]
@@ -98,8 +98,8 @@ def test_loader_batches_crops_with_aligned_labels():
   batch = next(it)
   assert batch["low"].shape == (3, 32, 32, 3) and batch["labels"].shape == (3, 32, 32)
   assert batch["pos"].shape == (3, 2, 32, 32, 3) and batch["neg"].shape == (3, 2, 32, 32, 3)
-  assert batch["labels"].dtype == np.int32 and batch["labels"].min() >= 0 and batch["labels"].max(
-  ) < 4
+  assert batch["labels"].dtype == np.int32
+  assert batch["labels"].min() >= 0 and batch["labels"].max() < 4
   # A restored iterator continues with exactly the same batches.
   state = it.get_state()
   expected = next(it)

@@ -78,8 +78,8 @@ def test_gram_triplet_shapes_and_margin():
 
 def test_feature_retention_matches_torch_mse():
   rng = np.random.default_rng(3)
-  a, b = rng.normal(size=(2, 3, 4, 5)).astype(np.float32), rng.normal(size=(2, 3, 4,
-                                                                            5)).astype(np.float32)
+  a = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+  b = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
   ours = cl.feature_retention_loss(jnp.asarray(a), jnp.asarray(b))
   assert ours.shape == (2,)
   ref = torch.nn.functional.mse_loss(torch.from_numpy(a), torch.from_numpy(b)).item()

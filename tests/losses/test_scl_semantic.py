@@ -1,4 +1,4 @@
-"""SCL-LLE semantic losses: per-image class-brightness consistency, the released variant, cross-entropy."""
+"""SCL-LLE semantic losses: per-image brightness consistency, released variant, cross-entropy."""
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,8 @@ def test_brightness_consistency_is_per_image_and_differentiable():
   a = ss.semantic_brightness_consistency(img, labels, num_classes=3)
   b = ss.semantic_brightness_consistency(img, other, num_classes=3)
   assert a.shape == (2,)
-  assert float(a[0]) == float(b[0]) and float(a[1]) != float(
-      b[1])  # image 1's labels do not touch image 0
+  # Image 1's labels do not touch image 0's loss.
+  assert float(a[0]) == float(b[0]) and float(a[1]) != float(b[1])
   # The released form broadcasts every label map over every image: image 1's labels change the whole
   # value.
   ra = ss.released_semantic_brightness(img, labels)
@@ -78,8 +78,8 @@ def test_cross_entropy_matches_torch_and_ignores_255():
   ours = ss.segmentation_cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
   np.testing.assert_allclose(ours, [ref], rtol=1e-5)
   # Only ignored pixels: 0, not NaN; and the ignored pixels' logits get no gradient.
-  assert float(ss.segmentation_cross_entropy(jnp.asarray(logits), jnp.full((1, 4, 5),
-                                                                           255))[0]) == 0.0
+  unlabelled = jnp.full((1, 4, 5), 255)
+  assert float(ss.segmentation_cross_entropy(jnp.asarray(logits), unlabelled)[0]) == 0.0
   g = jax.grad(lambda z: ss.segmentation_cross_entropy(z, jnp.asarray(labels)).sum())(
       jnp.asarray(logits))
   assert float(jnp.abs(g[0, 0, :3]).max()) == 0.0 and float(jnp.abs(g[0, 1]).max()) > 0

@@ -1,4 +1,4 @@
-"""SCL-LLE method: a sharded smoke step with every loss term, semantic gradients, configs, weight loading."""
+"""SCL-LLE method: sharded smoke step with every loss term, semantic gradients, configs, weights."""
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ def _batch(config, batch_size, seed=0):
 
 @pytest.fixture(scope="module")
 def smoke():
-  """One smoke build and one compiled step shared by the tests (compiling is the slow part on CPU)."""
+  """One smoke build and one compiled step, shared: compiling is the slow part on CPU."""
   config = scl_config.get_config("smoke")
   setup = trainer.build(config)
   host_state = jax.device_get(setup.state)
@@ -41,9 +41,8 @@ def _run(smoke, batch):
   state = jax.device_put(host_state, setup.state_shardings)
   batch = jax.device_put(batch, sharding_lib.batch_sharding(setup.mesh))
   state, metrics, finite = step(state, setup.frozen, batch)
-  return jax.device_get(state.params), {
-      k: float(v.compute()) for k, v in metrics.items()
-  }, bool(finite)
+  values = {k: float(v.compute()) for k, v in metrics.items()}
+  return jax.device_get(state.params), values, bool(finite)
 
 
 def test_smoke_step_on_8_devices_reports_every_loss_term(smoke):
@@ -74,8 +73,8 @@ def test_semantic_terms_change_the_enhancer_gradient(smoke):
   config = smoke[0]
   batch = _batch(config, config.batch_size, seed=1)
   # The labels reach the enhancer's gradient only through the two semantic terms.
-  swapped = dict(batch, labels=np.where(batch["labels"] == 0, 1, np.where(batch["labels"] == 1, 0,
-                                                                           batch["labels"])))
+  labels = batch["labels"]
+  swapped = dict(batch, labels=np.where(labels == 0, 1, np.where(labels == 1, 0, labels)))
   moved = dict(batch, labels=np.roll(batch["labels"], 5, axis=2))
   p0, m0, _ = _run(smoke, batch)
   p1, m1, _ = _run(smoke, swapped)
@@ -85,14 +84,12 @@ def test_semantic_terms_change_the_enhancer_gradient(smoke):
     return any(bool(np.any(x != y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
   # Swapping two class ids leaves the brightness term unchanged but changes the cross-entropy, its
-  # gradient
-  # and hence the update: the segmentation term reaches the enhancer.
+  # gradient and hence the update: the segmentation term reaches the enhancer.
   assert m1["enhancer/loss_semantic_brightness"] == pytest.approx(
       m0["enhancer/loss_semantic_brightness"], rel=1e-6)
   assert m1["enhancer/loss_segmentation"] != m0["enhancer/loss_segmentation"]
   assert m1["enhancer/grad_norm"] != m0["enhancer/grad_norm"] and differs(p0, p1)
-  # Moving the label map changes the class regions: the brightness term (and the gradient) changes
-  # too.
+  # Moving the label map changes the class regions: the brightness term and the gradient change.
   assert m2["enhancer/loss_semantic_brightness"] != m0["enhancer/loss_semantic_brightness"]
   assert m2["enhancer/grad_norm"] != m0["enhancer/grad_norm"] and differs(p0, p2)
   for k in ("tv", "color", "contrast_appearance", "contrast_gram", "feature_retention"):
@@ -134,10 +131,11 @@ def test_configs_load_and_build_the_method(arg):
 
 def test_load_pretrained_released_enhancer_and_deeplab(conformance_dir):
   config = scl_config.get_config("")
-  config.loss_weights.contrast_gram = config.loss_weights.feature_retention = 0.0  # no VGG needed here
+  # No VGG needed here.
+  config.loss_weights.contrast_gram = config.loss_weights.feature_retention = 0.0
   config.init_from = str(conformance_dir / "weights/scl_lle.npz")
-  config.segmentation.weights = str(conformance_dir /
-                                    "fixtures/deeplabv3plus_mobilenetv2_os16_random.npz")
+  fixture = conformance_dir / "fixtures/deeplabv3plus_mobilenetv2_os16_random.npz"
+  config.segmentation.weights = str(fixture)
   method = scl_lle.Method(config)
   shapes = jax.eval_shape(lambda r: dict(method.init(r, method.example_batch())), jax.random.key(0))
   variables = base.Variables(
@@ -149,7 +147,33 @@ def test_load_pretrained_released_enhancer_and_deeplab(conformance_dir):
                                 released["e_conv7.bias"])
   np.testing.assert_array_equal(loaded["params"]["enhancer"]["e_conv1"]["kernel"],
                                 released["e_conv1.weight"].transpose(2, 3, 1, 0))
-  expected = deeplab.convert_deeplabv3plus(
-      dict(np.load(conformance_dir / "fixtures/deeplabv3plus_mobilenetv2_os16_random.npz")))
+  expected = deeplab.convert_deeplabv3plus(dict(np.load(fixture)))
   for a, b in zip(jax.tree.leaves(loaded["frozen"]["deeplab"]), jax.tree.leaves(expected)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_load_pretrained_vgg_keeps_the_convs_up_to_relu4_3(tmp_path):
+  # A torchvision `vgg16().state_dict()`-shaped file (random values; the classifier is ignored).
+  rng = np.random.default_rng(0)
+  widths = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+            (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+  indices = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+  state = {}
+  for i, (cin, cout) in zip(indices, widths):
+    state[f"features.{i}.weight"] = rng.normal(size=(cout, cin, 3, 3)).astype(np.float32)
+    state[f"features.{i}.bias"] = rng.normal(size=(cout,)).astype(np.float32)
+  state["classifier.6.bias"] = np.zeros(1000, np.float32)
+  np.savez(tmp_path / "vgg16.npz", **state)
+  config = scl_config.get_config("smoke")
+  config.loss_weights.segmentation = 0.0
+  config.vgg.weights = str(tmp_path / "vgg16.npz")
+  method = scl_lle.Method(config)
+  shapes = jax.eval_shape(lambda r: dict(method.init(r, method.example_batch())), jax.random.key(0))
+  variables = base.Variables(
+      params=shapes["params"], model_state={},
+      frozen=jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["frozen"]))
+  vgg = method.load_pretrained(variables)["frozen"]["vgg"]["params"]["features"]
+  assert sorted(vgg, key=int) == [str(i) for i in indices[:10]]  # conv 4_3 is features.21
+  np.testing.assert_array_equal(vgg["21"]["kernel"],
+                                state["features.21.weight"].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(vgg["0"]["bias"], state["features.0.bias"])

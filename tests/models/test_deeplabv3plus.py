@@ -1,4 +1,4 @@
-"""DeepLabV3+ (MobileNetV2, OS 16): key-for-key conversion, parameter count, and logits parity with VainF's code."""
+"""DeepLabV3+ (MobileNetV2, OS 16): key-for-key conversion, size, parity with VainF's code."""
 
 import json
 
@@ -35,7 +35,8 @@ def test_parameter_count_and_every_key_maps_one_to_one(fixture):
   # with the
   # torch shapes of every entry.
   ours = layout.flax_to_torch(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
-  theirs = {k: tuple(s) for k, s in keys["state_dict_keys"] if not k.endswith("num_batches_tracked")}
+  theirs = {k: tuple(s) for k, s in keys["state_dict_keys"]
+            if not k.endswith("num_batches_tracked")}
   assert {k: v.shape for k, v in ours.items()} == theirs
 
 
@@ -44,8 +45,8 @@ def test_dilation_schedule_and_feature_strides():
   assert len(blocks) == 17
   # (in, out, stride, dilation, t): the 160-channel stage keeps stride 1 and dilates from its second
   # block.
-  assert blocks[13] == (96, 160, 1, 1, 6) and blocks[14] == (160, 160, 1, 2,
-                                                             6) and blocks[16][3] == 2
+  assert blocks[13] == (96, 160, 1, 1, 6)
+  assert blocks[14] == (160, 160, 1, 2, 6) and blocks[16][3] == 2
   feats = jax.eval_shape(
       lambda x: dl.MobileNetV2Backbone().init_with_output(jax.random.key(0), x)[0],
       jnp.zeros((1, 96, 160, 3)))
@@ -78,24 +79,16 @@ def test_logits_match_vainf_reference(fixture):
 def test_converter_unwraps_vainf_checkpoint_and_reports_bad_keys(fixture):
   state, _, _ = fixture
   direct = deeplab.convert_deeplabv3plus(state)
-  wrapped = {
-      "cur_itrs": 30000,
-      "best_score": 0.7,
-      "optimizer_state": {
-          "state": {},
-          "param_groups": []
-      },
-      "model_state": {
-          f"module.{k}": v for k, v in state.items()
-      }
-  }
+  wrapped = {"cur_itrs": 30000, "best_score": 0.7,
+             "optimizer_state": {"state": {}, "param_groups": []},
+             "model_state": {f"module.{k}": v for k, v in state.items()}}
   via_ckpt = deeplab.convert_deeplabv3plus(wrapped)
   for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(via_ckpt)):
     np.testing.assert_array_equal(a, b)
-  assert direct["params"]["backbone"]["low_level_features"]["0"]["0"]["kernel"].shape == (3, 3, 3,
-                                                                                          32)
-  assert direct["params"]["backbone"]["high_level_features"]["4"]["conv"]["1"]["0"][
-      "kernel"].shape == (3, 3, 1, 144)  # depthwise (C,1,3,3) -> (3,3,1,C)
+  backbone = direct["params"]["backbone"]
+  assert backbone["low_level_features"]["0"]["0"]["kernel"].shape == (3, 3, 3, 32)
+  # depthwise (C, 1, 3, 3) -> (3, 3, 1, C)
+  assert backbone["high_level_features"]["4"]["conv"]["1"]["0"]["kernel"].shape == (3, 3, 1, 144)
   assert direct["batch_stats"]["classifier"]["aspp"]["convs"]["4"]["2"]["var"].shape == (256,)
   broken = {k: v for k, v in state.items() if k != "classifier.aspp.project.0.weight"}
   shapes = _shapes(dl.DeepLabV3PlusMobileNet())
