@@ -49,8 +49,8 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-    saved_items = self.manager.item_metadata(step)
-    has_data = saved_items is not None and "data" in saved_items.keys() and saved_items["data"] is not None
+    # The data item exists for runs that saved their iterator (item_metadata cannot tell without handlers).
+    has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
     if data_iterator is not None and has_data:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))

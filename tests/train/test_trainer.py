@@ -13,9 +13,12 @@ from lowlight_jax.train import sharding as sharding_lib
 from lowlight_jax.train import trainer
 
 
-def _smoke(**overrides):
+def _smoke(semantic=False, **overrides):
+  """The smoke config; the USS (the slow part to compile) only where a test is about it."""
   config = sgz_config.get_config("smoke")
   config.eval.every = 0
+  if not semantic:
+    config.loss_weights.semantic = 0.0
   for k, v in overrides.items():
     node = config
     *path, leaf = k.split(".")
@@ -44,7 +47,7 @@ def _one_step(config, devices):
 
 def test_sharded_step_matches_single_device():
   assert jax.device_count() == 8
-  config = _smoke()
+  config = _smoke(semantic=True)
   loss8, loss8b, params8, finite = _one_step(config, jax.devices())
   loss1, loss1b, params1, _ = _one_step(config, jax.devices()[:1])
   assert finite
@@ -55,7 +58,7 @@ def test_sharded_step_matches_single_device():
 
 
 def test_training_changes_only_trained_params():
-  config = _smoke()
+  config = _smoke(semantic=True)
   setup = trainer.build(config)
   frozen_before = jax.device_get(setup.frozen)
   params_before = jax.device_get(setup.state.params)
