@@ -75,6 +75,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(enhancer=dict(
       optimizer="adam", lr=1e-4, schedule="constant", weight_decay=1e-4, decoupled=False, clip_norm=0.1)))
 
+  # Networks compute in this dtype ('bfloat16' on accelerators); params, optimizer state, losses and metrics
+  # stay float32.
+  c.compute_dtype = "float32"
+  c.profile = ml_collections.ConfigDict(dict(start_step=0, num_steps=0))  # JAX trace into <workdir>/profile.
   c.mesh = ml_collections.ConfigDict(dict(data=-1))
   c.sharding = ml_collections.ConfigDict(dict(rules=()))  # [(regex, (axis or None, ...)), ...]
 

@@ -58,7 +58,9 @@ class Method(base.BaseMethod):
 
   def _forward(self, efe_params: PyTree, x: jax.Array, scale_factor: int, crop_to_multiple: bool
                ) -> dict[str, jax.Array]:
-    apply = lambda p, y: self.efe.apply({"params": p}, y)
+    dtype = jnp.dtype(self.config.get("compute_dtype", "float32"))
+    # Mixed precision: the EFE runs in `compute_dtype`; the factor map, the curve and the losses in float32.
+    apply = lambda p, y: self.efe.apply({"params": p}, y.astype(dtype)).astype(jnp.float32)
     return sgz_model.sgz_forward(apply, efe_params, x, scale_factor=scale_factor,
                                  crop_to_multiple=crop_to_multiple, iterations=self.config.model.iterations)
 

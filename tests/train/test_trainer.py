@@ -124,3 +124,20 @@ def test_param_sharding_rules():
   sh = sharding_lib.param_shardings(tree, mesh, [("kernel", (None, None, None, "model")), ("bias", ("model",))])
   assert sh["big"]["kernel"].spec == jax.sharding.PartitionSpec(None, None, None, "model")
   assert sh["small"]["bias"].spec == jax.sharding.PartitionSpec(None)  # 3 does not divide by 4.
+
+
+def test_bfloat16_compute_stays_finite_and_close_to_float32():
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    config = _smoke(semantic=True, compute_dtype=dtype)
+    setup = trainer.build(config)
+    step = trainer.make_train_step(setup)
+    batch = jax.device_put(_batch(config), sharding_lib.batch_sharding(setup.mesh))
+    state, metrics, finite = step(setup.state, setup.frozen, batch)
+    state, metrics, finite = step(state, setup.frozen, batch)
+    assert bool(finite)
+    # Params and optimizer state stay float32 whatever the compute dtype.
+    assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim} == {jnp.float32}
+    losses[dtype] = float(metrics["enhancer/loss"].compute())
+  assert np.isfinite(losses["bfloat16"])
+  assert abs(losses["bfloat16"] - losses["float32"]) <= 0.02 * abs(losses["float32"])
