@@ -16,8 +16,8 @@ exercise the code).
 Args (comma separated, e.g. `configs/scl_lle.py:demo,steps=200`):
   smoke   tiny everything (32px crops, batch 8, 4 steps, a 7-block random DeepLabV3+, random VGG);
           used by tests.
-  demo    a CPU-sized run on the embedded stand-in: 64px crops, batch 4, 300 steps, no segmentation
-          cross-entropy (the stand-in labels are not Cityscapes classes).
+  demo    a CPU-sized run on the embedded stand-in: 64px crops, batch 4, 300 steps; without the
+          segmentation and feature-retention terms, which need pretrained networks to mean anything.
   steps=N override the number of steps.
 
 Launch (paper recipe):
@@ -107,9 +107,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = 300
     c.batch_size = 4
     c.data.crop = c.data.pool_size = 64
-    # The stand-in class ids are not Cityscapes classes: a Cityscapes DeepLabV3+ (or a random one)
-    # cross-entropy against them only adds noise. Set it back to 1 with real data and weights.
+    # Without pretrained networks two terms only add noise: the stand-in class ids are not
+    # Cityscapes classes (segmentation cross-entropy), and the relu4_3 features of a random VGG
+    # grow with the input's brightness, so feature retention would forbid any brightening. Set both
+    # back to 1 with real data and `segmentation.weights` / `vgg.weights`.
     c.loss_weights.segmentation = 0.0
+    c.loss_weights.feature_retention = 0.0
     c.data.pairings = 16
     c.log_every = 25
     c.checkpoint_every = 100

@@ -30,9 +30,10 @@ Inputs (`data.inputs`):
     "labels" are NOT semantic classes but an unsupervised segmentation (SLIC superpixels grouped by
     k-means on mean Lab colour into `data.pseudo_classes` regions, computed once per photo), enough
     to exercise the per-class brightness term; positives are OTHER training photos as they are
-    (normal exposure) and negatives synthetic exposures of yet other photos (alternately 1.5-3 stops
-    under and 1.5-3 stops over, in linear light). Negatives use photos distinct from the positives
-    whenever enough photos exist.
+    (normal exposure) and negatives synthetic exposures of yet other photos (alternately 2-4 stops
+    under and 1.5-3 stops over, in linear light). Photos too dark to pass for a normal exposure
+    (mean below `POOL_MIN_MEAN`: the Hubble deep field) are never pool images. Negatives use photos
+    distinct from the positives whenever enough photos exist.
 
 Darkening: `low = image ** gamma`, gamma ~ U[darken_gamma] per element (the paper's "standard
 positive gamma transformation", also used by its Table 4 protocol). The released Cityscapes loader
@@ -61,6 +62,9 @@ from data_pipelines import transforms
 log = logging.getLogger(__name__)
 
 INPUTS = ('embedded', 'cityscapes')
+POOL_MIN_MEAN = 0.2  # Embedded photos darker than this on average are not used as pool images.
+UNDER_STOPS = (2.0, 4.0)  # Embedded stand-in negatives: under-exposure range, in stops.
+OVER_STOPS = (1.5, 3.0)  # and over-exposure range.
 IGNORE_INDEX = 255
 
 # Cityscapes label id -> train id (cityscapesScripts `labels.py`; ids without a train id -> 255).
@@ -271,8 +275,11 @@ class SCLSource(grain.sources.RandomAccessDataSource):
     self.max_pixels = max_pixels
     if inputs == 'embedded':
       self.names = embedded.split_names('train' if split == 'train' else 'test')
-      if len(self.names) < 2:
-        raise ValueError('the embedded stand-in needs at least two photos')
+      # Pool candidates: photos bright enough to pass for a normal exposure (mean brightness).
+      self.pool_names = tuple(n for n in self.names
+                              if embedded.load_photo(n).mean() >= POOL_MIN_MEAN)
+      if len(self.pool_names) < 2:
+        raise ValueError('the embedded stand-in needs at least two normally exposed photos')
       self._records: list[Any] = list(self.names)
       self.positives: list[pathlib.Path] = []
       self.negatives: list[pathlib.Path] = []
@@ -325,15 +332,17 @@ class SCLSource(grain.sources.RandomAccessDataSource):
     # Fixed draw order: gamma, then the pool draws.
     out: dict[str, Any] = {'input': i, 'gamma': float(rng.uniform(*self.darken_gamma))}
     if self.inputs == 'embedded':
-      others = [n for n in self.names if n != self.names[i]]
+      others = [n for n in self.pool_names if n != self.names[i]]
       order = [others[j] for j in rng.permutation(len(others))]
       need = self.num_pos + self.num_neg
       if len(order) < need:  # Too few photos to keep every pool image distinct: reuse some.
         order += [others[j] for j in rng.integers(0, len(others), need - len(order))]
-      stops = rng.uniform(1.5, 3.0, size=self.num_neg)
-      signs = np.where(np.arange(self.num_neg) % 2 == 0, -1.0, 1.0)  # under, over, under, ...
+      u = rng.uniform(size=self.num_neg)
+      under = np.arange(self.num_neg) % 2 == 0  # under, over, under, ...
+      stops = np.where(under, -(UNDER_STOPS[0] + u * (UNDER_STOPS[1] - UNDER_STOPS[0])),
+                       OVER_STOPS[0] + u * (OVER_STOPS[1] - OVER_STOPS[0]))
       out.update(pos=order[:self.num_pos], neg=order[self.num_pos:need],
-                 neg_stops=[float(v) for v in signs * stops])
+                 neg_stops=[float(v) for v in stops])
     else:
       out.update(pos=[int(j) for j in rng.choice(len(self.positives), self.num_pos, replace=False)],
                  neg=[int(j) for j in rng.choice(len(self.negatives), self.num_neg, replace=False)])

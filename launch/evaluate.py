@@ -5,19 +5,41 @@ r"""Scores enhanced images against references paired by file stem, and with no-r
       [--html REPORT.html] [--crop-border 0] [--channel rgb|y|grey] \
       [--fid-weights pt_inception-2015-12-05-6726825d.pth]
 
+  # Enhance-and-evaluate a trained run (newest checkpoint, or --step) on its ground truth:
+  python -m launch.evaluate --workdir RUN [--data embedded_test|FOLDER] [--out_dir DIR] \
+      --metrics psnr,ssim --out REPORT.json [--html REPORT.html]
+
 The JSON holds per-image values and means keyed by metric name; unreadable files get a per-file
 error and the run continues. LPIPS, NIQE and BRISQUE need the metric assets:
 `python -m launch.assets fetch`.
+
+Run mode restores the run with `trainer.restore_for_inference`, enhances every image of the data set
+at full size with the run's own inference (`trainer.make_enhance_fn`), writes the 8-bit outputs
+(torchvision `save_image` rounding), ground truth and inputs as PNG to `--out_dir` (`enhanced/`,
+`reference/`, `input/`; a temporary folder, removed afterwards, when not given) and scores them with
+`evaluate_folders`. `--data embedded_test` is the embedded test split (the run's degradation
+settings when it trained on embedded data); `--data FOLDER` is a paired folder with `low/` and
+`high/` subfolders matched by file stem (the run's `data.low_dir` / `data.high_dir` names).
 """
 
+import os
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
 
-from launch import _common  # noqa: F401  (quiet TensorFlow before jax/clu imports)
+from launch import _common  # Also quiets TensorFlow before jax/clu imports.
 
-_PRED = flags.DEFINE_string("pred", None, "Folder of enhanced images.")
+_PRED = flags.DEFINE_string("pred", None, "Folder of enhanced images (or give --workdir).")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                                "Run mode: a run directory written by launch.train.")
+_DATA = flags.DEFINE_string("data", "embedded_test",
+                            "Run mode: 'embedded_test' or a paired FOLDER with low/ and high/.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None,
+                               "Run mode: keep the enhanced/, reference/ and input/ PNGs here.")
+flags.DEFINE_alias("out-dir", "out_dir")
+_STEP = flags.DEFINE_integer("step", None, "Run mode: checkpoint step (default: newest).")
 _REF = flags.DEFINE_string("ref", None, "Folder of reference images (paired by file stem).")
 _INPUTS = flags.DEFINE_string("inputs", None, "Folder of low-light inputs, for the HTML grid only.")
 _METRICS = flags.DEFINE_list("metrics", ["psnr", "ssim", "lpips", "niqe", "brisque"],
@@ -32,24 +54,91 @@ _FID_WEIGHTS = flags.DEFINE_string("fid_weights", None,
 flags.DEFINE_alias("fid-weights", "fid_weights")
 _GRID = flags.DEFINE_integer("grid_limit", 24, "Images shown in the HTML crop grid.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-flags.mark_flags_as_required(["pred", "out"])
+flags.mark_flags_as_required(["out"])
+
+
+def _run_data_config(config, data: str):
+  """The data config whose 'test' split `--data` names (see the module docstring)."""
+  from data_pipelines import pipeline
+
+  if data == "embedded_test":
+    if config.data.get("source") == "embedded":
+      return config.data
+    return pipeline.default_data_config()
+  if not os.path.isdir(data):
+    raise FileNotFoundError(f"--data must be 'embedded_test' or a folder; {data!r} is neither")
+  cfg = pipeline.default_data_config()
+  cfg.source = "paired_folder"
+  cfg.eval_root = data
+  cfg.low_dir = config.data.get("low_dir", "low")
+  cfg.high_dir = config.data.get("high_dir", "high")
+  return cfg
+
+
+def enhance_run(workdir: str, data: str, out_dir: str, step: int | None = None) -> dict[str, str]:
+  """Enhances `data`'s test images with a run; writes enhanced/, reference/ and input/ PNGs.
+
+  Returns the three folders keyed 'pred', 'ref' and 'inputs'. They must be new or empty.
+  """
+  import jax
+  import numpy as np
+  from PIL import Image
+  from data_pipelines import pipeline
+  from lowlight_jax.train import evaluation
+  from lowlight_jax.train import trainer
+
+  config = _common.load_run_config(workdir)
+  dirs = {k: os.path.join(out_dir, sub) for k, sub in
+          (("pred", "enhanced"), ("ref", "reference"), ("inputs", "input"))}
+  for d in dirs.values():
+    if os.path.isdir(d) and os.listdir(d):
+      raise ValueError(f"{d} is not empty (stale images would be scored); choose a new --out_dir")
+  eval_set = pipeline.make_eval_set(_run_data_config(config, data), split="test")
+  if not eval_set:
+    raise ValueError(f"no images to evaluate in {data!r}")
+  missing = [e["name"] for e in eval_set if e.get("high") is None]
+  if missing:
+    raise ValueError(f"no ground truth for {missing[:5]} in {data!r}")
+  setup = trainer.restore_for_inference(config, workdir, step)
+  enhance = trainer.make_enhance_fn(setup)(setup.state, setup.frozen)
+  for d in dirs.values():
+    os.makedirs(d, exist_ok=True)
+  for element in eval_set:
+    low = np.asarray(element["low"], np.float32)
+    out = jax.device_get(enhance(low[None])["enhanced"][0])
+    for key, img in (("pred", out), ("ref", element["high"]), ("inputs", low)):
+      path = os.path.join(dirs[key], f"{element['name']}.png")
+      Image.fromarray(evaluation.quantize(img)).save(path)
+  print(f"enhanced {len(eval_set)} image(s) of {data} with {workdir}")
+  return dirs
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if (_PRED.value is None) == (_WORKDIR.value is None):
+    raise app.UsageError(
+        "give either --pred (a folder of enhanced images) or --workdir (a trained run)")
+  if _WORKDIR.value is not None and (_REF.value or _INPUTS.value):
+    raise app.UsageError(
+        "--workdir takes its references and inputs from --data; drop --ref/--inputs")
   from lowlight_jax import assets
   from lowlight_jax.metrics import evaluate
 
-  try:
-    report = evaluate.evaluate_folders(
-        _PRED.value, _REF.value, metrics=_METRICS.value, input_dir=_INPUTS.value,
-        protocol=evaluate.Protocol(crop_border=_CROP.value, channel=_CHANNEL.value),
-        out_json=_OUT.value, out_html=_HTML.value, fid_weights=_FID_WEIGHTS.value,
-        grid_limit=_GRID.value, progress=_PROGRESS.value)
-  except (assets.AssetMissingError, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  with tempfile.TemporaryDirectory(prefix="lowlight_eval_") as tmp:
+    try:
+      if _WORKDIR.value is not None:
+        dirs = enhance_run(_WORKDIR.value, _DATA.value, _OUT_DIR.value or tmp, _STEP.value)
+      else:
+        dirs = {"pred": _PRED.value, "ref": _REF.value, "inputs": _INPUTS.value}
+      report = evaluate.evaluate_folders(
+          dirs["pred"], dirs["ref"], metrics=_METRICS.value, input_dir=dirs["inputs"],
+          protocol=evaluate.Protocol(crop_border=_CROP.value, channel=_CHANNEL.value),
+          out_json=_OUT.value, out_html=_HTML.value, fid_weights=_FID_WEIGHTS.value,
+          grid_limit=_GRID.value, progress=_PROGRESS.value)
+    except (assets.AssetMissingError, ValueError, FileNotFoundError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
   means = ", ".join(f"{k}={v:.4f}" for k, v in report["mean"].items() if v is not None)
   sets = ", ".join(f"{k}={v:.4f}" for k, v in report["set"].items() if v is not None)
   print(f"{len(report['images'])} image(s): {means}{'; ' + sets if sets else ''}")

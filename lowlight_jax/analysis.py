@@ -1,4 +1,4 @@
-"""Inspecting SGZ's learned enhancement factors: factor maps, curve iterations, histograms, brightness.
+"""Inspecting SGZ's enhancement factors: factor maps, curve iterations, histograms, brightness.
 
 Paper: Zheng & Gupta, "Semantic-Guided Zero-Shot Learning for Low-Light Image/Video Enhancement"
 (WACV Workshops 2022). Reference code: ShenZheng2000/Semantic-Guided-Low-Light-Image-Enhancement
@@ -84,7 +84,7 @@ def load_sgz(workdir: PathLike | None = None, weights: PathLike | None = None, *
 
 def load_eval_images(workdir: PathLike | None = None, num_images: int | None = None
                      ) -> list[dict[str, Any]]:
-  """The evaluation images [{'name', 'low', 'high'}] of a run's data config, or the embedded test set.
+  """Evaluation images [{'name', 'low', 'high'}] of a run's data config, or the embedded test set.
 
   Without `workdir` (e.g. released weights) this is the embedded test split (photos shipped with
   scikit-image/matplotlib, deterministically degraded). `num_images` keeps the first ones.
@@ -171,7 +171,8 @@ class Histogram(NamedTuple):
   edges: np.ndarray
 
 
-def histogram(a: Any, *, bins: int = 64, value_range: tuple[float, float] = (0.0, 1.0)) -> Histogram:
+def histogram(a: Any, *, bins: int = 64,
+              value_range: tuple[float, float] = (0.0, 1.0)) -> Histogram:
   """Per-channel histogram of an (..., C) array over `value_range`.
 
   Values outside the range are clipped into it (counted in the first / last bin), so every pixel is
@@ -355,6 +356,7 @@ def plot_brightness_scatter(trace: dict[str, Any], corr: FactorCorrelation | Non
   ax.set_ylabel("enhancement factor x_r (channel mean)")
   ax.set_title(f"{title or 'factor vs. brightness'}\n"
                f"x_r: Pearson {corr.pearson:+.3f}, Spearman {corr.spearman:+.3f}\n"
-               f"|x_r|: Pearson {corr.magnitude_pearson:+.3f}, Spearman {corr.magnitude_spearman:+.3f}",
+               f"|x_r|: Pearson {corr.magnitude_pearson:+.3f}, "
+               f"Spearman {corr.magnitude_spearman:+.3f}",
                fontsize=9)
   return fig

@@ -1,4 +1,4 @@
-"""`lowlight_jax.analysis`: curve iterates, histograms, factor/brightness correlation, loading, figures."""
+"""`lowlight_jax.analysis`: curve iterates, histograms, factor/brightness correlation, figures."""
 
 import io
 
@@ -20,7 +20,8 @@ def released(conformance_dir):
 
 
 def _conformance_image(conformance_dir, name):
-  return np.asarray(Image.open(conformance_dir / "inputs" / "lowCUT" / f"{name}.png").convert("RGB"))
+  path = conformance_dir / "inputs" / "lowCUT" / f"{name}.png"
+  return np.asarray(Image.open(path).convert("RGB"))
 
 
 def test_curve_iterations_end_at_apply_curve():
@@ -29,9 +30,11 @@ def test_curve_iterations_end_at_apply_curve():
   x_r = rng.uniform(-1, 1, (2, 9, 7, 3)).astype(np.float32)
   steps = analysis.curve_iterations(x, x_r)
   assert len(steps) == 8
-  np.testing.assert_array_equal(steps[-1], np.asarray(sgz_model.apply_curve(jnp.asarray(x), jnp.asarray(x_r))))
+  want = sgz_model.apply_curve(jnp.asarray(x), jnp.asarray(x_r))
+  np.testing.assert_array_equal(steps[-1], np.asarray(want))
   np.testing.assert_allclose(steps[0], x + x_r * (x * x - x), rtol=1e-6, atol=1e-7)
-  np.testing.assert_allclose(steps[3], steps[2] + x_r * (steps[2] ** 2 - steps[2]), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(steps[3], steps[2] + x_r * (steps[2] ** 2 - steps[2]), rtol=1e-6,
+                             atol=1e-7)
   three = analysis.curve_iterations(x, x_r, iterations=3)
   assert len(three) == 3
   np.testing.assert_array_equal(three[-1], steps[2])
@@ -109,7 +112,8 @@ def test_load_released_and_trace_match_the_official_pipeline(released, conforman
   assert trace["input"].shape == trace["factor"].shape == (h, w, 3)
   assert trace["factor_lowres"].shape == (h // 12, w // 12, 3)
   np.testing.assert_allclose(trace["factor"], np.load(expected / "1_xr.npy"), atol=2e-6)
-  np.testing.assert_allclose(trace["factor_lowres"], np.load(expected / "1_xr_lowres.npy"), atol=2e-6)
+  np.testing.assert_allclose(trace["factor_lowres"], np.load(expected / "1_xr_lowres.npy"),
+                             atol=2e-6)
   np.testing.assert_allclose(trace["enhanced"], np.load(expected / "1.npy"), atol=2e-6)
   assert len(trace["iterations"]) == 8
   np.testing.assert_allclose(trace["iterations"][-1], trace["enhanced"], atol=1e-6)
@@ -118,11 +122,12 @@ def test_load_released_and_trace_match_the_official_pipeline(released, conforman
   full = analysis.trace_enhancement(released, image)
   assert full["factor"].shape == image.shape
   hists = analysis.trace_histograms(full, bins=32)
-  assert list(hists) == (["input", "factor", "factor_lowres"] + [f"iteration_{i}" for i in range(1, 9)]
-                         + ["output"])
+  assert list(hists) == (["input", "factor", "factor_lowres"]
+                         + [f"iteration_{i}" for i in range(1, 9)] + ["output"])
   for hist in hists.values():
     assert hist.counts.shape == (3, 32)
-  np.testing.assert_array_equal(hists["factor"].counts.sum(axis=1), [image.shape[0] * image.shape[1]] * 3)
+  np.testing.assert_array_equal(hists["factor"].counts.sum(axis=1),
+                                [image.shape[0] * image.shape[1]] * 3)
 
 
 def test_released_factor_is_stronger_where_the_input_is_dark(released, conformance_dir):
@@ -159,7 +164,8 @@ def test_load_sgz_from_a_run_directory(tmp_path, conformance_dir):
   setup = trainer.build(config)
   weights = conformance_dir / "weights" / "sgz_epoch99.npz"
   loaded = inference.load_released("sgz", weights)["params"]
-  params = {**setup.state.params, "enhancer": jax.device_put(loaded, setup.state_shardings.params["enhancer"])}
+  enhancer = jax.device_put(loaded, setup.state_shardings.params["enhancer"])
+  params = {**setup.state.params, "enhancer": enhancer}
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path))
   checkpointer.save(3, setup.state.replace(params=params))
   checkpointer.close()

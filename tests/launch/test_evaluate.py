@@ -1,4 +1,4 @@
-"""`python -m launch.evaluate` on a tiny folder pair, and `evaluate_folders` error handling."""
+"""`python -m launch.evaluate`: a tiny folder pair, `evaluate_folders` errors, and run mode (--workdir)."""
 
 import json
 import os
@@ -135,3 +135,99 @@ def test_fid_is_a_set_level_value(folders, monkeypatch):
                                feats(folders["ref"], ["broken", "img0", "img1", "img2"]))
   assert report["set"]["fid"] == pytest.approx(want, rel=1e-9)
   assert report["mean"] == {} and [e["name"] for e in report["errors"]] == ["broken"]
+
+
+# --- Run mode: `--workdir RUN --data {embedded_test,FOLDER}` ------------------------------------
+
+
+def _quiet_env():
+  # Subprocesses get one CPU device each, as a user's shell would.
+  return {"XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(conformance_dir, tmp_path_factory):
+  """A 4-step SGZ smoke run from the released weights (so its outputs differ from the inputs)."""
+  workdir = tmp_path_factory.mktemp("run") / "sgz"
+  res = subprocess.run(
+      [sys.executable, "-m", "launch.train", "--config", "configs/sgz.py:smoke",
+       "--workdir", str(workdir), "--config.loss_weights.semantic=0",
+       f"--config.init_from={conformance_dir / 'weights' / 'sgz_epoch99.npz'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", **_quiet_env()})
+  assert res.returncode == 0, res.stderr[-3000:]
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def embedded_eval(smoke_run, tmp_path_factory):
+  root = tmp_path_factory.mktemp("run_eval")
+  out, page = root / "report.json", root / "report.html"
+  res = _run("--workdir", str(smoke_run), "--data", "embedded_test",
+             "--out_dir", str(root / "files"), "--metrics", "psnr,ssim", "--out", str(out),
+             "--html", str(page), "--noprogress",
+             env=_quiet_env())
+  assert res.returncode == 0, res.stderr[-3000:]
+  return {"report": json.loads(out.read_text()), "files": root / "files", "html": page,
+          "stdout": res.stdout}
+
+
+def _png(path):
+  return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_run_mode_on_the_embedded_test_split(smoke_run, embedded_eval):
+  from data_pipelines import pipeline
+
+  report, files = embedded_eval["report"], embedded_eval["files"]
+  names = [e["name"] for e in pipeline.make_eval_set(pipeline.default_data_config(), split="test")]
+  assert sorted(report["images"]) == sorted(names) and report["errors"] == []
+  assert report["count"] == {"psnr": len(names), "ssim": len(names)}
+  assert f"enhanced {len(names)} image(s) of embedded_test" in embedded_eval["stdout"]
+  for name in names:
+    pred, ref, low = (_png(files / sub / f"{name}.png")
+                      for sub in ("enhanced", "reference", "input"))
+    assert pred.shape == ref.shape == low.shape  # Full size, whatever the scale factor divides.
+    assert pred.mean() > low.mean() + 5  # The run enhances (brightens) its inputs.
+    want = full_reference.psnr(pred.astype(np.float32), ref.astype(np.float32), data_range=255.0)
+    assert report["images"][name]["psnr"] == pytest.approx(float(want), abs=1e-5)
+  # The trainer's own final evaluation (first test image, same checkpoint) agrees.
+  final = json.loads((smoke_run / "final_metrics.json").read_text())
+  assert report["images"][names[0]]["psnr"] == pytest.approx(final["eval/psnr"], abs=1e-3)
+  assert report["images"][names[0]]["ssim"] == pytest.approx(final["eval/ssim"], abs=1e-4)
+  assert embedded_eval["html"].read_text().count("data:image/jpeg;base64,") == 3 * len(names)
+
+
+def test_run_mode_on_a_paired_folder(smoke_run, embedded_eval, tmp_path):
+  # The embedded split's own inputs/references as a LOL-style folder: the same enhanced images.
+  files = embedded_eval["files"]
+  names = sorted(p.stem for p in (files / "input").iterdir())[:2]
+  for sub, src in (("low", "input"), ("high", "reference")):
+    (tmp_path / "data" / sub).mkdir(parents=True)
+    for name in names:
+      data = (files / src / f"{name}.png").read_bytes()
+      (tmp_path / "data" / sub / f"{name}.png").write_bytes(data)
+  Image.new("RGB", (20, 16)).save(tmp_path / "data" / "low" / "unpaired.png")
+  out = tmp_path / "report.json"
+  res = _run("--workdir", str(smoke_run), "--data", str(tmp_path / "data"),
+             "--out_dir", str(tmp_path / "o"), "--metrics", "psnr", "--out", str(out), "--noprogress",
+             env=_quiet_env())
+  assert res.returncode == 0, res.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert sorted(report["images"]) == names
+  for name in names:
+    np.testing.assert_array_equal(_png(tmp_path / "o" / "enhanced" / f"{name}.png"),
+                                  _png(files / "enhanced" / f"{name}.png"))
+    want = embedded_eval["report"]["images"][name]["psnr"]
+    assert report["images"][name]["psnr"] == pytest.approx(want, abs=1e-9)
+
+
+def test_run_mode_errors(smoke_run, embedded_eval, tmp_path):
+  res = _run("--workdir", str(smoke_run), "--pred", str(tmp_path),
+             "--out", str(tmp_path / "r.json"), env=_quiet_env())
+  assert res.returncode != 0 and "either --pred" in res.stderr
+  # A used --out_dir would mix stale images into the report: refused before anything is written.
+  res = _run("--workdir", str(smoke_run), "--out_dir", str(embedded_eval["files"]),
+             "--metrics", "psnr", "--out", str(tmp_path / "r.json"), env=_quiet_env())
+  assert res.returncode == 2 and "is not empty" in res.stderr
+  assert not (tmp_path / "r.json").exists()
