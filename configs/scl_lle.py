@@ -117,7 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 25
     c.checkpoint_every = 100
     c.eval.every = 150
-    c.optim.enhancer.lr = 1e-3  # Few steps on CPU.
+    c.optim.enhancer.lr = 3e-3  # Few steps on CPU.
   if a.smoke:
     c.total_steps = 4
     c.batch_size = 8

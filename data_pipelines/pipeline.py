@@ -34,7 +34,7 @@ from data_pipelines import transforms
 
 log = logging.getLogger(__name__)
 
-SOURCES = ('embedded', 'paired_folder', 'unpaired_folder', 'dataset', 'video')
+SOURCES = ('embedded', 'paired_folder', 'unpaired_folder', 'dataset', 'video', 'scl')
 # Named layouts of `datasets.py` whose elements are 'low'/'high' pairs of equal size.
 PAIRED_DATASETS = ('lol', 'lol_v2_real', 'lol_v2_synthetic', 'lsrw')
 
@@ -173,6 +173,10 @@ def make_train_loader(data_cfg: ml_collections.ConfigDict, *, batch_size: int, s
     A DataLoader; `iter()` of it yields dicts of numpy float32 arrays (batch_size, H, W, 3) keyed
     'low' and 'high' ('low' only for unpaired_folder), forever. Incomplete batches are dropped.
   """
+  if data_cfg.source == 'scl':
+    from data_pipelines import scl_data  # pylint: disable=g-import-not-at-top
+    return scl_data.make_train_loader(data_cfg, batch_size=batch_size, seed=seed,
+                                      shard_index=shard_index, shard_count=shard_count)
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
   if (shard_index is None) != (shard_count is None):
@@ -225,6 +229,9 @@ def make_eval_set(data_cfg: ml_collections.ConfigDict,
   Returns:
     [{'name': str, 'low': HxWx3 float32, 'high': HxWx3 float32 or None (unpaired)}].
   """
+  if data_cfg.source == 'scl':
+    from data_pipelines import scl_data  # pylint: disable=g-import-not-at-top
+    return scl_data.make_eval_set(data_cfg, split)
   _check_source(data_cfg)
   if split not in ('train', 'test'):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")

@@ -69,8 +69,8 @@ def load_sgz(workdir: PathLike | None = None, weights: PathLike | None = None, *
     efe = sgz_model.EnhancementFactorExtractor(precision=jax.lax.Precision.HIGHEST)
     s = inference.DEFAULT_SGZ_SCALE if scale_factor is None else int(scale_factor)
     return LoadedSGZ(efe.apply, variables, s)
-  # Port note: the run-config reader lives with the CLIs (`launch._common`); imported lazily.
-  from launch import _common
+  # The run-config reader (config.json -> ConfigDict) lives with the CLIs; imported lazily.
+  from lowlight_jax.train import run_config as _common
   from lowlight_jax.train import trainer
 
   config = _common.load_run_config(os.fspath(workdir))
@@ -93,7 +93,7 @@ def load_eval_images(workdir: PathLike | None = None, num_images: int | None = N
   if workdir is None:
     data_cfg = pipeline.default_data_config()
   else:
-    from launch import _common
+    from lowlight_jax.train import run_config as _common
     data_cfg = _common.load_run_config(os.fspath(workdir)).data
   images = pipeline.make_eval_set(data_cfg, split="test")
   return images if num_images is None else images[:int(num_images)]

@@ -152,37 +152,17 @@ def test_released_factor_is_stronger_where_the_input_is_dark(released, conforman
       assert c.spearman == pytest.approx(official.spearman, abs=1e-3)
 
 
-def test_load_sgz_from_a_run_directory(tmp_path, conformance_dir):
-  from configs import sgz as sgz_config
-  from launch import _common
-  from lowlight_jax.train import checkpoint as ckpt_lib
-  from lowlight_jax.train import trainer
-
-  config = sgz_config.get_config("smoke")
-  config.loss_weights.semantic = 0.0
-  config.inference.scale_factor = 4
-  setup = trainer.build(config)
+def test_load_sgz_arguments(tmp_path, conformance_dir):
+  # Loading a real run directory is tested with the launch.train smoke run in
+  # tests/launch/test_evaluate.py (test_analysis_loads_the_run).
   weights = conformance_dir / "weights" / "sgz_epoch99.npz"
-  loaded = inference.load_released("sgz", weights)["params"]
-  enhancer = jax.device_put(loaded, setup.state_shardings.params["enhancer"])
-  params = {**setup.state.params, "enhancer": enhancer}
-  checkpointer = ckpt_lib.Checkpointer(str(tmp_path))
-  checkpointer.save(3, setup.state.replace(params=params))
-  checkpointer.close()
-  _common.save_run_config(config, str(tmp_path))
-
-  run = analysis.load_sgz(workdir=tmp_path)
-  assert run.scale_factor == 4
-  jax.tree.map(np.testing.assert_array_equal, run.params, {"params": loaded})
-  image = np.random.default_rng(0).uniform(0, 0.3, (24, 20, 3)).astype(np.float32)
-  a = analysis.trace_enhancement(run, image)
-  ref = analysis.load_sgz(weights=weights, scale_factor=4)
-  b = analysis.trace_enhancement(ref, image)
-  np.testing.assert_allclose(a["factor"], b["factor"], atol=1e-5)
+  assert analysis.load_sgz(weights=weights, scale_factor=4).scale_factor == 4
   with pytest.raises(ValueError, match="exactly one"):
     analysis.load_sgz()
   with pytest.raises(ValueError, match="exactly one"):
     analysis.load_sgz(workdir=tmp_path, weights=weights)
+  with pytest.raises(ValueError, match="step only applies"):
+    analysis.load_sgz(weights=weights, step=3)
   with pytest.raises(FileNotFoundError, match="config.json"):
     analysis.load_sgz(workdir=tmp_path / "missing")
 

@@ -91,20 +91,29 @@ def test_sampler_generators_depend_on_seed_epoch_and_record():
   assert other_seed[1].rng.random() not in first.values()
 
 
-def test_shards_see_disjoint_records(paired_folder):
+def test_shards_split_one_global_batch_sequence(paired_folder):
   # Each pair's pixels encode its index: low = (i + 1) * 10 / 255.
   cfg = _cfg(source='paired_folder', root=str(paired_folder), crop=4)
-  seen = []
+  ids = lambda b: [int(round(v * 255 / 10)) - 1 for v in b['low'].mean(axis=(1, 2, 3))]
+  # One process with the global batch of 6 ...
+  whole = _take(iter(pipeline.make_train_loader(cfg, batch_size=6, seed=0, shard_index=0,
+                                                shard_count=1)), 4)
+  # ... and two processes with 3 each see, step by step, the two halves of the same global batches.
+  shards = []
   for shard in range(2):
     loader = pipeline.make_train_loader(cfg, batch_size=3, seed=0, shard_index=shard,
                                         shard_count=2)
-    batches = _take(iter(loader), 4)  # Four epochs of this shard's three records.
-    ids = {int(round(v * 255 / 10)) - 1 for b in batches for v in b['low'].mean(axis=(1, 2, 3))}
+    batches = _take(iter(loader), 4)
     for b in batches:
       np.testing.assert_allclose(b['high'], 3 * b['low'], atol=1e-6)  # Pairs stay together.
-    seen.append(ids)
-  assert seen[0].isdisjoint(seen[1])
-  assert seen[0] | seen[1] == set(range(6)) and len(seen[0]) == 3
+    shards.append(batches)
+  for step in range(4):
+    a, b = ids(shards[0][step]), ids(shards[1][step])
+    assert set(a).isdisjoint(b)
+    assert a + b == ids(whole[step])  # Same records, same order, same crops.
+    np.testing.assert_array_equal(np.concatenate([shards[0][step]['low'], shards[1][step]['low']]),
+                                  whole[step]['low'])
+    assert sorted(a + b) == list(range(6))  # One epoch of 6 records per global batch here.
 
 
 def test_state_restore_reproduces_next_batches():

@@ -1,4 +1,4 @@
-"""`python -m launch.evaluate`: a tiny folder pair, `evaluate_folders` errors, and run mode (--workdir)."""
+"""`python -m launch.evaluate` on folders and on a run (--workdir); `evaluate_folders` errors."""
 
 import json
 import os
@@ -210,8 +210,8 @@ def test_run_mode_on_a_paired_folder(smoke_run, embedded_eval, tmp_path):
   Image.new("RGB", (20, 16)).save(tmp_path / "data" / "low" / "unpaired.png")
   out = tmp_path / "report.json"
   res = _run("--workdir", str(smoke_run), "--data", str(tmp_path / "data"),
-             "--out_dir", str(tmp_path / "o"), "--metrics", "psnr", "--out", str(out), "--noprogress",
-             env=_quiet_env())
+             "--out_dir", str(tmp_path / "o"), "--metrics", "psnr", "--out", str(out),
+             "--noprogress", env=_quiet_env())
   assert res.returncode == 0, res.stderr[-3000:]
   report = json.loads(out.read_text())
   assert sorted(report["images"]) == names
@@ -231,3 +231,20 @@ def test_run_mode_errors(smoke_run, embedded_eval, tmp_path):
              "--metrics", "psnr", "--out", str(tmp_path / "r.json"), env=_quiet_env())
   assert res.returncode == 2 and "is not empty" in res.stderr
   assert not (tmp_path / "r.json").exists()
+
+
+def test_analysis_loads_the_run(smoke_run, embedded_eval):
+  """`analysis.load_sgz(workdir=...)` restores the run `launch.evaluate --workdir` enhanced with."""
+  from lowlight_jax import analysis
+  from lowlight_jax.train import evaluation
+
+  model = analysis.load_sgz(workdir=smoke_run)
+  config = json.loads((smoke_run / "config.json").read_text())
+  assert model.scale_factor == config["inference"]["scale_factor"]
+  element = analysis.load_eval_images(smoke_run, num_images=1)[0]
+  trace = analysis.trace_enhancement(model, element["low"])
+  ours = evaluation.quantize(trace["output"]).astype(np.int16)
+  cli = _png(embedded_eval["files"] / "enhanced" / f"{element['name']}.png").astype(np.int16)
+  # Eager analysis vs. the jitted run inference: at most a rare one-level rounding difference.
+  diff = np.abs(ours - cli)
+  assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3

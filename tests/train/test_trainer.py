@@ -137,7 +137,7 @@ def test_bfloat16_compute_stays_finite_and_close_to_float32():
     state, metrics, finite = step(state, setup.frozen, batch)
     assert bool(finite)
     # Params and optimizer state stay float32 whatever the compute dtype.
-    assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim} == {jnp.float32}
+    assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim} == {np.dtype(np.float32)}
     losses[dtype] = float(metrics["enhancer/loss"].compute())
   assert np.isfinite(losses["bfloat16"])
   assert abs(losses["bfloat16"] - losses["float32"]) <= 0.02 * abs(losses["float32"])
