@@ -6,7 +6,8 @@ r"""Speed figures as one JSON object (no timed tests anywhere: speed is tracked 
 sgz_inference: images/s of the full SGZ inference pipeline (downsample, EFE, align-corners upsample, 8 curve
   iterations, clip) at 1200x900, batch 1 and 8, scale factors 12 and 1, after warm-up.
 sgz_train: train steps/s of the paper recipe (512x512, batch 6, ResNet-50 + FPN USS) on all local devices.
-metrics: images/s for NIQE and LPIPS at 512x512 (when the metric assets are present).
+metrics: images/s for NIQE and LPIPS at 512x512 (needs `python -m launch.assets fetch` first).
+data: decoded+augmented images/s of a folder source and frames/s of the video source, per worker count.
 
 With --peer, a PyTorch re-creation of the authors' pipeline (same architecture, same weights, 2 threads) is timed
 in the same process and the JSON holds jax/torch ratios. The issue's reference figures for the authors' code on
@@ -151,6 +152,14 @@ def main(argv):
     result["sgz_inference"] = sgz_inference(_WEIGHTS.value, _REPEATS.value, _PEER.value)
   if "sgz_train" in _SECTIONS.value:
     result["sgz_train"] = sgz_train(_TRAIN_STEPS.value)
+  if "data" in _SECTIONS.value:
+    from data_pipelines import benchmark as data_benchmark
+    result["data"] = {"folder": data_benchmark.folder_images_per_s(),
+                      "video": data_benchmark.video_frames_per_s()}
+    if "sgz_train" in result:
+      # The input pipeline should deliver at least twice what the SGZ train step consumes.
+      best = max(v["per_s"] for k, v in result["data"]["folder"].items() if k.startswith("workers_"))
+      result["data"]["folder_vs_sgz_train_images_per_s_ratio"] = best / result["sgz_train"]["images_per_s"]
   if "metrics" in _SECTIONS.value:
     from lowlight_jax.metrics import benchmark as metrics_benchmark
     result["metrics"] = metrics_benchmark.benchmark_metrics()

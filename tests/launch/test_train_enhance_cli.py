@@ -22,7 +22,8 @@ def _run(args, **kw):
 
 def test_train_then_enhance_folder(tmp_path):
   workdir = tmp_path / "run"
-  train = _run(["launch.train", "--config", "configs/sgz.py:smoke", "--workdir", str(workdir)])
+  train = _run(["launch.train", "--config", "configs/sgz.py:smoke", "--workdir", str(workdir),
+                "--config.profile.start_step=1", "--config.profile.num_steps=2"])
   assert train.returncode == 0, train.stderr[-3000:]
   # The run directory: an Orbax checkpoint per saved step, TensorBoard events, config and final metrics.
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
@@ -30,6 +31,9 @@ def test_train_then_enhance_folder(tmp_path):
   final = json.loads((workdir / "final_metrics.json").read_text())
   assert final["step"] == 4
   assert np.isfinite(final["train/enhancer/loss_semantic"])
+  # The profiler window wrote a trace.
+  traces = [f for _, _, files in os.walk(workdir / "profile") for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
 
   inputs = tmp_path / "in"
   inputs.mkdir()
