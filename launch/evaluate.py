@@ -22,6 +22,7 @@ settings when it trained on embedded data); `--data FOLDER` is a paired folder w
 `high/` subfolders matched by file stem (the run's `data.low_dir` / `data.high_dir` names).
 """
 
+import json
 import os
 import sys
 import tempfile
@@ -54,6 +55,12 @@ _FID_WEIGHTS = flags.DEFINE_string("fid_weights", None,
 flags.DEFINE_alias("fid-weights", "fid_weights")
 _GRID = flags.DEFINE_integer("grid_limit", 24, "Images shown in the HTML crop grid.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_TASK = flags.DEFINE_enum("task", "quality", ["quality", "segmentation"],
+                          "quality: image-quality metrics. segmentation: SCL-LLE paper Table 4 protocol on a "
+                          "run (--workdir): darken labelled images with each gamma, enhance, segment with the "
+                          "run's frozen DeepLabV3+, report mIoU of input vs. enhanced.")
+_GAMMAS = flags.DEFINE_list("gammas", ["1", "2", "6", "10"], "Segmentation task: darkening gammas.")
+_LIMIT = flags.DEFINE_integer("limit", None, "Segmentation task: at most this many labelled images.")
 flags.mark_flags_as_required(["out"])
 
 
@@ -113,9 +120,43 @@ def enhance_run(workdir: str, data: str, out_dir: str, step: int | None = None) 
   return dirs
 
 
+def segmentation_task(workdir: str, step, gammas, limit, out: str) -> dict:
+  """Enhance-then-segment mIoU per gamma for an SCL-LLE run; JSON written atomically to `out`."""
+  from data_pipelines import scl_data
+  from lowlight_jax import segmentation_eval
+  from lowlight_jax.train import run_config
+  from lowlight_jax.train import trainer
+
+  config = run_config.load_run_config(workdir)
+  setup = trainer.restore_for_inference(config, workdir, step)
+  if not hasattr(setup.method, "segment"):
+    raise ValueError(f"run {workdir} ({config.method}) has no segmentation network; --task segmentation "
+                     "needs an SCL-LLE run")
+  enhance, segment = segmentation_eval.method_fns(setup.method, setup.state.params, setup.frozen,
+                                                  setup.state.model_state)
+  result = segmentation_eval.evaluate_segmentation(
+      enhance, segment, scl_data.labelled_set(config.data, limit=limit), gammas=[float(g) for g in gammas],
+      num_classes=config.segmentation.num_classes)
+  report = {"task": "segmentation", "workdir": workdir, "metric": "mIoU", **result}
+  tmp = out + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(report, f, indent=2)
+  os.replace(tmp, out)
+  return report
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _TASK.value == "segmentation":
+    if _WORKDIR.value is None or _OUT.value is None:
+      raise app.UsageError("--task segmentation needs --workdir (an SCL-LLE run) and --out")
+    report = segmentation_task(_WORKDIR.value, _STEP.value, _GAMMAS.value, _LIMIT.value, _OUT.value)
+    for key, value in report.items():
+      if key.startswith("gamma_"):
+        print(f"{key}: mIoU input {value['input']:.4f} -> enhanced {value['enhanced']:.4f}")
+    print(f"wrote {_OUT.value}")
+    return
   if (_PRED.value is None) == (_WORKDIR.value is None):
     raise app.UsageError(
         "give either --pred (a folder of enhanced images) or --workdir (a trained run)")
