@@ -52,6 +52,8 @@ def _released_enhancer(method: str, weights: str, scale_factor, keep_size: bool)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from launch import _common as _launch_common
+  _launch_common.setup_logging()  # Orbax/grain INFO lines would drown the report.
   from lowlight_jax import batch_enhance
 
   if (_WORKDIR.value is None) == (_METHOD.value is None):

@@ -148,6 +148,8 @@ def segmentation_task(workdir: str, step, gammas, limit, out: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from launch import _common as _launch_common
+  _launch_common.setup_logging()  # Orbax/grain INFO lines would drown the report.
   if _TASK.value == "segmentation":
     if _WORKDIR.value is None or _OUT.value is None:
       raise app.UsageError("--task segmentation needs --workdir (an SCL-LLE run) and --out")
