@@ -13,7 +13,6 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from launch import _common
 

@@ -22,7 +22,6 @@ settings when it trained on embedded data); `--data FOLDER` is a paired folder w
 `high/` subfolders matched by file stem (the run's `data.low_dir` / `data.high_dir` names).
 """
 
-import json
 import os
 import sys
 import tempfile
@@ -138,10 +137,7 @@ def segmentation_task(workdir: str, step, gammas, limit, out: str) -> dict:
       enhance, segment, scl_data.labelled_set(config.data, limit=limit), gammas=[float(g) for g in gammas],
       num_classes=config.segmentation.num_classes)
   report = {"task": "segmentation", "workdir": workdir, "metric": "mIoU", **result}
-  tmp = out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=2)
-  os.replace(tmp, out)
+  run_config.write_json_atomic(out, report)
   return report
 
 

@@ -33,6 +33,7 @@ from lowlight_jax.methods import base
 from lowlight_jax.train import checkpoint as ckpt_lib
 from lowlight_jax.train import evaluation
 from lowlight_jax.train import optim
+from lowlight_jax.train import run_config
 from lowlight_jax.train import sharding as sharding_lib
 from lowlight_jax.train.state import TrainState
 
@@ -339,16 +340,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.flush()
     writer.close()
   if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, "final_metrics.json"),
+    run_config.write_json_atomic(os.path.join(workdir, "final_metrics.json"),
                 {"step": step, **last_scalars, **{f"eval/{k}": v for k, v in final_eval.items()}})
   return final_eval
-
-
-def _write_json(path: str, obj: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
 
 
 def _check_finite(finite: jax.Array, step: int, metrics: dict) -> None:
