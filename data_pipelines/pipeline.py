@@ -177,10 +177,34 @@ def make_train_loader(data_cfg: ml_collections.ConfigDict, *, batch_size: int, s
     from data_pipelines import scl_data  # pylint: disable=g-import-not-at-top
     return scl_data.make_train_loader(data_cfg, batch_size=batch_size, seed=seed,
                                       shard_index=shard_index, shard_count=shard_count)
+  if data_cfg.source == 'video':
+    from data_pipelines import video  # pylint: disable=g-import-not-at-top
+    _check_batch_and_shards(batch_size, shard_index, shard_count)
+    # Video frames stream through a grain IterDataset (sequential decoding of shuffled segments); its
+    # iterator is checkpointable like the DataLoader's.
+    return video.make_train_dataset(data_cfg.video, batch_size=batch_size, seed=seed,
+                                    shard_index=shard_index, shard_count=shard_count)
+  return make_loader(data_cfg, make_train_source(data_cfg), make_train_transforms(data_cfg),
+                     batch_size=batch_size, seed=seed, shard_index=shard_index,
+                     shard_count=shard_count)
+
+
+def _check_batch_and_shards(batch_size: int, shard_index, shard_count) -> None:
   if batch_size <= 0:
     raise ValueError(f'batch_size must be positive, got {batch_size}')
   if (shard_index is None) != (shard_count is None):
     raise ValueError('pass both shard_index and shard_count, or neither')
+
+
+def make_loader(data_cfg: ml_collections.ConfigDict, source, operations: list[Any], *,
+                batch_size: int, seed: int, shard_index: int | None = None,
+                shard_count: int | None = None) -> grain.DataLoader:
+  """The training DataLoader shared by every random-access source: shards, sampler, batching, workers.
+
+  `operations` are the per-element transforms (a Batch op is appended here); worker and read options
+  come from `data_cfg` (see `default_data_config`).
+  """
+  _check_batch_and_shards(batch_size, shard_index, shard_count)
   if shard_index is None:
     # Reads jax.process_index()/process_count() here, in the main process only.
     shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=False)
@@ -188,15 +212,7 @@ def make_train_loader(data_cfg: ml_collections.ConfigDict, *, batch_size: int, s
     # No drop_remainder: with infinite epochs uneven shards cost nothing, dropped records would.
     shard_options = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count,
                                                 drop_remainder=False)
-  if data_cfg.source == 'video':
-    from data_pipelines import video  # pylint: disable=g-import-not-at-top
-    # Video frames stream through a grain IterDataset (sequential decoding of shuffled segments); its
-    # iterator is checkpointable like the DataLoader's.
-    return video.make_train_dataset(data_cfg.video, batch_size=batch_size, seed=seed,
-                                    shard_index=shard_index, shard_count=shard_count)
-  source = make_train_source(data_cfg)
-  operations = make_train_transforms(data_cfg)
-  operations.append(grain.transforms.Batch(batch_size=batch_size, drop_remainder=True))
+  operations = list(operations) + [grain.transforms.Batch(batch_size=batch_size, drop_remainder=True)]
   return grain.DataLoader(
       data_source=source,
       sampler=_sampler(len(source), shard_options, seed, batch_size),

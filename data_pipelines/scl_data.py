@@ -56,7 +56,6 @@ import numpy as np
 from data_pipelines import degrade as degrade_lib
 from data_pipelines import embedded
 from data_pipelines import imageio
-from data_pipelines import samplers
 from data_pipelines import transforms
 
 log = logging.getLogger(__name__)
@@ -406,28 +405,10 @@ def make_train_loader(data_cfg: ml_collections.ConfigDict, *, batch_size: int, s
   Batches: {'low': (B, crop, crop, 3), 'labels': (B, crop, crop) int32,
   'pos': (B, num_pos, S, S, 3), 'neg': (B, num_neg, S, S, 3)}.
   """
-  if batch_size <= 0:
-    raise ValueError(f'batch_size must be positive, got {batch_size}')
-  if (shard_index is None) != (shard_count is None):
-    raise ValueError('pass both shard_index and shard_count, or neither')
-  if shard_index is None:
-    shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=False)
-  else:
-    shard_options = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count,
-                                                drop_remainder=False)
-  source = make_source(data_cfg, seed=seed)
-  operations = make_train_transforms(data_cfg)
-  operations.append(grain.transforms.Batch(batch_size=batch_size, drop_remainder=True))
-  return grain.DataLoader(
-      data_source=source,
-      sampler=samplers.EpochSeededSampler(len(source), shard_options, seed),
-      operations=operations,
-      worker_count=data_cfg.worker_count,
-      worker_buffer_size=data_cfg.worker_buffer_size,
-      shard_options=shard_options,
-      read_options=grain.ReadOptions(num_threads=data_cfg.read_threads,
-                                     prefetch_buffer_size=data_cfg.read_buffer_size),
-  )
+  from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top (pipeline imports us)
+  return pipeline.make_loader(data_cfg, make_source(data_cfg, seed=seed), make_train_transforms(data_cfg),
+                              batch_size=batch_size, seed=seed, shard_index=shard_index,
+                              shard_count=shard_count)
 
 
 def labelled_set(data_cfg: ml_collections.ConfigDict, split: str | None = None,
