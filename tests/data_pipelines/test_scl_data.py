@@ -55,6 +55,44 @@ def test_embedded_pools_are_unpaired_and_negatives_are_exposure_errors(embedded_
   assert e["neg"][0].mean() < e["pos"].mean() < e["neg"][1].mean()
 
 
+def test_stand_in_white_balance_and_camera_darkening():
+  from data_pipelines import embedded
+  from data_pipelines import transforms
+
+  cam = scl_data.make_source(_cfg(), seed=0)
+  raw = scl_data.make_source(_cfg(stand_in_white_balance=False, stand_in_darkening="gamma"), seed=0)
+  index = 2
+  name = cam.names[cam.plan(index)["input"]]
+  photo = embedded.load_photo(name)
+  balanced = scl_data.grey_world(photo)
+  means = balanced.reshape(-1, 3).mean(axis=0)
+  assert np.ptp(photo.reshape(-1, 3).mean(axis=0)) > 0.05  # the photos are colour-cast...
+  np.testing.assert_allclose(means, means.mean(), atol=0.01)  # ...balanced, channel means agree
+  # Pools are balanced too (the same photos and exposures as the raw source, balanced first).
+  assert cam.plan(index) == raw.plan(index)
+  np.testing.assert_allclose(cam[index]["pos"][0].reshape(-1, 3).mean(axis=0),
+                             cam[index]["pos"][0].mean(), atol=0.02)
+  # 'gamma': the raw photo to the element's gamma. 'camera': the source keeps the balanced photo
+  # and the transforms darken the crop with the camera model (noisy, 8 bits).
+  np.testing.assert_allclose(raw[index]["low"], scl_data.darken(photo, raw.plan(index)["gamma"]),
+                             atol=1e-6)
+  np.testing.assert_array_equal(cam[index]["low"], balanced)
+  ops = scl_data.make_train_transforms(_cfg())
+  assert not any(isinstance(op, transforms.Degrade) for op in
+                 scl_data.make_train_transforms(_cfg(stand_in_darkening="gamma")))
+  element = cam[index]
+  for op in ops:
+    element = op.random_map(element, np.random.default_rng(3))
+  crop = element["low"]
+  assert crop.shape == (32, 32, 3) and crop.mean() < 0.6 * balanced.mean()
+  np.testing.assert_array_equal(np.round(crop * 255) / 255, crop)
+
+
+def test_bad_stand_in_darkening_names_the_key():
+  with pytest.raises(ValueError, match="stand_in_darkening"):
+    scl_data.make_source(_cfg(stand_in_darkening="night"))
+
+
 def _write_png(path, array):
   path.parent.mkdir(parents=True, exist_ok=True)
   Image.fromarray(array).save(path)
