@@ -57,9 +57,10 @@ PathLike = str | os.PathLike
 CITYSCAPES_ID_TO_TRAIN_ID = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
     26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
-_ID_LUT = np.full(256, 255, np.uint8)
+# The same table as a lookup array over uint8 ids (unknown ids -> 255).
+CITYSCAPES_TRAIN_ID_LUT = np.full(256, 255, np.uint8)
 for _id, _train in CITYSCAPES_ID_TO_TRAIN_ID.items():
-  _ID_LUT[_id] = _train
+  CITYSCAPES_TRAIN_ID_LUT[_id] = _train
 
 
 class FileRecords(sources._FolderSource):  # pylint: disable=protected-access
@@ -299,7 +300,7 @@ def cityscapes(root: PathLike, split: str = 'train', **kwargs) -> SegmentationRe
         skipped.append((os.fspath(img), 'no gtFine label file'))
   kinds = {r[1].name.endswith('_labelIds.png') for r in records}
   if kinds == {True}:
-    lut = _ID_LUT  # Raw ids only: map them to train ids.
+    lut = CITYSCAPES_TRAIN_ID_LUT  # Raw ids only: map them to train ids.
   elif len(kinds) > 1:
     raise ValueError(f'{os.fspath(labels)!r} mixes labelIds and labelTrainIds files; '
                      'generate trainIds for all (cityscapesScripts createTrainIdLabelImgs)')

@@ -69,6 +69,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from data_pipelines import datasets
 from data_pipelines import degrade as degrade_lib
 from data_pipelines import embedded
 from data_pipelines import imageio
@@ -81,14 +82,6 @@ STAND_IN_DARKENINGS = ('camera', 'gamma')
 POOL_MIN_MEAN = 0.2  # Embedded photos darker than this on average are not used as pool images.
 UNDER_STOPS = (2.0, 4.0)  # Embedded stand-in negatives: under-exposure range, in stops.
 OVER_STOPS = (1.5, 3.0)  # and over-exposure range.
-IGNORE_INDEX = 255
-
-# Cityscapes label id -> train id (cityscapesScripts `labels.py`; ids without a train id -> 255).
-_CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
-                         24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
-CITYSCAPES_ID_TO_TRAIN_ID = np.full(256, IGNORE_INDEX, np.uint8)
-for _id, _train_id in _CITYSCAPES_TRAIN_IDS.items():
-  CITYSCAPES_ID_TO_TRAIN_ID[_id] = _train_id
 
 
 def default_scl_data_config() -> ml_collections.ConfigDict:
@@ -277,16 +270,16 @@ def list_cityscapes(root: str | os.PathLike, split: str = 'train',
   return out
 
 
-def read_labels(path: str | os.PathLike, train_ids: bool) -> np.ndarray:
-  """A label PNG as HxW int32 train ids (label ids are mapped; unknown ids -> 255)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+def read_labels(path: str | os.PathLike, train_ids: bool,
+                max_pixels: int = imageio.DEFAULT_MAX_PIXELS) -> np.ndarray:
+  """A label PNG as HxW int32 train ids (label ids are mapped; unknown ids -> 255).
 
-  with Image.open(path) as im:
-    labels = np.asarray(im)
-  if labels.ndim != 2:
-    raise ValueError(f'{path}: expected a single-channel label image, got shape {labels.shape}')
+  Raises `imageio.ImageDecodeError` (a ValueError naming the file) for unreadable, oversized or
+  multi-channel files.
+  """
+  labels = datasets.read_label(path, max_pixels=max_pixels)
   if not train_ids:
-    labels = CITYSCAPES_ID_TO_TRAIN_ID[labels.astype(np.uint8)]
+    labels = datasets.CITYSCAPES_TRAIN_ID_LUT[labels.astype(np.uint8)]
   return labels.astype(np.int32)
 
 
@@ -332,7 +325,7 @@ class SCLSource(grain.sources.RandomAccessDataSource):
       self.names = embedded.split_names('train' if split == 'train' else 'test')
       # Pool candidates: photos bright enough to pass for a normal exposure (mean brightness).
       self.pool_names = tuple(n for n in self.names
-                              if embedded.load_photo(n).mean() >= POOL_MIN_MEAN)
+                              if embedded.load_photo(n, copy=False).mean() >= POOL_MIN_MEAN)
       if len(self.pool_names) < 2:
         raise ValueError('the embedded stand-in needs at least two normally exposed photos')
       self._records: list[Any] = list(self.names)
@@ -418,7 +411,7 @@ class SCLSource(grain.sources.RandomAccessDataSource):
     else:
       image_path, label_path, train_ids = self._records[p['input']]
       image = self._read(image_path)
-      labels = read_labels(label_path, train_ids)
+      labels = read_labels(label_path, train_ids, self.max_pixels)
       if labels.shape != image.shape[:2]:
         raise ValueError(f'{label_path}: label size {labels.shape} != image size {image.shape[:2]}')
       pos = [self._pool_image(self._read(self.positives[j])) for j in p['pos']]
