@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import subprocess
+import sys
 
 # Must happen before jax is imported anywhere: tests exercise sharded steps on a
 # mesh of 8 fake CPU devices.
@@ -36,3 +38,16 @@ def metrics_reference_dir() -> pathlib.Path:
   if not METRICS_REFERENCE.is_dir():
     raise FileNotFoundError(f"metrics reference data not found at {METRICS_REFERENCE}")
   return METRICS_REFERENCE
+
+
+def _run_module(args, *, timeout: float = 600) -> subprocess.CompletedProcess:
+  """`python -m ARGS` in the repo root as a user runs it: one CPU device (no fake-device flag)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_module():
+  """Runs a CLI in a subprocess: `run_module(["launch.train", ...], timeout=600)`."""
+  return _run_module

@@ -2,24 +2,13 @@
 
 import csv
 import os
-import pathlib
-import subprocess
-import sys
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _env():
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = ""
-  return env
-
-
-def test_dry_run_prints_one_command_per_variant(tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "launch.sweep", "--config", "configs/sgz.py", "--sweep",
+def test_dry_run_prints_one_command_per_variant(tmp_path, run_module):
+  result = run_module(
+      ["launch.sweep", "--config", "configs/sgz.py", "--sweep",
        "configs/sweeps/sgz_loss_ablation.py", "--workdir-root", str(tmp_path), "--dry-run", "--multihost"],
-      cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+      timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   lines = [l for l in result.stdout.splitlines() if l.strip()]
   assert len(lines) == 6  # Full loss + without each of the 5 terms (paper Table 2).
@@ -28,17 +17,17 @@ def test_dry_run_prints_one_command_per_variant(tmp_path):
   assert not os.listdir(tmp_path)  # Nothing ran.
 
 
-def test_three_variant_smoke_sweep_collects_results(tmp_path):
+def test_three_variant_smoke_sweep_collects_results(tmp_path, run_module):
   sweep = tmp_path / "sweep.py"
   sweep.write_text(
       "from lowlight_jax import sweeps\n\n"
       "def get_sweep(arg=None):\n"
       "  return sweeps.axis('optim.enhancer.lr', [1e-4, 1e-3, 1e-2])\n")
   root = tmp_path / "runs"
-  result = subprocess.run(
-      [sys.executable, "-m", "launch.sweep", "--config", "configs/sgz.py:smoke", "--sweep", str(sweep),
+  result = run_module(
+      ["launch.sweep", "--config", "configs/sgz.py:smoke", "--sweep", str(sweep),
        "--workdir-root", str(root), "--parallel", "2", "--set", "loss_weights.semantic=0"],
-      cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
+      timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   with open(root / "results.csv") as f:
     rows = list(csv.DictReader(f))

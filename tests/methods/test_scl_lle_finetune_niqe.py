@@ -15,11 +15,7 @@ perturbation of the same size per layer changed NIQE by < 0.02; the test guards 
 that pull the model somewhere worse, not against any movement at all.
 """
 
-import os
-import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
@@ -27,15 +23,8 @@ from PIL import Image
 from lowlight_jax import assets
 from lowlight_jax.metrics import niqe as niqe_lib
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 SETS = ("DICM", "LIME")
 TOLERANCE = 1.03
-
-
-def _run(args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  return subprocess.run([sys.executable, "-m"] + args, cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=1200)
 
 
 def _read(path):
@@ -46,7 +35,8 @@ def _mean_niqe(paths):
   return float(np.mean([niqe_lib.niqe(_read(p)) for p in paths]))
 
 
-def test_finetuning_released_weights_on_embedded_default_keeps_niqe(tmp_path, conformance_dir):
+def test_finetuning_released_weights_on_embedded_default_keeps_niqe(tmp_path, conformance_dir,
+                                                                    run_module):
   assets.fetch()  # NIQE's pristine model (cached after the first fetch).
   weights = conformance_dir / "weights" / "SCL-LLE.pth"
   inputs = tmp_path / "in"
@@ -59,8 +49,8 @@ def test_finetuning_released_weights_on_embedded_default_keeps_niqe(tmp_path, co
   # The released model's outputs: the baseline (the authors' PNGs exist for 6 of the 17 images;
   # ours match them within 1 LSB, checked here as in tests/test_conformance.py).
   released_dir = tmp_path / "released"
-  run = _run(["launch.enhance", "--method", "scl_lle", "--weights", str(weights), "--input",
-              str(inputs), "--output", str(released_dir)])
+  run = run_module(["launch.enhance", "--method", "scl_lle", "--weights", str(weights), "--input",
+              str(inputs), "--output", str(released_dir)], timeout=1200)
   assert run.returncode == 0, run.stderr[-3000:]
   authors = sorted((conformance_dir / "expected" / "scl_lle" / s / f.name)
                    for s in SETS for f in (conformance_dir / "inputs" / s).glob("*.png"))
@@ -71,13 +61,13 @@ def test_finetuning_released_weights_on_embedded_default_keeps_niqe(tmp_path, co
     assert np.abs(ours - np.asarray(Image.open(p), np.int16)).max() <= 1, p
 
   workdir = tmp_path / "run"
-  train = _run(["launch.train", "--config", "configs/scl_lle.py:finetune", "--workdir", str(workdir),
+  train = run_module(["launch.train", "--config", "configs/scl_lle.py:finetune", "--workdir", str(workdir),
                 f"--config.init_from={weights}", "--config.eval.every=0",
-                "--config.checkpoint_every=300"])
+                "--config.checkpoint_every=300"], timeout=1200)
   assert train.returncode == 0, train.stderr[-3000:]
   out = tmp_path / "out"
-  run = _run(["launch.enhance", "--workdir", str(workdir), "--input", str(inputs), "--output",
-              str(out)])
+  run = run_module(["launch.enhance", "--workdir", str(workdir), "--input", str(inputs), "--output",
+              str(out)], timeout=1200)
   assert run.returncode == 0, run.stderr[-3000:]
   tuned = sorted(out.glob("*.png"))
   released = sorted(released_dir.glob("*.png"))
