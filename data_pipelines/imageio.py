@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 import threading
 import warnings
 
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
+
+from lowlight_jax import atomic_io
 
 # 50 Mpx covers full-resolution photos from current 45 Mpx cameras; a float32 HxWx3 of that size is
 # 600 MB, so anything larger in a training folder is almost certainly a mistake or an attack.
@@ -188,22 +189,7 @@ def write_png_atomic(path: PathLike, image: np.ndarray) -> None:
     raise ValueError(f'expected HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}')
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      Image.fromarray(image).save(f, format='PNG')
-      f.flush()
-      os.fsync(f.fileno())
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would (umask applied).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  atomic_io.write_file_atomic(path, lambda f: Image.fromarray(image).save(f, format='PNG'))
 
 
 def list_images(directory: PathLike) -> list[pathlib.Path]:

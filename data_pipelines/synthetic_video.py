@@ -55,6 +55,7 @@ import numpy as np
 from PIL import Image
 
 from data_pipelines import imageio
+from lowlight_jax import atomic_io
 
 log = logging.getLogger(__name__)
 
@@ -637,16 +638,8 @@ def write_videos(out_dir: str | os.PathLike, *, minutes: float, fps: float, widt
   manifest = dict(seed=seed, fps=fps, width=width, height=height, num_frames=num_frames,
                   videos=[dict(video=v.video.name, background=v.background.name, masks=v.masks.name,
                                camera=v.camera, night=v.night) for v in written])
-  _write_text_atomic(pathlib.Path(out_dir) / 'manifest.json', json.dumps(manifest, indent=2))
+  atomic_io.write_text_atomic(pathlib.Path(out_dir) / 'manifest.json', json.dumps(manifest, indent=2))
   return written
-
-
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  with os.fdopen(fd, 'w') as f:
-    f.write(text)
-  os.chmod(tmp, 0o644)  # mkstemp creates 0600; the manifest is as readable as the videos.
-  os.replace(tmp, path)
 
 
 # The embedded default: small day + night videos of two cameras, generated on first use.

@@ -8,13 +8,13 @@ split's low-light images written to `<workdir>/data/{low,high}`, `launch.enhance
 data range 1, no border crop). The table is printed and saved as `<workdir>/demo_results.json`.
 """
 
-import json
 import os
 
 from absl import app
 from absl import flags
 
 from launch import _common
+from lowlight_jax import atomic_io
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory.")
 _ARG = flags.DEFINE_string("config_arg", "demo", "Argument of configs/sgz.py.")
@@ -68,10 +68,8 @@ def main(argv):
     print(f"{r['name']:<16}" + "".join(f"{r[k]:>10.3f}" for k in keys))
   print(f"\nPSNR gain on the embedded test split: {mean['enhanced_psnr'] - mean['input_psnr']:+.2f} dB "
         f"(SSIM {mean['input_ssim']:.3f} -> {mean['enhanced_ssim']:.3f}). Run dir: {workdir}")
-  tmp = os.path.join(workdir, "demo_results.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump({"images": rows, "mean": mean}, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, "demo_results.json"))
+  atomic_io.write_json_atomic(os.path.join(workdir, "demo_results.json"),
+                              {"images": rows, "mean": mean})
 
 
 if __name__ == "__main__":

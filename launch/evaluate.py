@@ -123,6 +123,7 @@ def segmentation_task(workdir: str, step, gammas, limit, out: str) -> dict:
   """Enhance-then-segment mIoU per gamma for an SCL-LLE run; JSON written atomically to `out`."""
   from data_pipelines import scl_data
   from lowlight_jax import segmentation_eval
+  from lowlight_jax import atomic_io
   from lowlight_jax.train import run_config
   from lowlight_jax.train import trainer
 
@@ -137,7 +138,7 @@ def segmentation_task(workdir: str, step, gammas, limit, out: str) -> dict:
       enhance, segment, scl_data.labelled_set(config.data, limit=limit), gammas=[float(g) for g in gammas],
       num_classes=config.segmentation.num_classes)
   report = {"task": "segmentation", "workdir": workdir, "metric": "mIoU", **result}
-  run_config.write_json_atomic(out, report)
+  atomic_io.write_json_atomic(out, report)
   return report
 
 

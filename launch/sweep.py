@@ -20,6 +20,8 @@ import time
 from absl import app
 from absl import flags
 
+from lowlight_jax import atomic_io
+
 _CONFIG = flags.DEFINE_string("config", None, "Base config file (configs/<method>.py[:arg]).")
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep(arg) (configs/sweeps/*.py[:arg]).")
 _ROOT = flags.DEFINE_string("workdir_root", None, "One sub-directory per variant is created here.")
@@ -102,12 +104,11 @@ def collect(root: str, cmds, variants, codes) -> list[dict]:
   columns = []
   for row in rows:
     columns += [k for k in row if k not in columns]
-  os.makedirs(root, exist_ok=True)
-  with open(os.path.join(root, "results.csv.tmp"), "w", newline="") as f:
+  def write_csv(f):
     writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-  os.replace(os.path.join(root, "results.csv.tmp"), os.path.join(root, "results.csv"))
+  atomic_io.write_file_atomic(os.path.join(root, "results.csv"), write_csv, binary=False)
   fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from typing import Any, Callable, Sequence
 
 import jax
@@ -33,6 +32,7 @@ import numpy as np
 from PIL import Image
 import tqdm
 
+from lowlight_jax import atomic_io
 from lowlight_jax.metrics import full_reference
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
@@ -130,23 +130,6 @@ def _thumbnail(img: np.ndarray, crop: int = 256, size: int = 160) -> str:
   buf = io.BytesIO()
   im.save(buf, format='JPEG', quality=85)
   return 'data:image/jpeg;base64,' + base64.b64encode(buf.getvalue()).decode('ascii')
-
-
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
-  """Writes JSON to a temporary file beside `path`, then renames it over `path`."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=1, allow_nan=False)
-      f.write('\n')
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def _fmt(v: Any) -> str:
@@ -312,11 +295,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike | N
                    'ref_only': sorted(set(refs) - set(preds))},
   }
   if out_json is not None:
-    write_json_atomic(report, out_json)
+    atomic_io.write_json_atomic(out_json, report, indent=1, allow_nan=False)
   if out_html is not None:
-    out_html = pathlib.Path(out_html)
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_html.with_name(f'.{out_html.name}.tmp')
-    tmp.write_text(render_html(report, thumbs), encoding='utf-8')
-    os.replace(tmp, out_html)
+    atomic_io.write_text_atomic(out_html, render_html(report, thumbs))
   return report

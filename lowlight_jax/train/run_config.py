@@ -8,25 +8,14 @@ import os
 
 import ml_collections
 
+from lowlight_jax import atomic_io
+
 CONFIG_FILE = "config.json"
 
 
-def write_text_atomic(path: str, text: str) -> None:
-  """Writes a file so that readers see the old or the new content, never a half-written one."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def write_json_atomic(path: str, obj) -> None:
-  write_text_atomic(path, json.dumps(obj, indent=2))
-
-
 def save_run_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Stores the resolved config in the run dir (atomically)."""
-  os.makedirs(workdir, exist_ok=True)
-  write_text_atomic(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
+  """Stores the resolved config in the run dir (atomically; creates the dir)."""
+  atomic_io.write_text_atomic(os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2))
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:

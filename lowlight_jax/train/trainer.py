@@ -29,11 +29,11 @@ import ml_collections
 import numpy as np
 import optax
 
+from lowlight_jax import atomic_io
 from lowlight_jax.methods import base
 from lowlight_jax.train import checkpoint as ckpt_lib
 from lowlight_jax.train import evaluation
 from lowlight_jax.train import optim
-from lowlight_jax.train import run_config
 from lowlight_jax.train import sharding as sharding_lib
 from lowlight_jax.train.state import TrainState
 
@@ -340,8 +340,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.flush()
     writer.close()
   if jax.process_index() == 0:
-    run_config.write_json_atomic(os.path.join(workdir, "final_metrics.json"),
-                {"step": step, **last_scalars, **{f"eval/{k}": v for k, v in final_eval.items()}})
+    atomic_io.write_json_atomic(
+        os.path.join(workdir, "final_metrics.json"),
+        {"step": step, **last_scalars, **{f"eval/{k}": v for k, v in final_eval.items()}})
   return final_eval
 
 
