@@ -10,7 +10,7 @@ from PIL import Image
 def test_train_then_enhance_folder(tmp_path, run_module):
   workdir = tmp_path / "run"
   train = run_module(["launch.train", "--config", "configs/sgz.py:smoke", "--workdir", str(workdir),
-                "--config.profile.start_step=1", "--config.profile.num_steps=2"])
+                      "--config.profile.start_step=1", "--config.profile.num_steps=2"])
   assert train.returncode == 0, train.stderr[-3000:]
   # The run directory: an Orbax checkpoint per saved step, TensorBoard events, config and final metrics.
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
@@ -30,7 +30,8 @@ def test_train_then_enhance_folder(tmp_path, run_module):
   Image.fromarray(rng.integers(0, 60, (30, 25, 3), dtype=np.uint8)).save(inputs / "small.jpg")
   (inputs / "broken.png").write_bytes(b"this is not a png")
   out = tmp_path / "out"
-  enhance = run_module(["launch.enhance", "--workdir", str(workdir), "--input", str(inputs), "--output", str(out)])
+  enhance = run_module(["launch.enhance", "--workdir", str(workdir), "--input", str(inputs),
+                        "--output", str(out)])
   assert enhance.returncode == 0, enhance.stderr[-3000:]
   assert sorted(os.listdir(out)) == ["odd.png", "small.png"]
   assert np.asarray(Image.open(out / "odd.png")).shape == (37, 53, 3)
@@ -39,7 +40,7 @@ def test_train_then_enhance_folder(tmp_path, run_module):
 
 
 def test_bad_config_key_names_itself(tmp_path, run_module):
-  result = run_module(["launch.train", "--config", "configs/sgz.py:smoke", "--workdir", str(tmp_path / "w"),
-                 "--config.loss_weights.tvv=3"])
+  result = run_module(["launch.train", "--config", "configs/sgz.py:smoke", "--workdir",
+                       str(tmp_path / "w"), "--config.loss_weights.tvv=3"])
   assert result.returncode != 0
   assert "tvv" in result.stderr

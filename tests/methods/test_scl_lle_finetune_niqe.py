@@ -50,7 +50,7 @@ def test_finetuning_released_weights_on_embedded_default_keeps_niqe(tmp_path, co
   # ours match them within 1 LSB, checked here as in tests/test_conformance.py).
   released_dir = tmp_path / "released"
   run = run_module(["launch.enhance", "--method", "scl_lle", "--weights", str(weights), "--input",
-              str(inputs), "--output", str(released_dir)], timeout=1200)
+                    str(inputs), "--output", str(released_dir)], timeout=1200)
   assert run.returncode == 0, run.stderr[-3000:]
   authors = sorted((conformance_dir / "expected" / "scl_lle" / s / f.name)
                    for s in SETS for f in (conformance_dir / "inputs" / s).glob("*.png"))
@@ -61,13 +61,13 @@ def test_finetuning_released_weights_on_embedded_default_keeps_niqe(tmp_path, co
     assert np.abs(ours - np.asarray(Image.open(p), np.int16)).max() <= 1, p
 
   workdir = tmp_path / "run"
-  train = run_module(["launch.train", "--config", "configs/scl_lle.py:finetune", "--workdir", str(workdir),
-                f"--config.init_from={weights}", "--config.eval.every=0",
-                "--config.checkpoint_every=300"], timeout=1200)
+  train = run_module(["launch.train", "--config", "configs/scl_lle.py:finetune", "--workdir",
+                      str(workdir), f"--config.init_from={weights}", "--config.eval.every=0",
+                      "--config.checkpoint_every=300"], timeout=1200)
   assert train.returncode == 0, train.stderr[-3000:]
   out = tmp_path / "out"
-  run = run_module(["launch.enhance", "--workdir", str(workdir), "--input", str(inputs), "--output",
-              str(out)], timeout=1200)
+  run = run_module(["launch.enhance", "--workdir", str(workdir), "--input", str(inputs),
+                    "--output", str(out)], timeout=1200)
   assert run.returncode == 0, run.stderr[-3000:]
   tuned = sorted(out.glob("*.png"))
   released = sorted(released_dir.glob("*.png"))
