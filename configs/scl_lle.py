@@ -32,7 +32,7 @@ Launch (paper recipe):
 
 Paper numbers: NIQE 3.46 / UNIQUE 0.85 averaged over DICM, LIME, MEF, VV, NPE; SICE Part2 17.95 dB /
 0.68 SSIM; Table 4 (Cityscapes val, gamma 10) mIoU 42.05 / 22.85 / 33.44 (Frankfurt / Lindau /
-Munster) after enhancement (`lowlight_jax.segmentation_eval`).
+Munster) after enhancement (`lowlight_jax.metrics.segmentation`).
 """
 
 import ml_collections

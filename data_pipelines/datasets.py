@@ -48,7 +48,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from data_pipelines import imageio
+from lowlight_jax.io import imageio
 from data_pipelines import sources
 
 PathLike = str | os.PathLike

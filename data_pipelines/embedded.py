@@ -34,7 +34,7 @@ import zlib
 import numpy as np
 
 from data_pipelines import degrade as degrade_lib
-from data_pipelines import imageio
+from lowlight_jax.io import imageio
 
 EMBEDDED_TRAIN: tuple[str, ...] = (
     'astronaut', 'rocket', 'motorcycle_left', 'motorcycle_right', 'hubble_deep_field', 'retina')

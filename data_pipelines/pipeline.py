@@ -27,7 +27,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from data_pipelines import degrade as degrade_lib
-from data_pipelines import imageio
+from lowlight_jax.io import imageio
 from data_pipelines import samplers
 from data_pipelines import sources
 from data_pipelines import transforms

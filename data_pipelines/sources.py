@@ -26,7 +26,7 @@ import numpy as np
 
 from data_pipelines import degrade as degrade_lib
 from data_pipelines import embedded
-from data_pipelines import imageio
+from lowlight_jax.io import imageio
 
 log = logging.getLogger(__name__)
 

@@ -54,8 +54,8 @@ import av
 import numpy as np
 from PIL import Image
 
-from data_pipelines import imageio
-from lowlight_jax import atomic_io
+from lowlight_jax.io import imageio
+from lowlight_jax.io import atomic_io
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from data_pipelines import datasets
-from data_pipelines import imageio
+from lowlight_jax.io import imageio
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Shared set-up for the launch scripts: quiet logs, and config loading from a run directory."""
+"""Shared set-up for the launch scripts: quiet logs, one error boundary, config loading from a run directory."""
 
 from __future__ import annotations
 
@@ -7,6 +7,19 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # clu's writer imports TensorFlow.
 
 import logging  # noqa: E402
+import sys  # noqa: E402
+from typing import Callable, Sequence  # noqa: E402
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from lowlight_jax import errors  # noqa: E402
+
+flags.DEFINE_bool("verbose", False, "Show the full traceback of an expected error (missing file, bad config key, "
+                  "wrong checkpoint) instead of one line.")
+
+#: Exit status of an expected user error (as for a usage error: the command line or its inputs need fixing).
+USER_ERROR_EXIT = 2
 
 
 def setup_logging() -> None:
@@ -15,6 +28,53 @@ def setup_logging() -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   for name in ("lowlight_jax", "data_pipelines", "launch"):
     logging.getLogger(name).setLevel(logging.INFO)
+
+
+def _verbose(argv: Sequence[str]) -> bool:
+  if flags.FLAGS.is_parsed():
+    return bool(flags.FLAGS.verbose)
+  return any(a in ("--verbose", "--verbose=true", "--verbose=True", "--verbose=1") for a in argv)
+
+
+def fail(message: str) -> None:
+  """Prints one `error:` line and exits with USER_ERROR_EXIT."""
+  prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "lowlight"
+  print(f"{prog}: error: {message}", file=sys.stderr)
+  sys.exit(USER_ERROR_EXIT)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing where every failure (unknown flag, bad value, missing or broken config file, unknown
+  `--config.FIELD`) is one line naming the flag; `--verbose` re-raises."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # Any exception while parsing the command line is caused by the command line.
+    if _verbose(argv):
+      raise
+    if isinstance(e, flags.Error):
+      fail(f"{errors.one_line(e)} (see --helpfull)")
+    fail(f"{type(e).__name__}: {errors.one_line(e)}" if not isinstance(e, errors.EXPECTED) else errors.one_line(e))
+  raise AssertionError("unreachable")
+
+
+def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> None:
+  """`absl.app.run(main)` behind the one error boundary of every CLI.
+
+  Expected errors (`lowlight_jax.errors.EXPECTED`: our UserError family and the OS's missing-file errors) print
+  one line naming the file, key or flag and exit 2; `--verbose` shows the traceback. Anything else is a bug and
+  keeps its traceback.
+  """
+
+  def guarded(args):
+    try:
+      return main(args)
+    except errors.EXPECTED as e:
+      if flags.FLAGS.verbose:
+        raise
+      fail(errors.one_line(e))
+
+  app.run(guarded, argv=argv, flags_parser=_parse_flags)
+
 
 # The run-config helpers live in the library (the analysis notebook needs them too).
 from lowlight_jax.train.run_config import CONFIG_FILE, load_run_config, save_run_config  # noqa: E402,F401

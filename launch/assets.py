@@ -25,7 +25,7 @@ _ONLY = flags.DEFINE_list("only", None, "Asset or metric names (default: all ass
 
 
 def main(argv):
-  from lowlight_jax import assets
+  from lowlight_jax.metrics import assets
 
   if len(argv) != 2 or argv[1] not in ("fetch", "list"):
     raise app.UsageError(

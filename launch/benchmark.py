@@ -48,8 +48,8 @@ def sgz_inference(weights, repeats, peer):
 
   efe = sgz_model.EnhancementFactorExtractor()
   if weights:
-    from lowlight_jax import inference
-    params = inference.load_released("sgz", weights)["params"]
+    from lowlight_jax.inference import released
+    params = released.load_released("sgz", weights)["params"]
   else:
     params = efe.init(jax.random.PRNGKey(0), jnp.zeros((1, 24, 24, 3)))["params"]
   apply = lambda p, x: efe.apply({"params": p}, x)

@@ -5,7 +5,7 @@ r"""Converts released PyTorch weights to a lowlight_jax converted-weights file (
 
 The torch file is read without torch and without executing pickled code
 (`lowlight_jax.convert.torch_pickle`); the result is checked against the Flax model and loads with
-`lowlight_jax.convert.weights.load_params` or `lowlight_jax.inference.load_released`.
+`lowlight_jax.convert.weights.load_params` or `lowlight_jax.inference.released.load_released`.
 """
 
 from absl import app

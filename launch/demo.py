@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 
 from launch import _common
-from lowlight_jax import atomic_io
+from lowlight_jax.io import atomic_io
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory.")
 _ARG = flags.DEFINE_string("config_arg", "demo", "Argument of configs/sgz.py.")
@@ -25,9 +25,9 @@ def main(argv):
   import numpy as np
 
   from configs import sgz as sgz_config
-  from data_pipelines import imageio
+  from lowlight_jax.io import imageio
   from data_pipelines import pipeline
-  from lowlight_jax import batch_enhance
+  from lowlight_jax.inference import batch_enhance
   from lowlight_jax.train import evaluation
   from lowlight_jax.train import trainer
 

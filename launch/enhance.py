@@ -42,11 +42,11 @@ def _run_enhancer(workdir: str, step, scale_factor):
 
 
 def _released_enhancer(method: str, weights: str, scale_factor, keep_size: bool):
-  from lowlight_jax import inference
+  from lowlight_jax.inference import released
 
-  variables = inference.load_released(method, weights)
+  variables = released.load_released(method, weights)
   kwargs = {} if scale_factor is None else {"scale_factor": scale_factor}
-  return lambda image: inference.enhance_released(method, variables, image, keep_size=keep_size, **kwargs)["uint8"]
+  return lambda image: released.enhance_released(method, variables, image, keep_size=keep_size, **kwargs)["uint8"]
 
 
 def main(argv):
@@ -54,7 +54,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from launch import _common as _launch_common
   _launch_common.setup_logging()  # Orbax/grain INFO lines would drown the report.
-  from lowlight_jax import batch_enhance
+  from lowlight_jax.inference import batch_enhance
 
   if (_WORKDIR.value is None) == (_METHOD.value is None):
     raise app.UsageError("give either --workdir (a trained run) or --method with --weights (released weights)")

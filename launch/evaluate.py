@@ -122,8 +122,8 @@ def enhance_run(workdir: str, data: str, out_dir: str, step: int | None = None) 
 def segmentation_task(workdir: str, step, gammas, limit, out: str) -> dict:
   """Enhance-then-segment mIoU per gamma for an SCL-LLE run; JSON written atomically to `out`."""
   from data_pipelines import scl_data
-  from lowlight_jax import segmentation_eval
-  from lowlight_jax import atomic_io
+  from lowlight_jax.metrics import segmentation
+  from lowlight_jax.io import atomic_io
   from lowlight_jax.train import run_config
   from lowlight_jax.train import trainer
 
@@ -132,9 +132,9 @@ def segmentation_task(workdir: str, step, gammas, limit, out: str) -> dict:
   if not hasattr(setup.method, "segment"):
     raise ValueError(f"run {workdir} ({config.method}) has no segmentation network; --task segmentation "
                      "needs an SCL-LLE run")
-  enhance, segment = segmentation_eval.method_fns(setup.method, setup.state.params, setup.frozen,
+  enhance, segment = segmentation.method_fns(setup.method, setup.state.params, setup.frozen,
                                                   setup.state.model_state)
-  result = segmentation_eval.evaluate_segmentation(
+  result = segmentation.evaluate_segmentation(
       enhance, segment, scl_data.labelled_set(config.data, limit=limit), gammas=[float(g) for g in gammas],
       num_classes=config.segmentation.num_classes)
   report = {"task": "segmentation", "workdir": workdir, "metric": "mIoU", **result}
@@ -162,7 +162,7 @@ def main(argv):
   if _WORKDIR.value is not None and (_REF.value or _INPUTS.value):
     raise app.UsageError(
         "--workdir takes its references and inputs from --data; drop --ref/--inputs")
-  from lowlight_jax import assets
+  from lowlight_jax.metrics import assets
   from lowlight_jax.metrics import evaluate
 
   with tempfile.TemporaryDirectory(prefix="lowlight_eval_") as tmp:

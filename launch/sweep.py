@@ -20,7 +20,7 @@ import time
 from absl import app
 from absl import flags
 
-from lowlight_jax import atomic_io
+from lowlight_jax.io import atomic_io
 
 _CONFIG = flags.DEFINE_string("config", None, "Base config file (configs/<method>.py[:arg]).")
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep(arg) (configs/sweeps/*.py[:arg]).")
@@ -56,7 +56,7 @@ def _format(value) -> str:
 
 
 def commands(config: str, variants: list[dict], root: str, *, multihost: bool, extra=()) -> list[tuple[str, list[str]]]:
-  from lowlight_jax import sweeps
+  from lowlight_jax.train import sweeps
   out = []
   seen = set()
   for i, overrides in enumerate(variants):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lowlight_jax import inference
+from lowlight_jax.inference import released
 from lowlight_jax.models import retinexnet
 
 WEIGHTS = {"sgz": "sgz_Epoch99.pth", "zero_dce": "zerodce_Epoch99.pth", "scl_lle": "SCL-LLE.pth",
@@ -39,7 +39,7 @@ MAX_FLIP_FRACTION = 5e-5
 
 @functools.lru_cache(maxsize=None)
 def _variables(conformance_dir, method):
-  return inference.load_released(method, conformance_dir / "weights" / WEIGHTS[method])
+  return released.load_released(method, conformance_dir / "weights" / WEIGHTS[method])
 
 
 def _read_png(path) -> np.ndarray:
@@ -54,14 +54,14 @@ def _enhance(conformance_dir, pipeline, name):
   if name == "lowCUT/1":  # shared by the PNG and the float tests
     return _enhance_cached(conformance_dir, pipeline, name)
   method, scale = PIPELINES[pipeline]
-  return inference.enhance_released(method, _variables(conformance_dir, method),
+  return released.enhance_released(method, _variables(conformance_dir, method),
                                     _input(conformance_dir, name), scale_factor=scale)
 
 
 @functools.lru_cache(maxsize=None)
 def _enhance_cached(conformance_dir, pipeline, name):
   method, scale = PIPELINES[pipeline]
-  return inference.enhance_released(method, _variables(conformance_dir, method),
+  return released.enhance_released(method, _variables(conformance_dir, method),
                                     _input(conformance_dir, name), scale_factor=scale,
                                     return_aux=True)
 

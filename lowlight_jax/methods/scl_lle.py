@@ -220,14 +220,14 @@ class Method(base.BaseMethod):
     params, frozen = dict(variables["params"]), dict(variables["frozen"])
     changed = False
     if cfg.get("init_from") or (self.use_vgg and cfg.vgg.get("weights")):
-      from lowlight_jax import inference  # Conversion code is only needed when files are given.
+      from lowlight_jax.inference import released  # Conversion code is only needed when files are given.
       from lowlight_jax.convert import layout
       if cfg.get("init_from"):
-        loaded = inference.load_released(cfg.init_from_method, cfg.init_from)
+        loaded = released.load_released(cfg.init_from_method, cfg.init_from)
         params["enhancer"] = layout.assign({"params": params["enhancer"]}, loaded)["params"]
         changed = True
       if self.use_vgg and cfg.vgg.get("weights"):
-        loaded = inference.load_released("vgg16", cfg.vgg.weights)
+        loaded = released.load_released("vgg16", cfg.vgg.weights)
         target = jax.device_get(frozen["vgg"])
         # The frozen VGG stops at relu4_3: keep the converted convs it has (all must be there).
         kept = {"params": {"features": {k: v for k, v in loaded["params"]["features"].items()

@@ -110,8 +110,8 @@ class Method(base.BaseMethod):
     params = dict(variables["params"])
     frozen = dict(variables["frozen"])
     if cfg.get("init_from"):
-      from lowlight_jax import inference
-      loaded = inference.load_released("sgz", cfg.init_from)
+      from lowlight_jax.inference import released
+      loaded = released.load_released("sgz", cfg.init_from)
       params["enhancer"] = layout.assign({"params": params["enhancer"]}, loaded)["params"]
       changed = True
     if self.use_uss and (cfg.uss.get("backbone_weights") or cfg.uss.get("head_weights")):

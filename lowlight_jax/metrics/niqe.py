@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 from scipy import special
 
-from lowlight_jax import assets
+from lowlight_jax.metrics import assets
 from lowlight_jax.metrics import matlab
 
 BLOCK = 96
@@ -38,7 +38,7 @@ class NiqeModel:
 
 
 def load_model(path: str | os.PathLike | None = None) -> NiqeModel:
-  """Reads `niqe_pris_params.npz` (default: the cached asset, see `lowlight_jax.assets`)."""
+  """Reads `niqe_pris_params.npz` (default: the cached asset, see `lowlight_jax.metrics.assets`)."""
   if path is None:
     return _default_model()
   with np.load(path, allow_pickle=False) as d:

@@ -8,7 +8,7 @@ import os
 
 import ml_collections
 
-from lowlight_jax import atomic_io
+from lowlight_jax.io import atomic_io
 
 CONFIG_FILE = "config.json"
 

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lowlight_jax import atomic_io
+from lowlight_jax.io import atomic_io
 from lowlight_jax.methods import base
 from lowlight_jax.train import checkpoint as ckpt_lib
 from lowlight_jax.train import evaluation

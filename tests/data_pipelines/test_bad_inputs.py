@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import imageio
+from lowlight_jax.io import imageio
 from data_pipelines import pipeline
 from data_pipelines import sources
 from data_pipelines import synthetic_video

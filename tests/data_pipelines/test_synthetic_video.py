@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from data_pipelines import imageio
+from lowlight_jax.io import imageio
 from data_pipelines import synthetic_video
 from data_pipelines import video
 

@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from lowlight_jax import assets
+from lowlight_jax.metrics import assets
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

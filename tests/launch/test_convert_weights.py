@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from lowlight_jax import inference
+from lowlight_jax.inference import released
 from lowlight_jax.convert import weights
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -31,14 +31,14 @@ def test_cli_converts_legacy_pth(conformance_dir, tmp_path):
   assert meta["method"] == "zero_dce" and meta["source_name"] == "zerodce_Epoch99.pth"
   assert meta["source_sha256"] == weights.file_sha256(src)
   # Bit-identical to converting in-process from the original file.
-  direct = inference.load_released("zero_dce", src)
-  via_file = inference.load_released("zero_dce", out)
+  direct = released.load_released("zero_dce", src)
+  via_file = released.load_released("zero_dce", out)
   for a, b in zip(jax.tree.leaves(direct), jax.tree.leaves(via_file)):
     np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
   # scl_lle shares the architecture; sgz does not.
-  inference.load_released("scl_lle", out)
+  released.load_released("scl_lle", out)
   with pytest.raises(ValueError, match="not 'sgz'"):
-    inference.load_released("sgz", out)
+    released.load_released("sgz", out)
 
 
 def test_cli_rejects_wrong_method(conformance_dir, tmp_path):

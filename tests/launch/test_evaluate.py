@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from lowlight_jax import assets
+from lowlight_jax.metrics import assets
 from lowlight_jax.metrics import evaluate
 from lowlight_jax.metrics import full_reference
 
@@ -235,14 +235,14 @@ def test_run_mode_errors(smoke_run, embedded_eval, tmp_path):
 
 def test_analysis_loads_the_run(smoke_run, embedded_eval):
   """`analysis.load_sgz(workdir=...)` restores the run `launch.evaluate --workdir` enhanced with."""
-  from lowlight_jax import analysis
+  from lowlight_jax.analysis import sgz_factors
   from lowlight_jax.train import evaluation
 
-  model = analysis.load_sgz(workdir=smoke_run)
+  model = sgz_factors.load_sgz(workdir=smoke_run)
   config = json.loads((smoke_run / "config.json").read_text())
   assert model.scale_factor == config["inference"]["scale_factor"]
-  element = analysis.load_eval_images(smoke_run, num_images=1)[0]
-  trace = analysis.trace_enhancement(model, element["low"])
+  element = sgz_factors.load_eval_images(smoke_run, num_images=1)[0]
+  trace = sgz_factors.trace_enhancement(model, element["low"])
   ours = evaluation.quantize(trace["output"]).astype(np.int16)
   cli = _png(embedded_eval["files"] / "enhanced" / f"{element['name']}.png").astype(np.int16)
   # Eager analysis vs. the jitted run inference: at most a rare one-level rounding difference.

@@ -20,7 +20,7 @@ def test_dry_run_prints_one_command_per_variant(tmp_path, run_module):
 def test_three_variant_smoke_sweep_collects_results(tmp_path, run_module):
   sweep = tmp_path / "sweep.py"
   sweep.write_text(
-      "from lowlight_jax import sweeps\n\n"
+      "from lowlight_jax.train import sweeps\n\n"
       "def get_sweep(arg=None):\n"
       "  return sweeps.axis('optim.enhancer.lr', [1e-4, 1e-3, 1e-2])\n")
   root = tmp_path / "runs"

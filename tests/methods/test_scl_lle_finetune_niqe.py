@@ -20,7 +20,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from lowlight_jax import assets
+from lowlight_jax.metrics import assets
 from lowlight_jax.metrics import niqe as niqe_lib
 
 SETS = ("DICM", "LIME")

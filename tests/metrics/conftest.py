@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from lowlight_jax import assets
+from lowlight_jax.metrics import assets
 
 
 @pytest.fixture(scope="session")

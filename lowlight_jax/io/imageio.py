@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
-from lowlight_jax import atomic_io
+from lowlight_jax.io import atomic_io
 
 # 50 Mpx covers full-resolution photos from current 45 Mpx cameras; a float32 HxWx3 of that size is
 # 600 MB, so anything larger in a training folder is almost certainly a mistake or an attack.

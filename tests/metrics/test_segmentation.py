@@ -5,7 +5,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from lowlight_jax import segmentation_eval as se
+from lowlight_jax.metrics import segmentation as se
 
 
 def test_two_class_toy_miou_by_hand():

@@ -1,4 +1,4 @@
-"""Tests for data_pipelines.imageio: all modes decode to RGB float32, bad files raise, atomic IO."""
+"""Tests for lowlight_jax.io.imageio: all modes decode to RGB float32, bad files raise, atomic IO."""
 
 import io
 import os
@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from data_pipelines import imageio
+from lowlight_jax.io import imageio
 
 
 def _rgb(h=6, w=10, seed=0):

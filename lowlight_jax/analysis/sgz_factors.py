@@ -62,12 +62,12 @@ def load_sgz(workdir: PathLike | None = None, weights: PathLike | None = None, *
   if (workdir is None) == (weights is None):
     raise ValueError("give exactly one of workdir (a training run) or weights (released weights)")
   if weights is not None:
-    from lowlight_jax import inference
+    from lowlight_jax.inference import released
     if step is not None:
       raise ValueError("step only applies to a training run (workdir)")
-    variables = inference.load_released("sgz", weights)
+    variables = released.load_released("sgz", weights)
     efe = sgz_model.EnhancementFactorExtractor(precision=jax.lax.Precision.HIGHEST)
-    s = inference.DEFAULT_SGZ_SCALE if scale_factor is None else int(scale_factor)
+    s = released.DEFAULT_SGZ_SCALE if scale_factor is None else int(scale_factor)
     return LoadedSGZ(efe.apply, variables, s)
   # The run-config reader (config.json -> ConfigDict) lives with the CLIs; imported lazily.
   from lowlight_jax.train import run_config as _common

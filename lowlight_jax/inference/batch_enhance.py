@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tqdm
 
-from data_pipelines import imageio
+from lowlight_jax.io import imageio
 
 
 @dataclasses.dataclass

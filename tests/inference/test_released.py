@@ -3,47 +3,47 @@
 import numpy as np
 import pytest
 
-from lowlight_jax import inference
+from lowlight_jax.inference import released
 
 
 @pytest.fixture(scope="module")
 def sgz_variables(conformance_dir):
   # The .npz copy (torch names and layouts) goes through the same converter as the .pth.
-  return inference.load_released("sgz", conformance_dir / "weights" / "sgz_epoch99.npz")
+  return released.load_released("sgz", conformance_dir / "weights" / "sgz_epoch99.npz")
 
 
 def test_sgz_crop_and_keep_size(sgz_variables):
   rng = np.random.default_rng(0)
   img = rng.random((30, 41, 3), dtype=np.float32) * 0.3
-  cropped = inference.enhance_released("sgz", sgz_variables, img)
+  cropped = released.enhance_released("sgz", sgz_variables, img)
   assert cropped["uint8"].shape == (24, 36, 3) and cropped["enhanced"].shape == (24, 36, 3)
-  kept = inference.enhance_released("sgz", sgz_variables, img, keep_size=True)
+  kept = released.enhance_released("sgz", sgz_variables, img, keep_size=True)
   assert kept["uint8"].shape == (30, 41, 3)
   assert kept["enhanced"].min() >= 0 and kept["enhanced"].max() <= 1
   # Brightening is the point: the curve raises dark pixels.
   assert kept["enhanced"].mean() > img.mean() + 0.05
   # On a multiple of 12 both modes are the released pipeline.
-  a = inference.enhance_released("sgz", sgz_variables, img[:24, :36])
-  b = inference.enhance_released("sgz", sgz_variables, img[:24, :36], keep_size=True)
+  a = released.enhance_released("sgz", sgz_variables, img[:24, :36])
+  b = released.enhance_released("sgz", sgz_variables, img[:24, :36], keep_size=True)
   np.testing.assert_array_equal(a["uint8"], b["uint8"])
-  s1 = inference.enhance_released("sgz", sgz_variables, img, scale_factor=1)
+  s1 = released.enhance_released("sgz", sgz_variables, img, scale_factor=1)
   assert s1["uint8"].shape == (30, 41, 3)
 
 
 def test_uint8_input_and_quantisation(sgz_variables):
   img8 = np.random.default_rng(1).integers(0, 80, (24, 24, 3), dtype=np.uint8)
-  a = inference.enhance_released("sgz", sgz_variables, img8)
-  b = inference.enhance_released("sgz", sgz_variables, img8.astype(np.float32) / np.float32(255))
+  a = released.enhance_released("sgz", sgz_variables, img8)
+  b = released.enhance_released("sgz", sgz_variables, img8.astype(np.float32) / np.float32(255))
   np.testing.assert_array_equal(a["uint8"], b["uint8"])
   # save_image rounds half up (floor(255 y + 0.5)), unlike np.round's half-to-even.
   y = np.array([0.5 / 255, 2.5 / 255, 1.0, 1.2, -0.1], np.float32)
-  np.testing.assert_array_equal(inference.quantize_like_save_image(y), [1, 3, 255, 255, 0])
+  np.testing.assert_array_equal(released.quantize_like_save_image(y), [1, 3, 255, 255, 0])
 
 
 def test_argument_checks(sgz_variables):
   with pytest.raises(ValueError, match="supports"):
-    inference.enhance_released("retinexnet_decom", sgz_variables, np.zeros((8, 8, 3)))
+    released.enhance_released("retinexnet_decom", sgz_variables, np.zeros((8, 8, 3)))
   with pytest.raises(ValueError, match="SGZ-only"):
-    inference.enhance_released("zero_dce", sgz_variables, np.zeros((8, 8, 3)), scale_factor=12)
+    released.enhance_released("zero_dce", sgz_variables, np.zeros((8, 8, 3)), scale_factor=12)
   with pytest.raises(ValueError, match="RGB"):
-    inference.enhance_released("sgz", sgz_variables, np.zeros((24, 24)))
+    released.enhance_released("sgz", sgz_variables, np.zeros((24, 24)))

@@ -1,0 +1,1 @@
+"""Inspection helpers behind the notebooks (one module per method)."""
