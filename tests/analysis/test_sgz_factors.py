@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from lowlight_jax.analysis import sgz_factors
-from lowlight_jax.inference import released
+from lowlight_jax.inference import released as released_lib
 from lowlight_jax.models import sgz as sgz_model
 
 
@@ -102,8 +102,8 @@ def test_histogram_counts_every_pixel():
 
 
 def test_load_released_and_trace_match_the_official_pipeline(released, conformance_dir):
-  assert released.scale_factor == released.DEFAULT_SGZ_SCALE
-  want = released.load_released("sgz", conformance_dir / "weights" / "sgz_epoch99.npz")
+  assert released.scale_factor == released_lib.DEFAULT_SGZ_SCALE
+  want = released_lib.load_released("sgz", conformance_dir / "weights" / "sgz_epoch99.npz")
   jax.tree.map(np.testing.assert_array_equal, released.params, want)
   image = _conformance_image(conformance_dir, "1")
   expected = conformance_dir / "expected" / "sgz_s12" / "lowCUT"
