@@ -49,7 +49,7 @@ import numpy as np
 from PIL import Image
 
 from lowlight_jax.io import imageio
-from data_pipelines import sources
+from data_pipelines import image_sources
 
 PathLike = str | os.PathLike
 
@@ -63,10 +63,10 @@ for _id, _train in CITYSCAPES_ID_TO_TRAIN_ID.items():
   CITYSCAPES_TRAIN_ID_LUT[_id] = _train
 
 
-class FileRecords(sources._FolderSource):  # pylint: disable=protected-access
+class FileRecords(image_sources._FolderSource):  # pylint: disable=protected-access
   """Records given as explicit tuples of paths, one per key (all images of a record equal in size).
 
-  Port note: `sources._FolderSource` holds the validation/skip machinery; its public subclasses
+  Port note: `image_sources._FolderSource` holds the validation/skip machinery; its public subclasses
   (`PairedFolder`, `UnpairedFolder`) only build records from ONE folder pair with identical stems,
   which LOL-v2 (low00001/normal00001), LSRW (two cameras) and SICE (scene folders) do not have.
   """
@@ -134,7 +134,7 @@ class UnpairedAB(grain.sources.RandomAccessDataSource):
   `perm` is a permutation of B fixed by `seed`, so record i is the same in every process and epoch.
   """
 
-  def __init__(self, a: sources.UnpairedFolder, b: sources.UnpairedFolder, seed: int = 0):
+  def __init__(self, a: image_sources.UnpairedFolder, b: image_sources.UnpairedFolder, seed: int = 0):
     self.a, self.b, self.seed = a, b, seed
     self._perm = np.random.Generator(np.random.Philox(seed)).permutation(len(b))
 
@@ -201,9 +201,9 @@ def _pairs_by_normalised_stem(low_dir: pathlib.Path, high_dir: pathlib.Path,
   return [(low[s], high[s]) for s in sorted(low.keys() & high.keys())]
 
 
-def lol(root: PathLike, split: str = 'train', **kwargs) -> sources.PairedFolder:
+def lol(root: PathLike, split: str = 'train', **kwargs) -> image_sources.PairedFolder:
   sub = _split_dir(split, {'train': 'our485', 'test': 'eval15'})
-  return sources.PairedFolder(_subdir(pathlib.Path(root), sub), 'low', 'high', **kwargs)
+  return image_sources.PairedFolder(_subdir(pathlib.Path(root), sub), 'low', 'high', **kwargs)
 
 
 def _lol_v2(kind: str) -> Callable[..., FileRecords]:
@@ -272,8 +272,8 @@ def sice(root: PathLike, split: str = 'train', pool: str = 'under', **kwargs) ->
 def enlightengan(root: PathLike, split: str = 'train', seed: int = 0, **kwargs) -> UnpairedAB:
   root = pathlib.Path(root)
   prefix = _split_dir(split, {'train': 'train', 'test': 'test'})
-  a = sources.UnpairedFolder(_subdir(root, prefix + 'A'), key='low', **kwargs)
-  b = sources.UnpairedFolder(_subdir(root, prefix + 'B'), key='high', **kwargs)
+  a = image_sources.UnpairedFolder(_subdir(root, prefix + 'A'), key='low', **kwargs)
+  b = image_sources.UnpairedFolder(_subdir(root, prefix + 'B'), key='high', **kwargs)
   return UnpairedAB(a, b, seed)
 
 
@@ -308,12 +308,12 @@ def cityscapes(root: PathLike, split: str = 'train', **kwargs) -> SegmentationRe
                              **kwargs)
 
 
-def _test_folder(name: str) -> Callable[..., sources.UnpairedFolder]:
-  def build(root: PathLike, split: str = 'test', **kwargs) -> sources.UnpairedFolder:
+def _test_folder(name: str) -> Callable[..., image_sources.UnpairedFolder]:
+  def build(root: PathLike, split: str = 'test', **kwargs) -> image_sources.UnpairedFolder:
     _split_dir(split, {'test': 'test'})
     root = pathlib.Path(root)
     folder = root if imageio.list_images(root) else _subdir(root, name.upper())
-    return sources.UnpairedFolder(folder, key='low', **kwargs)
+    return image_sources.UnpairedFolder(folder, key='low', **kwargs)
   return build
 
 

@@ -1,8 +1,12 @@
 """Training loader and evaluation set built from a data config (grain + numpy).
 
-Follows the grain DataLoader pattern of flax `examples/gemma/input_pipeline_grain.py` and kauldron's
-`kauldron/data/py/`: source -> (sharded, shuffled, infinitely repeated) sampler -> per-element
-transforms -> batch, with each JAX process reading its own shard and per-process batches. The
+`data.source = '<name>'` selects the module `data_pipelines.sources.<name>` (a dotted value is a
+full module path), which defines `make_train_loader` and `make_eval_set`; this module only looks it
+up, so a new source is a new file, not an edit here (see `data_pipelines.sources`). Random-access sources
+build their loaders with `loaders.make_loader`, the grain DataLoader pattern of flax
+`examples/gemma/input_pipeline_grain.py` and kauldron's `kauldron/data/py/`: source -> (sharded,
+shuffled, infinitely repeated) sampler -> per-element transforms -> batch, with each JAX process
+reading its own shard and per-process batches in a topology-independent global batch order. The
 iterator returned by `iter(make_train_loader(...))` is checkpointable: `get_state()`/`set_state()`,
 or with Orbax `ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator))` /
 `CheckpointRestore(iterator)`; a restored iterator yields exactly the batches the original would
@@ -18,35 +22,37 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
-import logging
-import os
+import importlib
+import pkgutil
+import types
 from typing import Any
 
-import grain
 import ml_collections
 from ml_collections import config_dict
 
 from data_pipelines import degrade as degrade_lib
-from lowlight_jax.io import imageio
-from data_pipelines import samplers
+from data_pipelines import loaders
 from data_pipelines import sources
-from data_pipelines import transforms
+from lowlight_jax import errors
+from lowlight_jax.io import imageio
 
-log = logging.getLogger(__name__)
+# The DataLoader builder every random-access source uses (`loaders.make_loader`), kept here as the
+# pipeline's public entry point, and the degradation section of a data config as a dataclass.
+make_loader = loaders.make_loader
+degradation_config = loaders.degradation_config
 
-SOURCES = ('embedded', 'paired_folder', 'unpaired_folder', 'dataset', 'video', 'scl')
-# Named layouts of `datasets.py` whose elements are 'low'/'high' pairs of equal size.
-PAIRED_DATASETS = ('lol', 'lol_v2_real', 'lol_v2_synthetic', 'lsrw')
+_REQUIRED = ('make_train_loader', 'make_eval_set')
 
 
 def default_data_config() -> ml_collections.ConfigDict:
   """The data section of every experiment config, with its defaults.
 
   Fields:
-    source: 'embedded' (photos shipped in scikit-image/matplotlib, low images synthesised; needs no
-      files), 'paired_folder' (root/low_dir + root/high_dir matched by stem, e.g. LOL `our485`) or
+    source: a module of `data_pipelines/sources/` (`known_sources()`) or a dotted module path:
+      'embedded' (photos shipped in scikit-image/matplotlib, low images synthesised; needs no
+      files), 'paired_folder' (root/low_dir + root/high_dir matched by stem, e.g. LOL `our485`),
       'unpaired_folder' (images of root/low_dir only, for zero-reference methods; batches hold
-      'low').
+      'low'), 'dataset', 'video'; 'scl' has its own section (`scl_data.default_scl_data_config`).
     root: training folder for the folder sources (required for them; unused for 'embedded').
     eval_root: evaluation folder with the same layout (e.g. LOL `eval15`); `make_eval_set` of a
       folder source needs it.
@@ -90,153 +96,63 @@ def default_data_config() -> ml_collections.ConfigDict:
   return c
 
 
-def degradation_config(data_cfg: ml_collections.ConfigDict) -> degrade_lib.DegradationConfig:
-  """`data_cfg.degradation` as a DegradationConfig (unknown fields raise TypeError)."""
-  return degrade_lib.DegradationConfig(**data_cfg.degradation.to_dict())
+def known_sources() -> list[str]:
+  """The names `data.source` accepts without a dot: the modules of `data_pipelines/sources/`."""
+  return sorted(m.name for m in pkgutil.iter_modules(sources.__path__)
+                if not m.name.startswith('_'))
 
 
-def _check_source(data_cfg: ml_collections.ConfigDict) -> None:
-  if data_cfg.source not in SOURCES:
-    raise ValueError(f'data.source must be one of {SOURCES}, got {data_cfg.source!r}')
+def source_module(name: Any) -> types.ModuleType:
+  """The module serving `data.source = name`: `data_pipelines.sources.<name>`, or `name` if dotted.
 
-
-def _folder(root: str | None, subdir: str, field: str) -> str:
-  if not root:
-    raise ValueError(f'data.{field} must be set for a folder source')
-  return os.path.join(root, subdir) if subdir else root
-
-
-def make_train_source(data_cfg: ml_collections.ConfigDict) -> grain.sources.RandomAccessDataSource:
-  """The training source named by `data_cfg.source` (embedded: 'high' only, 'low' comes later)."""
-  _check_source(data_cfg)
-  if data_cfg.source == 'embedded':
-    return sources.EmbeddedPairs('train', degradation=None)
-  if data_cfg.source == 'paired_folder':
-    _folder(data_cfg.root, '', 'root')
-    return sources.PairedFolder(data_cfg.root, data_cfg.low_dir, data_cfg.high_dir,
-                                max_pixels=data_cfg.max_pixels)
-  if data_cfg.source == 'dataset':
-    from data_pipelines import datasets  # pylint: disable=g-import-not-at-top
-    if not data_cfg.dataset:
-      raise ValueError("data.dataset must name a dataset for source 'dataset'")
-    _folder(data_cfg.root, '', 'root')
-    return datasets.make_source(data_cfg.dataset, data_cfg.root, 'train', max_pixels=data_cfg.max_pixels,
-                                **data_cfg.dataset_options.to_dict())
-  if data_cfg.source == 'video':
-    raise ValueError("source 'video' has no random-access source; use make_train_loader")
-  return sources.UnpairedFolder(_folder(data_cfg.root, data_cfg.low_dir, 'root'), key='low',
-                                max_pixels=data_cfg.max_pixels)
-
-
-def make_train_transforms(data_cfg: ml_collections.ConfigDict) -> list[Any]:
-  """Per-element transforms: resize -> crop -> flip (-> synthesise 'low' for 'embedded')."""
-  _check_source(data_cfg)
-  if not data_cfg.crop and not data_cfg.resize:
-    raise ValueError('data.crop or data.resize must be > 0: batching needs one image size')
-  if data_cfg.source == 'dataset':
-    keys = ('low', 'high') if data_cfg.dataset in PAIRED_DATASETS else ('low',)
-    if data_cfg.dataset == 'sice':
-      keys = ('high',) if data_cfg.dataset_options.get('pool') == 'normal' else ('low', 'high')
-    if data_cfg.dataset in ('enlightengan', 'cityscapes'):
-      raise ValueError(f"data.dataset={data_cfg.dataset!r} has unpaired/labelled elements: use the method's own "
-                       "pipeline (e.g. configs/scl_lle.py) rather than the paired/unpaired image loader")
-  else:
-    keys = {'embedded': ('high',), 'paired_folder': ('low', 'high'),
-            'unpaired_folder': ('low',), 'video': ('image',)}[data_cfg.source]
-  ops = []
-  if data_cfg.resize:
-    ops.append(transforms.Resize(size=data_cfg.resize, keys=keys))
-  if data_cfg.crop:
-    ops.append(transforms.RandomCrop(size=data_cfg.crop, keys=keys))
-  if data_cfg.hflip or data_cfg.vflip:
-    ops.append(transforms.RandomFlip(keys=keys, horizontal=data_cfg.hflip,
-                                     vertical=data_cfg.vflip))
-  if data_cfg.source == 'embedded':
-    # After the geometry: noise at crop resolution, fresh per (seed, epoch, photo).
-    ops.append(transforms.Degrade(config=degradation_config(data_cfg)))
-  return ops
+  A dotted name ('my_project.data.my_source') is imported as a full module path, so a source can
+  live outside this repository. The module must define `make_train_loader(data_cfg, *, batch_size, seed,
+  shard_index=None, shard_count=None)` and `make_eval_set(data_cfg, split='test')` (see
+  `data_pipelines.sources`). Raises ConfigError naming the value and listing the known sources.
+  """
+  known = ', '.join(known_sources())
+  if not isinstance(name, str) or not all(part.isidentifier() for part in name.split('.')):
+    raise errors.ConfigError(f'data.source={name!r} is not a data source name; known sources: '
+                             f'{known} (or a dotted module path)')
+  target = name if '.' in name else f'{sources.__name__}.{name}'
+  try:
+    module = importlib.import_module(target)
+  except ModuleNotFoundError as e:
+    if e.name is None or not (target == e.name or target.startswith(e.name + '.')):
+      raise  # The source module exists but one of ITS imports is missing: not a config error.
+    raise errors.ConfigError(f'unknown data.source={name!r} (no module {target}); known sources: '
+                             f'{known} (or a dotted module path)') from e
+  missing = [f for f in _REQUIRED if not callable(getattr(module, f, None))]
+  if missing:
+    raise errors.ConfigError(
+        f'data.source={name!r}: module {target} does not define {", ".join(missing)}')
+  return module
 
 
 def make_train_loader(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int,
                       shard_index: int | None = None,
-                      shard_count: int | None = None) -> grain.DataLoader:
-  """An infinite, shuffled, sharded grain DataLoader of per-process training batches.
+                      shard_count: int | None = None):
+  """An infinite, shuffled, sharded loader of per-process training batches from `data_cfg.source`.
 
   Args:
-    data_cfg: see `default_data_config`.
+    data_cfg: see `default_data_config` (or the source's own section, e.g. `scl_data`).
     batch_size: examples per batch in THIS process (global batch / process count).
     seed: shuffle and augmentation seed (non-negative, 32-bit).
     shard_index, shard_count: this process's shard; both None means jax.process_index() /
       jax.process_count() (grain `ShardByJaxProcess`).
 
   Returns:
-    A DataLoader; `iter()` of it yields dicts of numpy float32 arrays (batch_size, H, W, 3) keyed
-    'low' and 'high' ('low' only for unpaired_folder), forever. Incomplete batches are dropped.
+    A grain DataLoader (random-access sources) or IterDataset ('video'); `iter()` of it yields dicts
+    of numpy arrays, e.g. float32 (batch_size, H, W, 3) keyed 'low' and 'high' ('low' only for
+    unpaired_folder), forever, with a checkpointable iterator. Incomplete batches are dropped.
   """
-  if data_cfg.source == 'scl':
-    from data_pipelines import scl_data  # pylint: disable=g-import-not-at-top
-    return scl_data.make_train_loader(data_cfg, batch_size=batch_size, seed=seed,
-                                      shard_index=shard_index, shard_count=shard_count)
-  if data_cfg.source == 'video':
-    from data_pipelines import video  # pylint: disable=g-import-not-at-top
-    _check_batch_and_shards(batch_size, shard_index, shard_count)
-    # Video frames stream through a grain IterDataset (sequential decoding of shuffled segments); its
-    # iterator is checkpointable like the DataLoader's.
-    return video.make_train_dataset(data_cfg.video, batch_size=batch_size, seed=seed,
-                                    shard_index=shard_index, shard_count=shard_count)
-  return make_loader(data_cfg, make_train_source(data_cfg), make_train_transforms(data_cfg),
-                     batch_size=batch_size, seed=seed, shard_index=shard_index,
-                     shard_count=shard_count)
-
-
-def _check_batch_and_shards(batch_size: int, shard_index, shard_count) -> None:
-  if batch_size <= 0:
-    raise ValueError(f'batch_size must be positive, got {batch_size}')
-  if (shard_index is None) != (shard_count is None):
-    raise ValueError('pass both shard_index and shard_count, or neither')
-
-
-def make_loader(data_cfg: ml_collections.ConfigDict, source, operations: list[Any], *,
-                batch_size: int, seed: int, shard_index: int | None = None,
-                shard_count: int | None = None) -> grain.DataLoader:
-  """The training DataLoader shared by every random-access source: shards, sampler, batching, workers.
-
-  `operations` are the per-element transforms (a Batch op is appended here); worker and read options
-  come from `data_cfg` (see `default_data_config`).
-  """
-  _check_batch_and_shards(batch_size, shard_index, shard_count)
-  if shard_index is None:
-    # Reads jax.process_index()/process_count() here, in the main process only.
-    shard_options = grain.sharding.ShardByJaxProcess(drop_remainder=False)
-  else:
-    # No drop_remainder: with infinite epochs uneven shards cost nothing, dropped records would.
-    shard_options = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count,
-                                                drop_remainder=False)
-  operations = list(operations) + [grain.transforms.Batch(batch_size=batch_size, drop_remainder=True)]
-  return grain.DataLoader(
-      data_source=source,
-      sampler=_sampler(len(source), shard_options, seed, batch_size),
-      operations=operations,
-      worker_count=data_cfg.worker_count,
-      worker_buffer_size=data_cfg.worker_buffer_size,
-      shard_options=shard_options,
-      read_options=grain.ReadOptions(num_threads=data_cfg.read_threads,
-                                     prefetch_buffer_size=data_cfg.read_buffer_size),
-  )
-
-
-def _sampler(num_records: int, shard_options, seed: int, batch_size: int):
-  """Global-batch order (topology independent) when the shards are JAX processes, as in training."""
-  if isinstance(shard_options, grain.sharding.ShardByJaxProcess) or shard_options.shard_count > 1:
-    options = grain.sharding.ShardOptions(shard_options.shard_index, shard_options.shard_count,
-                                          drop_remainder=False)
-    return samplers.GlobalBatchSampler(num_records, options, seed, batch_size)
-  return samplers.EpochSeededSampler(num_records, shard_options, seed)
+  return source_module(data_cfg.source).make_train_loader(
+      data_cfg, batch_size=batch_size, seed=seed, shard_index=shard_index, shard_count=shard_count)
 
 
 def make_eval_set(data_cfg: ml_collections.ConfigDict,
                   split: str = 'test') -> list[dict[str, Any]]:
-  """The full-resolution evaluation images, in a fixed order.
+  """The full-resolution evaluation images of `data_cfg.source`, in a fixed order.
 
   'embedded': the photos of the split with their deterministic synthetic low images (seed 0).
   'paired_folder' / 'unpaired_folder': `eval_root` for split 'test', `root` for 'train'; images that
@@ -245,29 +161,4 @@ def make_eval_set(data_cfg: ml_collections.ConfigDict,
   Returns:
     [{'name': str, 'low': HxWx3 float32, 'high': HxWx3 float32 or None (unpaired)}].
   """
-  if data_cfg.source == 'scl':
-    from data_pipelines import scl_data  # pylint: disable=g-import-not-at-top
-    return scl_data.make_eval_set(data_cfg, split)
-  _check_source(data_cfg)
-  if split not in ('train', 'test'):
-    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-  if data_cfg.source == 'embedded':
-    src = sources.EmbeddedPairs(split, degradation=degradation_config(data_cfg), seed=0)
-    return [dict(name=name, **src[i]) for i, name in enumerate(src.names)]
-  field = 'eval_root' if split == 'test' else 'root'
-  root = data_cfg.eval_root if split == 'test' else data_cfg.root
-  if data_cfg.source == 'paired_folder':
-    src = sources.PairedFolder(_folder(root, '', field), data_cfg.low_dir, data_cfg.high_dir,
-                               max_pixels=data_cfg.max_pixels)
-  else:
-    src = sources.UnpairedFolder(_folder(root, data_cfg.low_dir, field), key='low',
-                                 max_pixels=data_cfg.max_pixels)
-  out = []
-  for i in range(len(src)):
-    try:
-      element = src.read(i)
-    except imageio.ImageDecodeError as e:
-      log.warning('make_eval_set: skipping %r: %s', e.path, e.reason)
-      continue
-    out.append({'name': src.name(i), 'low': element['low'], 'high': element.get('high')})
-  return out
+  return source_module(data_cfg.source).make_eval_set(data_cfg, split)

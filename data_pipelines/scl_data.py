@@ -72,8 +72,9 @@ import numpy as np
 from data_pipelines import datasets
 from data_pipelines import degrade as degrade_lib
 from data_pipelines import embedded
-from lowlight_jax.io import imageio
+from data_pipelines import loaders
 from data_pipelines import transforms
+from lowlight_jax.io import imageio
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ OVER_STOPS = (1.5, 3.0)  # and over-exposure range.
 
 
 def default_scl_data_config() -> ml_collections.ConfigDict:
-  """The `config.data` section of SCL-LLE (`source='scl'` routes the pipeline to this module).
+  """The `config.data` section of SCL-LLE (`source='scl'`: `sources/scl.py` serves it from here).
 
   Fields:
     source: 'scl'.
@@ -477,10 +478,9 @@ def make_train_loader(data_cfg: ml_collections.ConfigDict, *, batch_size: int, s
   Batches: {'low': (B, crop, crop, 3), 'labels': (B, crop, crop) int32,
   'pos': (B, num_pos, S, S, 3), 'neg': (B, num_neg, S, S, 3)}.
   """
-  from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top (pipeline imports us)
-  return pipeline.make_loader(data_cfg, make_source(data_cfg, seed=seed), make_train_transforms(data_cfg),
-                              batch_size=batch_size, seed=seed, shard_index=shard_index,
-                              shard_count=shard_count)
+  return loaders.make_loader(data_cfg, make_source(data_cfg, seed=seed), make_train_transforms(data_cfg),
+                             batch_size=batch_size, seed=seed, shard_index=shard_index,
+                             shard_count=shard_count)
 
 
 def labelled_set(data_cfg: ml_collections.ConfigDict, split: str | None = None,
@@ -507,16 +507,13 @@ def labelled_set(data_cfg: ml_collections.ConfigDict, split: str | None = None,
 def make_eval_set(data_cfg: ml_collections.ConfigDict, split: str = 'test') -> list[dict[str, Any]]:
   """Evaluation images [{'name', 'low', 'high'}] for the trainer.
 
-  'embedded': the common embedded evaluation set (`pipeline.make_eval_set` of source 'embedded'),
-  so numbers compare across methods. 'cityscapes': the first `eval_max_images` images of
-  `eval_split` darkened with the fixed `eval_gamma`, 'high' being the original image.
+  'embedded': the common embedded evaluation set (`loaders.embedded_eval_set`, what source
+  'embedded' evaluates on with the default degradation), so numbers compare across methods.
+  'cityscapes': the first `eval_max_images` images of `eval_split` darkened with the fixed
+  `eval_gamma`, 'high' being the original image.
   """
   if data_cfg.inputs == 'embedded':
-    from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
-
-    cfg = pipeline.default_data_config()
-    cfg.source = 'embedded'
-    return pipeline.make_eval_set(cfg, split=split)
+    return loaders.embedded_eval_set(split, degrade_lib.DegradationConfig())
   split_name = data_cfg.eval_split if split == 'test' else data_cfg.split
   return [{'name': e['name'], 'low': darken(e['image'], data_cfg.eval_gamma), 'high': e['image']}
           for e in labelled_set(data_cfg, split_name, limit=data_cfg.eval_max_images)]

@@ -185,12 +185,13 @@ class LowlightEnlightengan(_FolderBuilder):
   def _split_generators(self, dl_manager):
     root = pathlib.Path(dl_manager.manual_dir)
     self._manual_root = root
-    from data_pipelines import sources  # pylint: disable=g-import-not-at-top
+    from data_pipelines import image_sources  # pylint: disable=g-import-not-at-top
     out = {}
     for split, folder in (('train_low', 'trainA'), ('train_high', 'trainB'),
                           ('test_low', 'testA'), ('test_high', 'testB')):
       if (root / folder).is_dir():
-        out[split] = self._generate_examples(sources.UnpairedFolder(root / folder, key='image'))
+        images = image_sources.UnpairedFolder(root / folder, key='image')
+        out[split] = self._generate_examples(images)
     if not out:
       raise FileNotFoundError(f'{self.name}: no trainA/trainB under {os.fspath(root)!r}')
     return out

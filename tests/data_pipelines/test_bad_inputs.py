@@ -21,7 +21,7 @@ from PIL import Image
 
 from lowlight_jax.io import imageio
 from data_pipelines import pipeline
-from data_pipelines import sources
+from data_pipelines import image_sources
 from data_pipelines import synthetic_video
 from data_pipelines import video
 
@@ -132,7 +132,7 @@ def test_real_images_in_awkward_encodings_convert_correctly(tmp_path):
 def test_broken_images_are_skipped_once_with_a_reason(tmp_path, caplog):
   good, bad = make_image_corpus(tmp_path)
   with caplog.at_level(logging.WARNING):
-    source = sources.UnpairedFolder(tmp_path, key="low", max_pixels=MAX_PIXELS)
+    source = image_sources.UnpairedFolder(tmp_path, key="low", max_pixels=MAX_PIXELS)
     elements = [source[i] for i in range(len(source))]
     again = [source[i] for i in range(len(source))]  # A second epoch warns no more.
   assert len(elements) == len(again) == len(source)

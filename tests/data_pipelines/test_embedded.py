@@ -7,7 +7,7 @@ import pytest
 
 from data_pipelines import degrade
 from data_pipelines import embedded
-from data_pipelines import sources
+from data_pipelines import image_sources
 
 
 def test_split_is_disjoint_by_photo_and_by_content():
@@ -24,7 +24,7 @@ def test_split_is_disjoint_by_photo_and_by_content():
 
 
 def test_training_source_only_serves_train_photos():
-  src = sources.EmbeddedPairs('train', degradation=None)
+  src = image_sources.EmbeddedPairs('train', degradation=None)
   assert src.names == embedded.EMBEDDED_TRAIN
   test_shapes = {embedded.load_photo(n).shape for n in embedded.EMBEDDED_TEST}
   for i in range(len(src)):
@@ -74,10 +74,10 @@ def test_test_split_degradation_is_pinned(name):
 
 def test_test_pairs_match_fixed_degradation_and_seed_matters():
   cfg = degrade.DegradationConfig()
-  src = sources.EmbeddedPairs('test', degradation=cfg, seed=0)
+  src = image_sources.EmbeddedPairs('test', degradation=cfg, seed=0)
   element = src[1]
   assert src.names[1] == 'coffee'
   np.testing.assert_array_equal(element['low'], embedded.degraded_photo('coffee', cfg))
   np.testing.assert_array_equal(element['high'], embedded.load_photo('coffee'))
-  other = sources.EmbeddedPairs('test', degradation=cfg, seed=1)[1]['low']
+  other = image_sources.EmbeddedPairs('test', degradation=cfg, seed=1)[1]['low']
   assert np.abs(other - element['low']).mean() > 1e-3

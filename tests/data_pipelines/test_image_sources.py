@@ -1,4 +1,4 @@
-"""Tests for data_pipelines.sources: stem matching, skipping bad files with one warning, reprs."""
+"""data_pipelines.image_sources: stem matching, skipping bad files with one warning, reprs."""
 
 import io
 import logging
@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from data_pipelines import sources
+from data_pipelines import image_sources
 
 
 def _truncated_jpeg() -> bytes:
@@ -29,7 +29,7 @@ def test_paired_folder_matches_by_stem_and_reports_unmatched(paired_folder, writ
   write_image(paired_folder / 'low' / 'orphan_low.png', 0.5)
   write_image(paired_folder / 'high' / 'orphan_high.png', 0.5)
   with caplog.at_level(logging.WARNING):
-    src = sources.PairedFolder(paired_folder)
+    src = image_sources.PairedFolder(paired_folder)
   assert len(src) == 6
   assert [p.name for p in src.unmatched] == ['orphan_low.png', 'orphan_high.png'] or sorted(
       p.name for p in src.unmatched) == ['orphan_high.png', 'orphan_low.png']
@@ -49,7 +49,7 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path, write_image, capl
   (folder / 'b_text.png').write_text('definitely not a PNG\n')
   (folder / 'c_cut.jpg').write_bytes(_truncated_jpeg())
   with caplog.at_level(logging.WARNING):
-    src = sources.UnpairedFolder(folder)
+    src = image_sources.UnpairedFolder(folder)
     # Header checks drop the empty and text files at construction; the truncated JPEG has an intact
     # header and is only found when decoded: the next readable record is served instead.
     assert len(src) == 5
@@ -71,7 +71,7 @@ def test_bad_files_are_skipped_with_one_warning_each(tmp_path, write_image, capl
 def test_bad_file_in_a_pair_drops_the_pair(paired_folder, caplog):
   (paired_folder / 'high' / '02.png').write_bytes(b'')
   with caplog.at_level(logging.WARNING):
-    src = sources.PairedFolder(paired_folder)
+    src = image_sources.PairedFolder(paired_folder)
   assert [src.name(i) for i in range(len(src))] == ['00', '01', '03', '04', '05']
   assert len(src.skipped) == 1 and src.skipped[0][0].endswith('02.png')
   assert any('02.png' in m for m in _warnings(caplog))
@@ -80,24 +80,24 @@ def test_bad_file_in_a_pair_drops_the_pair(paired_folder, caplog):
 def test_empty_or_all_bad_folder_raises_naming_it(tmp_path):
   (tmp_path / 'empty').mkdir()
   with pytest.raises(ValueError, match='empty'):
-    sources.UnpairedFolder(tmp_path / 'empty')
+    image_sources.UnpairedFolder(tmp_path / 'empty')
   (tmp_path / 'bad').mkdir()
   (tmp_path / 'bad' / 'x.png').write_bytes(b'')
   with pytest.raises(ValueError, match=r"bad.*1 unreadable"):
-    sources.UnpairedFolder(tmp_path / 'bad')
+    image_sources.UnpairedFolder(tmp_path / 'bad')
   (tmp_path / 'p' / 'low').mkdir(parents=True)
   (tmp_path / 'p' / 'high').mkdir()
   with pytest.raises(ValueError, match='low'):
-    sources.PairedFolder(tmp_path / 'p')
+    image_sources.PairedFolder(tmp_path / 'p')
 
 
 def test_repr_is_stable_and_sources_pickle(paired_folder, caplog):
-  src = sources.PairedFolder(paired_folder)
-  again = sources.PairedFolder(paired_folder)
+  src = image_sources.PairedFolder(paired_folder)
+  again = image_sources.PairedFolder(paired_folder)
   assert repr(src) == repr(again) and 'num_records=6' in repr(src)
   clone = pickle.loads(pickle.dumps(src))  # grain ships sources to worker processes.
   assert repr(clone) == repr(src)
   np.testing.assert_array_equal(clone[3]['high'], src[3]['high'])
-  emb = sources.EmbeddedPairs('test', seed=3)
+  emb = image_sources.EmbeddedPairs('test', seed=3)
   assert repr(emb) == repr(pickle.loads(pickle.dumps(emb)))
   assert "split='test'" in repr(emb) and 'seed=3' in repr(emb)

@@ -1,4 +1,4 @@
-"""grain random-access sources: embedded photos, paired folders (LOL-style), unpaired folders.
+"""grain random-access image sources: embedded photos, paired folders (LOL-style), unpaired folders.
 
 Every source returns dict elements of RGB float32 HxWx3 images in [0, 1] and has a `__repr__` that
 depends only on its construction arguments and file list: grain compares `repr(source)` when

@@ -1,0 +1,29 @@
+"""`data.source = 'paired_folder'`: root/low_dir + root/high_dir matched by stem (LOL `our485`).
+
+Batches hold 'low' and 'high', cropped and flipped together. The evaluation set reads `eval_root`
+(split 'test') or `root` (split 'train') in the same layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import ml_collections
+
+from data_pipelines import image_sources
+from data_pipelines import loaders
+
+
+def make_train_loader(data_cfg: ml_collections.ConfigDict, *, batch_size: int, seed: int,
+                      shard_index: int | None = None,
+                      shard_count: int | None = None) -> grain.DataLoader:
+  source = image_sources.PairedFolder(loaders.folder(data_cfg.root, '', 'root'), data_cfg.low_dir,
+                                data_cfg.high_dir, max_pixels=data_cfg.max_pixels)
+  return loaders.make_loader(data_cfg, source, loaders.image_transforms(data_cfg, ('low', 'high')),
+                             batch_size=batch_size, seed=seed, shard_index=shard_index,
+                             shard_count=shard_count)
+
+
+def make_eval_set(data_cfg: ml_collections.ConfigDict, split: str = 'test') -> list[dict[str, Any]]:
+  return loaders.folder_eval_set(data_cfg, split, paired=True)
