@@ -216,3 +216,16 @@ def test_loader_is_infinite():
   it = iter(pipeline.make_train_loader(_cfg(crop=8), batch_size=5, seed=0, shard_index=0,
                                        shard_count=1))
   assert len(list(itertools.islice(it, 7))) == 7  # 35 elements from 6 photos.
+
+
+def test_scl_source_evaluates_on_the_common_embedded_set():
+  from data_pipelines import scl_data  # pylint: disable=g-import-not-at-top
+
+  scl_cfg = scl_data.default_scl_data_config()
+  assert pipeline.source_module(scl_cfg.source).make_train_loader is scl_data.make_train_loader
+  common = pipeline.make_eval_set(_cfg())
+  scl = pipeline.make_eval_set(scl_cfg)
+  assert [e['name'] for e in scl] == [e['name'] for e in common] == list(embedded.EMBEDDED_TEST)
+  for a, b in zip(scl, common):
+    np.testing.assert_array_equal(a['low'], b['low'])
+    np.testing.assert_array_equal(a['high'], b['high'])
