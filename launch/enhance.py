@@ -1,36 +1,61 @@
-r"""Enhances an image or a folder with a trained run or with the authors' released weights.
+r"""Enhances images and videos (a file or a folder) with a trained run or with the authors' released weights.
 
   # A run of launch.train (newest checkpoint; keeps every input's size):
   python -m launch.enhance --workdir DIR --input FILE_OR_DIR --output DIR
-  # Released weights (reproduces the authors' test script unless --keep-size):
+  # Released weights (reproduces the authors' test script on images unless --keep-size):
   python -m launch.enhance --method sgz --weights Epoch99.pth --input FILE_OR_DIR --output DIR \
       [--scale-factor 12] [--keep-size]
 
-Outputs are PNGs with the input's file name. Unreadable inputs are reported by name and skipped.
+Images become PNGs with the input's stem (`x.jpg` -> `x.png`). Videos (.mp4, .mov, .mkv, .avi, .webm, ...)
+become H.264 MP4s with the input's stem, frame rate and size (always the full size, also for released SGZ),
+enhanced `--video-batch` frames at a time; `--frames-dir` writes `<stem>/000000.png ...` instead.
+
+Nothing is lost: before any model is built the output paths are checked, and the command refuses an --output
+equal to or inside --input, an output that would replace an input, two inputs that would write the same
+output (`x.png` and `x.jpg`), and a non-empty --output folder unless --overwrite (replace existing outputs)
+or --skip-existing (skip inputs whose output exists). Every output is written to a temporary file beside it
+and renamed when complete. An input that cannot be read, or is too small for the method, is reported by name
+and the others are still enhanced; the exit status is then 1. Refusals exit with status 2.
 """
 
+import os
 import sys
 
 from absl import app
 from absl import flags
 
-from launch import _common  # noqa: F401  (quiet TensorFlow before jax/clu imports)
+from launch import _common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by launch.train.")
 _METHOD = flags.DEFINE_enum("method", None, ["sgz", "zero_dce", "scl_lle"], "Released-weights mode: method.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "Released-weights mode: .pth/.npz/.safetensors or converted file.")
-_INPUT = flags.DEFINE_string("input", None, "An image file or a folder of images.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output folder.")
+_INPUT = flags.DEFINE_string("input", None, "An image or video file, or a folder of images and videos.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder (new or empty, unless --overwrite/--skip-existing).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace outputs that already exist in --output.")
+_SKIP = flags.DEFINE_bool("skip_existing", False, "Skip inputs whose output already exists in --output.")
+flags.DEFINE_alias("skip-existing", "skip_existing")
 _SCALE = flags.DEFINE_integer("scale_factor", None, "SGZ scale factor (default: the run's config / 12).")
 flags.DEFINE_alias("scale-factor", "scale_factor")
-_KEEP = flags.DEFINE_bool("keep_size", False, "Released mode: keep full input size instead of the authors' crop.")
+_KEEP = flags.DEFINE_bool("keep_size", False, "Released mode: keep full input size instead of the authors' crop "
+                          "(videos always keep their size).")
 flags.DEFINE_alias("keep-size", "keep_size")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to restore (default: newest).")
+_VIDEO_BATCH = flags.DEFINE_integer("video_batch", 8, "Video frames enhanced per call (one compiled shape; "
+                                    "memory holds about this many frames).", lower_bound=1)
+flags.DEFINE_alias("video-batch", "video_batch")
+_FRAMES_DIR = flags.DEFINE_bool("frames_dir", False, "Write each video as PNG frames <output>/<stem>/000000.png "
+                                "... instead of an MP4.")
+flags.DEFINE_alias("frames-dir", "frames_dir")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flags_as_required(["input", "output"])
+
+#: Exit status when some inputs failed (their names are printed) but the others were written.
+SOME_FAILED_EXIT = 1
 
 
 def _run_enhancer(workdir: str, step, scale_factor):
   import jax
+  from lowlight_jax.inference import batch_enhance
   from lowlight_jax.train import evaluation, trainer
 
   config = _common.load_run_config(workdir)
@@ -38,44 +63,74 @@ def _run_enhancer(workdir: str, step, scale_factor):
     config.inference.scale_factor = scale_factor
   setup = trainer.restore_for_inference(config, workdir, step)
   fn = trainer.make_enhance_fn(setup)(setup.state, setup.frozen)
-  return lambda image: evaluation.quantize(jax.device_get(fn(image[None])["enhanced"][0]))
+  batch_fn = lambda batch: evaluation.quantize(jax.device_get(fn(batch)["enhanced"]))
+  return batch_enhance.Enhancer(image_fn=batch_fn, video_fn=batch_fn)
 
 
 def _released_enhancer(method: str, weights: str, scale_factor, keep_size: bool):
+  from lowlight_jax.inference import batch_enhance
   from lowlight_jax.inference import released
 
   variables = released.load_released(method, weights)
-  kwargs = {} if scale_factor is None else {"scale_factor": scale_factor}
-  return lambda image: released.enhance_released(method, variables, image, keep_size=keep_size, **kwargs)["uint8"]
+  kwargs = dict(scale_factor=scale_factor)
+  image_fn = released.make_enhancer(method, variables, keep_size=keep_size, **kwargs)
+  # Videos always keep their size (a cropped video would not match its source frame for frame).
+  video_fn = image_fn if keep_size else released.make_enhancer(method, variables, keep_size=True, **kwargs)
+  crops = method == "sgz" and not keep_size
+  return batch_enhance.Enhancer(
+      image_fn=image_fn, video_fn=video_fn,
+      min_size=released.min_input_size(method, keep_size=keep_size, **kwargs),
+      size_hint=" (the authors' SGZ pipeline crops to multiples of the scale factor; --keep-size enhances "
+                "any size)" if crops else "",
+      same_size=not crops)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from launch import _common as _launch_common
-  _launch_common.setup_logging()  # Orbax/grain INFO lines would drown the report.
-  from lowlight_jax.inference import batch_enhance
+  _common.setup_logging()  # Orbax/grain INFO lines would drown the report.
+  from lowlight_jax import errors
+  from lowlight_jax.inference import batch_enhance  # No jax: the checks below run before anything heavy.
 
   if (_WORKDIR.value is None) == (_METHOD.value is None):
     raise app.UsageError("give either --workdir (a trained run) or --method with --weights (released weights)")
+  if _WORKDIR.value is None and not _WEIGHTS.value:
+    raise app.UsageError("--method needs --weights")
+  if _WORKDIR.value is not None and _KEEP.value:
+    raise app.UsageError("--keep-size is for --method sgz; a run (--workdir) always keeps the input size")
+  if _WEIGHTS.value and not os.path.isfile(_WEIGHTS.value):
+    raise errors.InputError(f"--weights {_WEIGHTS.value} is not a file")
+  if _WORKDIR.value is not None and not os.path.isdir(_WORKDIR.value):
+    raise errors.InputError(f"--workdir {_WORKDIR.value} is not a folder")
+
+  # Every input/output check happens here, before a model is built or anything is compiled.
+  plan = batch_enhance.plan_outputs(_INPUT.value, _OUTPUT.value, overwrite=_OVERWRITE.value,
+                                    skip_existing=_SKIP.value, frames_dir=_FRAMES_DIR.value)
+  for job in plan.skipped:
+    print(f"  skipped (output exists): {job.src}")
+  if not plan.jobs:
+    print(f"nothing to do: all {len(plan.skipped)} output(s) exist in {_OUTPUT.value}")
+    return
+
   if _WORKDIR.value is not None:
-    enhance_one = _run_enhancer(_WORKDIR.value, _STEP.value, _SCALE.value)
+    enhancer = _run_enhancer(_WORKDIR.value, _STEP.value, _SCALE.value)
   else:
-    if not _WEIGHTS.value:
-      raise app.UsageError("--method needs --weights")
-    enhance_one = _released_enhancer(_METHOD.value, _WEIGHTS.value, _SCALE.value, _KEEP.value)
-  inputs = batch_enhance.collect_inputs(_INPUT.value)
-  same_size = _WORKDIR.value is not None or _KEEP.value or _METHOD.value != "sgz"
-  report = batch_enhance.enhance_paths(enhance_one, inputs, _OUTPUT.value, same_size=same_size)
-  print(f"wrote {len(report.written)} image(s) to {_OUTPUT.value}; {len(report.failed)} failed")
+    enhancer = _released_enhancer(_METHOD.value, _WEIGHTS.value, _SCALE.value, _KEEP.value)
+  report = batch_enhance.run_plan(enhancer, plan, video_batch=_VIDEO_BATCH.value, progress=_PROGRESS.value)
+
+  summary = f"wrote {len(report.written) - report.videos} image(s)"
+  if report.videos:
+    summary += f" and {report.videos} video(s) ({report.frames} frames)"
+  summary += f" to {_OUTPUT.value}; {len(report.skipped)} skipped; {len(report.failed)} failed"
+  print(summary)
   for path, reason in report.failed:
     print(f"  failed: {path}: {reason}")
-  if not report.written:
-    sys.exit(1)
+  if report.failed:
+    sys.exit(SOME_FAILED_EXIT)
 
 
 def run():
-  app.run(main)
+  _common.run(main)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,13 @@ Outputs are the clipped float image and the uint8 image torchvision's `save_imag
 
 import functools
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lowlight_jax import errors
 from lowlight_jax.convert import io as convert_io
 from lowlight_jax.convert import layout
 from lowlight_jax.convert import weights as convert_weights
@@ -73,6 +74,49 @@ def quantize_like_save_image(y: np.ndarray) -> np.ndarray:
   return np.clip(y * np.float32(255) + np.float32(0.5), 0, 255).astype(np.uint8)
 
 
+def _sgz_scale(method: str, scale_factor: int | None) -> int:
+  if method not in ENHANCE_METHODS:
+    raise ValueError(f"enhance_released supports {ENHANCE_METHODS}, not {method!r}")
+  if method == "sgz":
+    return DEFAULT_SGZ_SCALE if scale_factor is None else int(scale_factor)
+  if scale_factor not in (None, 1):
+    raise ValueError(f"{method} runs at full resolution; scale_factor is SGZ-only")
+  return 1
+
+
+def min_input_size(method: str, *, scale_factor: int | None = None, keep_size: bool = False) -> int:
+  """Smallest height and width `method` enhances: the scale factor for SGZ's released crop (which
+  crops down to multiples of it), else 1 (`keep_size` pads instead of cropping)."""
+  s = _sgz_scale(method, scale_factor)
+  return s if method == "sgz" and not keep_size else 1
+
+
+def make_enhancer(method: str, variables: Any, *, scale_factor: int | None = None,
+                  keep_size: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+  """Batched released-weights enhancement: (B, H, W, 3) float in [0, 1] -> (B, h, w, 3) uint8.
+
+  The same jitted forward and `save_image` rounding as `enhance_released`; (h, w) as there. One
+  compilation per input shape, so feed fixed-size batches (video frames) to compile once.
+  """
+  s = _sgz_scale(method, scale_factor)
+  fn = _forward_fn(method, s, method == "sgz" and not keep_size)
+  smallest = min_input_size(method, scale_factor=scale_factor, keep_size=keep_size)
+
+  def enhance(batch: np.ndarray) -> np.ndarray:
+    x = np.asarray(batch)
+    if x.ndim != 4 or x.shape[-1] != 3:
+      raise ValueError(f"expected a (B, H, W, 3) RGB batch, got shape {x.shape}")
+    if min(x.shape[1:3]) < smallest:
+      raise errors.InputError(
+          f"image {x.shape[2]}x{x.shape[1]} is smaller than SGZ's scale factor {s}, which the authors' "
+          "pipeline crops to multiples of (keep_size / --keep-size enhances any size)")
+    x = x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else x.astype(np.float32)
+    y = np.asarray(jax.device_get(fn(variables, jnp.asarray(x))["enhanced"]))
+    return quantize_like_save_image(y)
+
+  return enhance
+
+
 def enhance_released(method: str, variables: Any, image: np.ndarray, *,
                      scale_factor: int | None = None, keep_size: bool = False,
                      return_aux: bool = False) -> dict[str, Any]:
@@ -92,21 +136,18 @@ def enhance_released(method: str, variables: Any, image: np.ndarray, *,
     is the input size, or for SGZ without `keep_size` the size cropped down to multiples of the
     scale factor.
   """
-  if method not in ENHANCE_METHODS:
-    raise ValueError(f"enhance_released supports {ENHANCE_METHODS}, not {method!r}")
+  s = _sgz_scale(method, scale_factor)
   img = np.asarray(image)
   if img.ndim != 3 or img.shape[-1] != 3:
     raise ValueError(f"expected an (H, W, 3) RGB image, got shape {img.shape}")
   if img.dtype == np.uint8:
     img = img.astype(np.float32) / np.float32(255)
   img = img.astype(np.float32)
-  if method == "sgz":
-    s = DEFAULT_SGZ_SCALE if scale_factor is None else int(scale_factor)
-    fn = _forward_fn(method, s, not keep_size)
-  else:
-    if scale_factor not in (None, 1):
-      raise ValueError(f"{method} runs at full resolution; scale_factor is SGZ-only")
-    fn = _forward_fn(method, 1, False)
+  crop = method == "sgz" and not keep_size
+  if crop and min(img.shape[:2]) < s:
+    raise errors.InputError(f"image {img.shape[1]}x{img.shape[0]} is smaller than SGZ's scale factor {s}, "
+                            "which the authors' pipeline crops to multiples of (keep_size enhances any size)")
+  fn = _forward_fn(method, s, crop)
   out = fn(variables, jnp.asarray(img)[None])
   y = np.asarray(jax.device_get(out["enhanced"]))[0]
   result = {"enhanced": np.clip(y, 0.0, 1.0), "uint8": quantize_like_save_image(y)}

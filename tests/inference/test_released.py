@@ -47,3 +47,24 @@ def test_argument_checks(sgz_variables):
     released.enhance_released("zero_dce", sgz_variables, np.zeros((8, 8, 3)), scale_factor=12)
   with pytest.raises(ValueError, match="RGB"):
     released.enhance_released("sgz", sgz_variables, np.zeros((24, 24)))
+
+
+def test_batched_enhancer_matches_single_images_and_reports_too_small(sgz_variables):
+  from lowlight_jax import errors
+
+  rng = np.random.default_rng(2)
+  batch = rng.random((3, 26, 30, 3), dtype=np.float32) * 0.3
+  fn = released.make_enhancer("sgz", sgz_variables, keep_size=True)
+  out = fn(batch)
+  assert out.dtype == np.uint8 and out.shape == (3, 26, 30, 3)
+  for image, got in zip(batch, out):
+    np.testing.assert_array_equal(got, released.enhance_released("sgz", sgz_variables, image, keep_size=True)["uint8"])
+  assert released.make_enhancer("sgz", sgz_variables)(batch).shape == (3, 24, 24, 3)  # The authors' crop.
+  assert released.min_input_size("sgz") == 12 and released.min_input_size("sgz", keep_size=True) == 1
+  assert released.min_input_size("sgz", scale_factor=4) == 4 and released.min_input_size("zero_dce") == 1
+  tiny = np.zeros((1, 1, 3), np.float32)
+  with pytest.raises(errors.InputError, match="1x1 is smaller than SGZ's scale factor 12"):
+    released.enhance_released("sgz", sgz_variables, tiny)
+  with pytest.raises(errors.InputError, match="smaller than"):
+    released.make_enhancer("sgz", sgz_variables)(tiny[None])
+  assert released.enhance_released("sgz", sgz_variables, tiny, keep_size=True)["uint8"].shape == (1, 1, 3)

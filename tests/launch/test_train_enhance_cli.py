@@ -29,14 +29,22 @@ def test_train_then_enhance_folder(tmp_path, run_module):
   Image.fromarray(rng.integers(0, 60, (37, 53, 3), dtype=np.uint8)).save(inputs / "odd.png")
   Image.fromarray(rng.integers(0, 60, (30, 25, 3), dtype=np.uint8)).save(inputs / "small.jpg")
   (inputs / "broken.png").write_bytes(b"this is not a png")
+  # A video in the same folder: streamed through the run's enhance function into an MP4 of the same size/rate.
+  from lowlight_jax.io import videoio
+  videoio.write_video_atomic(inputs / "clip.mp4", [np.full((18, 26, 3), 8 * i, np.uint8) for i in range(7)],
+                             fps=5, width=26, height=18)
   out = tmp_path / "out"
   enhance = run_module(["launch.enhance", "--workdir", str(workdir), "--input", str(inputs),
-                        "--output", str(out)])
-  assert enhance.returncode == 0, enhance.stderr[-3000:]
-  assert sorted(os.listdir(out)) == ["odd.png", "small.png"]
+                        "--output", str(out), "--video-batch", "4"])
+  # One input failed (its name is printed), the others were written: exit status 1.
+  assert enhance.returncode == 1, enhance.stderr[-3000:]
+  assert sorted(os.listdir(out)) == ["clip.mp4", "odd.png", "small.png"]
   assert np.asarray(Image.open(out / "odd.png")).shape == (37, 53, 3)
   assert np.asarray(Image.open(out / "small.png")).shape == (30, 25, 3)
   assert "broken.png" in enhance.stdout and "1 failed" in enhance.stdout
+  with videoio.VideoReader(out / "clip.mp4") as reader:
+    assert (reader.info.width, reader.info.height, reader.info.fps) == (26, 18, 5)
+    assert len(list(reader.frames())) == 7
 
 
 def test_bad_config_key_names_itself(tmp_path, run_module):
