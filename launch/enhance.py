@@ -96,8 +96,6 @@ def main(argv):
     raise app.UsageError("give either --workdir (a trained run) or --method with --weights (released weights)")
   if _WORKDIR.value is None and not _WEIGHTS.value:
     raise app.UsageError("--method needs --weights")
-  if _WORKDIR.value is not None and _KEEP.value:
-    raise app.UsageError("--keep-size is for --method sgz; a run (--workdir) always keeps the input size")
   if _WEIGHTS.value and not os.path.isfile(_WEIGHTS.value):
     raise errors.InputError(f"--weights {_WEIGHTS.value} is not a file")
   if _WORKDIR.value is not None and not os.path.isdir(_WORKDIR.value):

@@ -9,9 +9,12 @@ r"""Scores enhanced images against references paired by file stem, and with no-r
   python -m launch.evaluate --workdir RUN [--data embedded_test|FOLDER] [--out_dir DIR] \
       --metrics psnr,ssim --out REPORT.json [--html REPORT.html]
 
-The JSON holds per-image values and means keyed by metric name; unreadable files get a per-file
-error and the run continues. LPIPS, NIQE and BRISQUE need the metric assets:
-`python -m launch.assets fetch`.
+Images are read like every other reader of the project (`lowlight_jax.io.imageio.read_image`: EXIF
+orientation applied, the extensions of `imageio.list_images`) and paired by file stem. The JSON holds
+per-image values and means keyed by metric name; unreadable files get a per-file error and the run
+continues; predictions without a reference and references without a prediction are listed (JSON
+`unpaired`, and printed). When nothing pairs with --ref the command fails (exit 2) naming both folders.
+LPIPS, NIQE and BRISQUE need the metric assets: `python -m launch.assets fetch`.
 
 Run mode restores the run with `trainer.restore_for_inference`, enhances every image of the data set
 at full size with the run's own inference (`trainer.make_enhance_fn`), writes the 8-bit outputs
@@ -23,13 +26,13 @@ settings when it trained on embedded data); `--data FOLDER` is a paired folder w
 """
 
 import os
-import sys
 import tempfile
 
 from absl import app
 from absl import flags
 
 from launch import _common  # Also quiets TensorFlow before jax/clu imports.
+from lowlight_jax import errors
 
 _PRED = flags.DEFINE_string("pred", None, "Folder of enhanced images (or give --workdir).")
 _WORKDIR = flags.DEFINE_string("workdir", None,
@@ -72,7 +75,7 @@ def _run_data_config(config, data: str):
       return config.data
     return pipeline.default_data_config()
   if not os.path.isdir(data):
-    raise FileNotFoundError(f"--data must be 'embedded_test' or a folder; {data!r} is neither")
+    raise errors.InputError(f"--data must be 'embedded_test' or a folder; {data!r} is neither")
   cfg = pipeline.default_data_config()
   cfg.source = "paired_folder"
   cfg.eval_root = data
@@ -88,8 +91,8 @@ def enhance_run(workdir: str, data: str, out_dir: str, step: int | None = None) 
   """
   import jax
   import numpy as np
-  from PIL import Image
   from data_pipelines import pipeline
+  from lowlight_jax.io import imageio
   from lowlight_jax.train import evaluation
   from lowlight_jax.train import trainer
 
@@ -98,13 +101,14 @@ def enhance_run(workdir: str, data: str, out_dir: str, step: int | None = None) 
           (("pred", "enhanced"), ("ref", "reference"), ("inputs", "input"))}
   for d in dirs.values():
     if os.path.isdir(d) and os.listdir(d):
-      raise ValueError(f"{d} is not empty (stale images would be scored); choose a new --out_dir")
+      raise errors.OutputError(f"--out_dir: {d} is not empty (stale images would be scored); choose a new "
+                               "--out_dir")
   eval_set = pipeline.make_eval_set(_run_data_config(config, data), split="test")
   if not eval_set:
-    raise ValueError(f"no images to evaluate in {data!r}")
+    raise errors.InputError(f"--data: no images to evaluate in {data!r}")
   missing = [e["name"] for e in eval_set if e.get("high") is None]
   if missing:
-    raise ValueError(f"no ground truth for {missing[:5]} in {data!r}")
+    raise errors.InputError(f"--data: no ground truth for {missing[:5]} in {data!r}")
   setup = trainer.restore_for_inference(config, workdir, step)
   enhance = trainer.make_enhance_fn(setup)(setup.state, setup.frozen)
   for d in dirs.values():
@@ -114,7 +118,7 @@ def enhance_run(workdir: str, data: str, out_dir: str, step: int | None = None) 
     out = jax.device_get(enhance(low[None])["enhanced"][0])
     for key, img in (("pred", out), ("ref", element["high"]), ("inputs", low)):
       path = os.path.join(dirs[key], f"{element['name']}.png")
-      Image.fromarray(evaluation.quantize(img)).save(path)
+      imageio.write_png_atomic(path, evaluation.quantize(img))
   print(f"enhanced {len(eval_set)} image(s) of {data} with {workdir}")
   return dirs
 
@@ -130,7 +134,7 @@ def segmentation_task(workdir: str, step, gammas, limit, out: str) -> dict:
   config = run_config.load_run_config(workdir)
   setup = trainer.restore_for_inference(config, workdir, step)
   if not hasattr(setup.method, "segment"):
-    raise ValueError(f"run {workdir} ({config.method}) has no segmentation network; --task segmentation "
+    raise errors.ConfigError(f"run {workdir} ({config.method}) has no segmentation network; --task segmentation "
                      "needs an SCL-LLE run")
   enhance, segment = segmentation.method_fns(setup.method, setup.state.params, setup.frozen,
                                                   setup.state.model_state)
@@ -162,33 +166,34 @@ def main(argv):
   if _WORKDIR.value is not None and (_REF.value or _INPUTS.value):
     raise app.UsageError(
         "--workdir takes its references and inputs from --data; drop --ref/--inputs")
-  from lowlight_jax.metrics import assets
   from lowlight_jax.metrics import evaluate
 
+  # Expected errors (missing asset or folder, nothing pairs, unknown metric) are one line, exit 2
+  # (launch._common.run).
   with tempfile.TemporaryDirectory(prefix="lowlight_eval_") as tmp:
-    try:
-      if _WORKDIR.value is not None:
-        dirs = enhance_run(_WORKDIR.value, _DATA.value, _OUT_DIR.value or tmp, _STEP.value)
-      else:
-        dirs = {"pred": _PRED.value, "ref": _REF.value, "inputs": _INPUTS.value}
-      report = evaluate.evaluate_folders(
-          dirs["pred"], dirs["ref"], metrics=_METRICS.value, input_dir=dirs["inputs"],
-          protocol=evaluate.Protocol(crop_border=_CROP.value, channel=_CHANNEL.value),
-          out_json=_OUT.value, out_html=_HTML.value, fid_weights=_FID_WEIGHTS.value,
-          grid_limit=_GRID.value, progress=_PROGRESS.value)
-    except (assets.AssetMissingError, ValueError, FileNotFoundError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+    if _WORKDIR.value is not None:
+      dirs = enhance_run(_WORKDIR.value, _DATA.value, _OUT_DIR.value or tmp, _STEP.value)
+    else:
+      dirs = {"pred": _PRED.value, "ref": _REF.value, "inputs": _INPUTS.value}
+    report = evaluate.evaluate_folders(
+        dirs["pred"], dirs["ref"], metrics=_METRICS.value, input_dir=dirs["inputs"],
+        protocol=evaluate.Protocol(crop_border=_CROP.value, channel=_CHANNEL.value),
+        out_json=_OUT.value, out_html=_HTML.value, fid_weights=_FID_WEIGHTS.value,
+        grid_limit=_GRID.value, progress=_PROGRESS.value)
   means = ", ".join(f"{k}={v:.4f}" for k, v in report["mean"].items() if v is not None)
   sets = ", ".join(f"{k}={v:.4f}" for k, v in report["set"].items() if v is not None)
   print(f"{len(report['images'])} image(s): {means}{'; ' + sets if sets else ''}")
   for err in report["errors"]:
     print(f"  error: {err['name']}: {err['error']}")
+  for key, where in (("pred_only", "no reference"), ("ref_only", "no prediction")):
+    names = report["unpaired"][key]
+    if names:
+      print(f"  unpaired ({where}): {len(names)}: {', '.join(names)}")
   print(f"wrote {_OUT.value}" + (f" and {_HTML.value}" if _HTML.value else ""))
 
 
 def run():
-  app.run(main)
+  _common.run(main)
 
 
 if __name__ == "__main__":

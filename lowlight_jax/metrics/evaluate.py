@@ -1,10 +1,12 @@
 """Scores a folder of enhanced images, optionally against references paired by file stem.
 
-`evaluate_folders` is the library side of `python -m launch.evaluate`: it reads every image once,
-computes the requested metrics with an explicit protocol, survives unreadable or mismatched files
-(each gets an `error` entry in the report), writes the JSON report atomically and, if asked, an HTML
-report with a table and a grid of input / output / reference crops embedded as base64 JPEG
-thumbnails.
+`evaluate_folders` is the library side of `python -m launch.evaluate`: it reads every image once
+with the project's one reader (`lowlight_jax.io.imageio.read_image`: EXIF orientation applied, the
+extensions of `imageio.list_images`, hidden files ignored), pairs predictions and references by file
+stem (nothing pairing is an `InputError` naming both folders), computes the requested metrics with
+an explicit protocol, survives unreadable or mismatched files (each gets an `error` entry in the
+report), writes the JSON report atomically and, if asked, an HTML report with a table and a grid of
+input / output / reference crops embedded as base64 JPEG thumbnails.
 
 Report layout (JSON):
   {"pred_dir", "ref_dir", "input_dir", "metrics": [...], "protocol": {...},
@@ -32,10 +34,13 @@ import numpy as np
 from PIL import Image
 import tqdm
 
+from lowlight_jax import errors as errors_lib
 from lowlight_jax.io import atomic_io
+from lowlight_jax.io import imageio
 from lowlight_jax.metrics import full_reference
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
+#: The one list of image extensions (`imageio.list_images`), the same as `launch.enhance` reads.
+IMAGE_EXTENSIONS = imageio.IMAGE_EXTENSIONS
 FULL_REFERENCE = ('psnr', 'ssim', 'lpips', 'lpips_vgg')
 NO_REFERENCE = ('niqe', 'brisque')
 SET_LEVEL = ('fid',)
@@ -47,7 +52,7 @@ HIGHER_IS_BETTER = {'psnr': True, 'ssim': True, 'lpips': False, 'lpips_vgg': Fal
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-  """How images are scored. Images are read as 8-bit RGB (data range 255).
+  """How images are scored. Images are read as 8-bit RGB (data range 255) by `read_rgb8`.
 
   Attributes:
     crop_border: pixels removed from each side before every per-image metric.
@@ -60,28 +65,34 @@ class Protocol:
 
 
 def list_images(folder: str | os.PathLike) -> dict[str, pathlib.Path]:
-  """{stem: path} of the image files directly in `folder` (sorted); duplicate stems are an error."""
+  """{stem: path} of the image files directly in `folder` (`imageio.list_images`: sorted, hidden files
+  ignored); duplicate stems are an InputError naming both files."""
   folder = pathlib.Path(folder)
   if not folder.is_dir():
-    raise FileNotFoundError(f'{folder} is not a directory')
+    raise errors_lib.InputError(f'{folder} is not a folder')
   out: dict[str, pathlib.Path] = {}
-  for p in sorted(folder.iterdir()):
-    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
-      if p.stem in out:
-        raise ValueError(
-            f'two images share the stem {p.stem!r} in {folder}: {out[p.stem].name}, {p.name}')
-      out[p.stem] = p
+  for p in imageio.list_images(folder):
+    if p.stem in out:
+      raise errors_lib.InputError(
+          f'two images share the stem {p.stem!r} in {folder}: {out[p.stem].name}, {p.name}')
+    out[p.stem] = p
   return out
 
 
 def read_rgb8(path: str | os.PathLike) -> np.ndarray:
-  """An image file as HxWx3 uint8 RGB; raises ValueError naming the file if it cannot be decoded."""
-  try:
-    with Image.open(path) as im:
-      im.load()
-      return np.asarray(im.convert('RGB'), dtype=np.uint8)
-  except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on bad files
-    raise ValueError(f'cannot read image {path}: {type(e).__name__}: {e}') from e
+  """An image file as HxWx3 uint8 RGB, read by `imageio.read_image` (EXIF orientation applied, every
+  mode to RGB: alpha composited onto black, 16-bit greyscale rounded to 8 bits).
+
+  Raises:
+    imageio.ImageDecodeError (a ValueError) naming the file if it cannot be decoded.
+  """
+  rgb = imageio.read_image(path)
+  return np.floor(rgb * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+
+
+def _examples(files: dict[str, pathlib.Path], n: int = 3) -> str:
+  names = [p.name for p in files.values()]
+  return ', '.join(names[:n]) + (', ...' if len(names) > n else '')
 
 
 def _crop(img: np.ndarray, border: int) -> np.ndarray:
@@ -208,16 +219,24 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike | N
   metrics = list(dict.fromkeys(metrics))
   unknown = [m for m in metrics if m not in METRICS]
   if unknown:
-    raise ValueError(f'unknown metrics {unknown}; choose from {list(METRICS)}')
+    raise errors_lib.ConfigError(f'unknown metrics {unknown}; choose from {list(METRICS)}')
   needs_ref = [m for m in metrics if m in FULL_REFERENCE + SET_LEVEL]
   if needs_ref and ref_dir is None:
-    raise ValueError(f'metrics {needs_ref} need reference images (--ref)')
+    raise errors_lib.ConfigError(f'metrics {needs_ref} need reference images (--ref)')
   if 'fid' in metrics and fid_weights is None:
-    raise ValueError('fid needs InceptionV3 weights (pt_inception-2015-12-05 .pth, --fid_weights)')
+    raise errors_lib.ConfigError('fid needs InceptionV3 weights (pt_inception-2015-12-05 .pth, --fid_weights)')
 
   preds = list_images(pred_dir)
   refs = list_images(ref_dir) if ref_dir is not None else {}
   inputs = list_images(input_dir) if input_dir is not None else {}
+  if not preds:
+    raise errors_lib.InputError(
+        f'no image files ({", ".join(IMAGE_EXTENSIONS)}) in the predictions folder {pred_dir}')
+  if ref_dir is not None and not set(preds) & set(refs):
+    raise errors_lib.InputError(
+        f'no prediction in {pred_dir} has a reference in {ref_dir} with the same file stem '
+        f'({len(preds)} prediction(s), e.g. {_examples(preds)}; {len(refs)} reference(s)'
+        f'{", e.g. " + _examples(refs) if refs else ""})')
   scorers = _Scorers(metrics, protocol)  # loads assets first: a missing asset fails before any work
   fid_model = None
   if 'fid' in metrics:

@@ -51,6 +51,15 @@ def test_output_equal_to_input_is_refused_and_inputs_intact(tmp_path, run_module
   assert (src / "a.png").read_bytes() == before["a.png"]
 
 
+def test_workdir_mode_checks_outputs_before_the_run_is_read(tmp_path, run_module):
+  src, workdir = tmp_path / "in", tmp_path / "not_a_run"
+  before = _photos(src)
+  workdir.mkdir()  # No config, no checkpoint: reading the run would fail with another message.
+  result = run_module(["launch.enhance", "--workdir", str(workdir), "--input", str(src), "--output", str(src)])
+  _refused(result, "--output", "is --input")
+  assert {p: (src / p).read_bytes() for p in before} == before
+
+
 def test_output_inside_input_and_output_file_are_refused(tmp_path, run_module, not_weights):
   src = tmp_path / "in"
   _photos(src)

@@ -55,10 +55,11 @@ def test_cli_report(folders, tmp_path):
   metrics = ["psnr", "ssim", "lpips", "niqe", "brisque"]
   assert report["metrics"] == metrics
   assert set(report["images"]) == {"img0", "img1", "img2", "broken", "extra"}
-  assert "cannot read image" in report["images"]["broken"]["error"]
+  assert "cannot decode image" in report["images"]["broken"]["error"]
   assert [e["name"] for e in report["errors"]] == ["broken"]
   assert not set(metrics) & set(report["images"]["broken"])
   assert report["unpaired"] == {"pred_only": ["extra"], "ref_only": []}
+  assert "unpaired (no reference): 1: extra" in res.stdout
   # The unpaired prediction still gets no-reference scores.
   extra = report["images"]["extra"]
   assert {"niqe", "brisque"} <= set(extra) and "psnr" not in extra
@@ -84,6 +85,48 @@ def test_cli_missing_asset_is_a_clear_error(folders, tmp_path):
   assert res.returncode == 2
   assert "python -m launch.assets fetch" in res.stderr
   assert not (tmp_path / "r.json").exists()
+
+
+def test_exif_rotated_photo_enhanced_then_scored(tmp_path, conformance_dir, run_module):
+  """One reader everywhere: a camera JPEG with EXIF orientation 6 (and its reference, also a rotated JPEG)
+  is enhanced upright by launch.enhance and scored upright by launch.evaluate (it used to say 'sizes differ')."""
+  rng = np.random.default_rng(0)
+  stored = rng.integers(10, 60, (24, 48, 3), dtype=np.uint8)  # 48 wide as stored; 24 wide x 48 high as viewed.
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  for folder, image in (("inputs", stored), ("refs", np.clip(stored.astype(int) * 3, 0, 255).astype(np.uint8))):
+    (tmp_path / folder).mkdir()
+    Image.fromarray(image).save(tmp_path / folder / "cam.jpg", exif=exif, quality=95)
+  enhance = run_module(["launch.enhance", "--method", "sgz", "--weights",
+                        str(conformance_dir / "weights" / "sgz_Epoch99.pth"), "--input", str(tmp_path / "inputs"),
+                        "--output", str(tmp_path / "out"), "--noprogress"])
+  assert enhance.returncode == 0, enhance.stderr[-3000:]
+  assert np.asarray(Image.open(tmp_path / "out" / "cam.png")).shape == (48, 24, 3)
+  report_path = tmp_path / "report.json"
+  res = run_module(["launch.evaluate", "--pred", str(tmp_path / "out"), "--ref", str(tmp_path / "refs"),
+                    "--metrics", "psnr,ssim", "--out", str(report_path), "--noprogress"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  report = json.loads(report_path.read_text())
+  assert report["errors"] == [] and report["count"] == {"psnr": 1, "ssim": 1}
+  assert 5 < report["images"]["cam"]["psnr"] < 60
+
+
+def test_nothing_pairs_is_an_error_naming_the_folders(tmp_path, run_module):
+  for folder, name in (("pred", "a.png"), ("ref", "b.png")):
+    (tmp_path / folder).mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / folder / name)
+  out = tmp_path / "r.json"
+  res = run_module(["launch.evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
+                    "--metrics", "psnr", "--out", str(out), "--noprogress"])
+  assert res.returncode == 2, res.stderr[-3000:]
+  line = res.stderr.strip().splitlines()
+  assert len(line) == 1 and "Traceback" not in res.stderr
+  assert str(tmp_path / "pred") in line[0] and str(tmp_path / "ref") in line[0] and "a.png" in line[0]
+  assert not out.exists()
+  # An empty predictions folder is the same kind of error.
+  (tmp_path / "pred" / "a.png").unlink()
+  res = run_module(["launch.evaluate", "--pred", str(tmp_path / "pred"), "--metrics", "niqe", "--out", str(out)])
+  assert res.returncode == 2 and "no image files" in res.stderr and not out.exists()
 
 
 def test_evaluate_folders_errors_and_protocol(folders, tmp_path):
