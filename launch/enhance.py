@@ -116,11 +116,11 @@ def main(argv):
     enhancer = _released_enhancer(_METHOD.value, _WEIGHTS.value, _SCALE.value, _KEEP.value)
   report = batch_enhance.run_plan(enhancer, plan, video_batch=_VIDEO_BATCH.value, progress=_PROGRESS.value)
 
-  summary = f"wrote {len(report.written) - report.videos} image(s)"
+  written = [f"{len(report.written) - report.videos} image(s)"] if len(report.written) > report.videos else []
   if report.videos:
-    summary += f" and {report.videos} video(s) ({report.frames} frames)"
-  summary += f" to {_OUTPUT.value}; {len(report.skipped)} skipped; {len(report.failed)} failed"
-  print(summary)
+    written.append(f"{report.videos} video(s) ({report.frames} frames)")
+  print(f"wrote {' and '.join(written) or 'nothing'} to {_OUTPUT.value}; {len(report.skipped)} skipped; "
+        f"{len(report.failed)} failed")
   for path, reason in report.failed:
     print(f"  failed: {path}: {reason}")
   if report.failed:

@@ -152,6 +152,7 @@ def plan_outputs(input_path: str, output_dir: str, *, overwrite: bool = False,
 
   jobs = []
   by_dest: dict[str, list[str]] = {}
+  real_input = os.path.realpath(input_path)
   real_inputs = {os.path.realpath(p): p for p in inputs}
   for src in inputs:
     dest = output_path(src, output_dir, frames_dir=frames_dir)
@@ -160,6 +161,9 @@ def plan_outputs(input_path: str, output_dir: str, *, overwrite: bool = False,
     if real_dest in real_inputs:
       raise errors.OutputError(f"the output for {src} would be {dest}, which is the input {real_inputs[real_dest]}"
                                "; choose another --output")
+    if _inside(real_input, real_dest):  # A frames folder that is, or holds, the input.
+      raise errors.OutputError(f"the output for {src} would be the folder {dest}, which holds --input "
+                               f"{input_path}; choose another --output")
     by_dest.setdefault(real_dest, []).append(src)
     jobs.append(Job(src, dest, kind))
   clashes = {d: s for d, s in by_dest.items() if len(s) > 1}

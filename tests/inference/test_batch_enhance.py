@@ -41,6 +41,12 @@ def test_output_equal_to_or_inside_input_is_refused(tmp_path):
   # A single input file whose output would be itself, even with --overwrite.
   with pytest.raises(errors.OutputError, match="which is the input"):
     batch_enhance.plan_outputs(str(src / "a.png"), str(src), overwrite=True)
+  # A video's frames folder that would replace the folder holding it (in/in.mp4 -> ./in/).
+  (src / "in.mp4").write_bytes(b"v")
+  for input_path in (src, src / "in.mp4"):
+    with pytest.raises(errors.OutputError, match="holds --input"):
+      batch_enhance.plan_outputs(str(input_path), str(tmp_path), overwrite=True, frames_dir=True)
+  assert sorted(os.listdir(src)) == ["a.png", "in.mp4"]
 
 
 def test_colliding_names_are_refused_naming_both(tmp_path):
