@@ -44,6 +44,20 @@ def fail(message: str) -> None:
   sys.exit(USER_ERROR_EXIT)
 
 
+def check_workdir(workdir: str, flag: str = "--workdir") -> None:
+  """OutputError when `workdir` (or a parent of it) is an existing file: a run directory must be a folder."""
+  target = os.path.abspath(workdir)
+  path = target
+  while True:
+    if os.path.exists(path) and not os.path.isdir(path):
+      where = "is a file" if path == target else f"is inside {path}, which is a file"
+      raise errors.OutputError(f"{flag} {workdir} {where}; give a run directory (new, or one to resume)")
+    parent = os.path.dirname(path)
+    if parent == path:
+      return
+    path = parent
+
+
 def _config_flag_error() -> str | None:
   """A `config_flags.DEFINE_config_file` flag whose file failed to load (config_flags defers that error until the
   config is first used; we report it at parse time)."""

@@ -1,5 +1,6 @@
 r"""Speed figures as one JSON object (no timed tests anywhere: speed is tracked here).
 
+  lowlight benchmark [--sections ...]
   python -m launch.benchmark [--weights sgz_epoch99.npz] [--sections sgz_inference,sgz_train,metrics]
                              [--peer]  # also time the authors' PyTorch SGZ pipeline side by side (needs torch)
 
@@ -15,12 +16,14 @@ our 2-core machines (5.4 images/s at scale 12, 0.068 at scale 1) are included fo
 """
 
 import json
+import os
 import time
 
 from absl import app
 from absl import flags
 
-from launch import _common  # noqa: F401
+from launch import _common
+from lowlight_jax import errors
 
 _WEIGHTS = flags.DEFINE_string("weights", None, "SGZ weights (.pth/.npz/converted); random init if absent.")
 _SECTIONS = flags.DEFINE_list("sections", ["sgz_inference", "sgz_train"], "What to time.")
@@ -29,6 +32,23 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions per figure (aft
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 3, "Timed train steps (after one warm-up/compile step).")
 
 REFERENCE_TORCH_IMAGES_PER_S = {"scale_12": 5.4, "scale_1": 0.068}  # Issue #2, authors' code, 2 CPU threads.
+SECTIONS = ("sgz_inference", "sgz_train", "data", "metrics")
+
+
+def check_flags() -> None:
+  """One-line errors for what would otherwise fail minutes into the run."""
+  unknown = [s for s in _SECTIONS.value if s not in SECTIONS]
+  if unknown:
+    raise errors.ConfigError(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
+  if _WEIGHTS.value and not os.path.isfile(_WEIGHTS.value):
+    raise errors.InputError(f"--weights {_WEIGHTS.value}: no such file")
+  for name, holder in (("repeats", _REPEATS), ("train_steps", _TRAIN_STEPS)):
+    if holder.value < 1:
+      raise errors.ConfigError(f"--{name} must be >= 1, got {holder.value}")
+  if "metrics" in _SECTIONS.value:
+    from lowlight_jax.metrics import assets
+    for name in assets.METRIC_ASSETS["niqe"] + assets.METRIC_ASSETS["lpips"]:
+      assets.asset_path(name)  # AssetMissingError names the fetch command.
 
 
 def _time(fn, repeats):
@@ -143,7 +163,9 @@ def sgz_train(steps):
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  check_flags()
   import jax
 
   result = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
@@ -166,5 +188,9 @@ def main(argv):
   print(json.dumps(result, indent=2))
 
 
+def run():
+  _common.run(main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -1,17 +1,23 @@
 r"""Converts released PyTorch weights to a lowlight_jax converted-weights file (msgpack + metadata).
 
+  lowlight convert --method ... --input FILE --output PATH
   python -m launch.convert_weights --method {sgz,zero_dce,scl_lle,retinexnet_decom,resnet50,vgg16} \
       --input FILE(.pth/.pt/.bin/.safetensors/.npz) --output PATH [--key state_dict]
 
 The torch file is read without torch and without executing pickled code
 (`lowlight_jax.convert.torch_pickle`); the result is checked against the Flax model and loads with
 `lowlight_jax.convert.weights.load_params` or `lowlight_jax.inference.released.load_released`.
+A missing or unreadable --input, or weights that do not fit --method, are one error line (exit 2).
 """
+
+import os
+import pickle
 
 from absl import app
 from absl import flags
 
-from launch import _common  # noqa: F401  (quiet TensorFlow before jax imports)
+from launch import _common  # (quiet TensorFlow before jax imports)
+from lowlight_jax import errors
 
 _METHODS = ["sgz", "zero_dce", "scl_lle", "retinexnet_decom", "resnet50", "vgg16"]
 _METHOD = flags.DEFINE_enum("method", None, _METHODS, "Released network the weights belong to.")
@@ -24,18 +30,35 @@ flags.mark_flags_as_required(["method", "input", "output"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  path = _INPUT.value
+  if not os.path.exists(path):
+    raise errors.InputError(f"--input {path}: no such file")
+  if os.path.isdir(path):
+    raise errors.InputError(f"--input {path} is a folder; give the weights file")
+  if os.path.abspath(_OUTPUT.value) == os.path.abspath(path):
+    raise errors.OutputError(f"--output {_OUTPUT.value} is the --input file; give another path")
   import jax
   from lowlight_jax.convert import io, weights
 
-  state_dict = io.load_state_dict(_INPUT.value, key=_KEY.value)
-  variables = weights.convert(_METHOD.value, state_dict)
+  try:
+    state_dict = io.load_state_dict(path, key=_KEY.value)
+  except errors.UserError:
+    raise
+  except (ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:  # Not a (supported) weights file.
+    raise errors.InputError(f"--input {path}: {errors.one_line(e)}") from e
+  try:
+    variables = weights.convert(_METHOD.value, state_dict)
+  except errors.UserError:
+    raise
+  except ValueError as e:  # The tensors do not fit the network (every offending key is listed).
+    raise errors.WeightsError(f"--input {path} does not fit --method {_METHOD.value}: {errors.one_line(e)}") from e
   weights.save_params(_OUTPUT.value, variables, method=_METHOD.value, source=_INPUT.value)
   n = sum(int(x.size) for x in jax.tree.leaves(variables["params"]))
   print(f"{_METHOD.value}: {len(state_dict)} tensors -> {n:,} parameters; wrote {_OUTPUT.value}")
 
 
 def run():
-  app.run(main)
+  _common.run(main)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 r"""Iterates a config's training pipeline and prints ONE JSON object describing what it produced.
 
+  lowlight data-check --config sgz:smoke [--config.FIELD=VALUE ...] --num_batches N
   python -m launch.data_check --config configs/sgz.py:smoke [--config.FIELD=VALUE ...] \
       --num_batches N
 
@@ -25,13 +26,15 @@ from typing import Any, Iterator
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
-from launch import _common  # noqa: F401  (quiet TF/absl logs)
+from launch import _common  # (quiet TF/absl logs; the CLI error boundary)
+from launch import _config
+from lowlight_jax import errors
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/<method>.py[:arg]).", lock_config=True)
+_CONFIG = _config.DEFINE_config_file(
+    "config", None, "Config: a packaged name or a file, with an optional :ARG (sgz:smoke, "
+    "configs/sgz.py:smoke).", lock_config=True)
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 10, "Batches to pull.")
 _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "Which shard to read.")
 _SHARD_COUNT = flags.DEFINE_integer("shard_count", 1, "Number of shards (JAX processes).")
@@ -95,7 +98,9 @@ def check(config, num_batches: int, shard_index: int = 0, shard_count: int = 1) 
   from data_pipelines import pipeline  # pylint: disable=g-import-not-at-top
 
   if num_batches < 1:
-    raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+    raise errors.ConfigError(f"--num_batches must be >= 1, got {num_batches}")
+  if shard_count < 1 or not 0 <= shard_index < shard_count:
+    raise errors.ConfigError(f"--shard_index must be in [0, --shard_count={shard_count}), got {shard_index}")
   start = time.perf_counter()
   loader = pipeline.make_train_loader(config.data, batch_size=config.batch_size, seed=config.seed,
                                       shard_index=shard_index, shard_count=shard_count)
@@ -139,5 +144,9 @@ def main(argv):
   print(json.dumps(report))
 
 
+def run():
+  _common.run(main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

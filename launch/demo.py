@@ -1,5 +1,6 @@
 r"""The README demo: train SGZ on the embedded default data, enhance its test photos, print the gain.
 
+  lowlight demo [--workdir runs/demo] [--config_arg demo]
   python -m launch.demo --workdir runs/demo [--config_arg demo]
 
 Steps: `launch.train` with `configs/sgz.py:demo` (a CPU-sized variant of the recipe, see that file), the test
@@ -14,6 +15,7 @@ from absl import app
 from absl import flags
 
 from launch import _common
+from launch import _config
 from lowlight_jax.io import atomic_io
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Run directory.")
@@ -21,10 +23,13 @@ _ARG = flags.DEFINE_string("config_arg", "demo", "Argument of configs/sgz.py.")
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  workdir = _WORKDIR.value
+  _common.check_workdir(workdir)
+  config = _config.load_config("sgz" + (f":{_ARG.value}" if _ARG.value else ""), flag="--config_arg")
   import numpy as np
 
-  from configs import sgz as sgz_config
   from lowlight_jax.io import imageio
   from data_pipelines import pipeline
   from lowlight_jax.inference import batch_enhance
@@ -32,8 +37,6 @@ def main(argv):
   from lowlight_jax.train import trainer
 
   _common.setup_logging()
-  workdir = _WORKDIR.value
-  config = sgz_config.get_config(_ARG.value)
   _common.save_run_config(config, workdir)
   trainer.train_and_evaluate(config, workdir)
 
@@ -72,5 +75,9 @@ def main(argv):
                               {"images": rows, "mean": mean})
 
 
+def run():
+  _common.run(main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -1,5 +1,6 @@
 r"""Renders synthetic fixed-camera traffic videos (day or night) with ground-truth backgrounds.
 
+  lowlight make-synthetic-video --out DIR ...
   python -m launch.make_synthetic_video --out DIR --minutes M --fps F --size WxH \
       [--night | --both] [--seed S] [--cameras N]
 
@@ -14,11 +15,14 @@ day and night, in well under a minute on one core):
 """
 
 import json
+import os
 
 from absl import app
 from absl import flags
 
 from data_pipelines import synthetic_video
+from launch import _common
+from lowlight_jax import errors
 
 _OUT = flags.DEFINE_string("out", None, "Output folder (created if missing).")
 _MINUTES = flags.DEFINE_float("minutes", 1.0, "Length of each video in minutes.")
@@ -38,7 +42,9 @@ def parse_size(text: str) -> tuple[int, int]:
   try:
     width, height = (int(v) for v in text.lower().split("x"))
   except ValueError:
-    raise app.UsageError(f"--size must look like 640x360, got {text!r}") from None
+    raise errors.ConfigError(f"--size must look like 640x360, got {text!r}") from None
+  if width < 2 or height < 2 or width % 2 or height % 2:
+    raise errors.ConfigError(f"--size {text}: width and height must be even and at least 2")
   return width, height
 
 
@@ -46,6 +52,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   width, height = parse_size(_SIZE.value)
+  for name, value in (("minutes", _MINUTES.value), ("fps", _FPS.value)):
+    if not value > 0:
+      raise errors.ConfigError(f"--{name} must be > 0, got {value}")
+  if _CAMERAS.value < 1:
+    raise errors.ConfigError(f"--cameras must be >= 1, got {_CAMERAS.value}")
+  if os.path.exists(_OUT.value) and not os.path.isdir(_OUT.value):
+    raise errors.OutputError(f"--out {_OUT.value} is a file; give a folder")
   night = (False, True) if _BOTH.value else (_NIGHT.value,)
   written = synthetic_video.write_videos(
       _OUT.value, minutes=_MINUTES.value, fps=_FPS.value, width=width, height=height, night=night,
@@ -54,5 +67,9 @@ def main(argv):
                     "frames_per_video": written[0].num_frames if written else 0}))
 
 
+def run():
+  _common.run(main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -1,7 +1,12 @@
 r"""Runs a config sweep: every variant as a local `launch.train` subprocess, then one results table.
 
+  lowlight sweep --config sgz[:ARG] --sweep sgz_loss_ablation --workdir-root DIR [--parallel N] [--dry-run]
   python -m launch.sweep --config configs/sgz.py[:ARG] --sweep configs/sweeps/FILE.py[:ARG] \
       --workdir-root DIR [--parallel N] [--dry-run] [--multihost]
+
+`--config` and `--sweep` take a packaged name (`sgz:smoke`; a sweep of configs/sweeps/) or a file path. The config,
+the sweep and every field a variant or `--set` overrides are checked before anything runs; a problem is one error
+line (exit 2).
 
 --dry-run prints one launch command per variant (with `--distributed` under --multihost, for a cluster scheduler
 that starts one process per host) and runs nothing. Otherwise results (each run's final_metrics.json) are collected
@@ -9,7 +14,6 @@ into DIR/results.csv and DIR/results.md.
 """
 
 import csv
-import importlib.util
 import json
 import os
 import shlex
@@ -20,10 +24,15 @@ import time
 from absl import app
 from absl import flags
 
+from launch import _common
+from launch import _config
+from lowlight_jax import errors
 from lowlight_jax.io import atomic_io
 
-_CONFIG = flags.DEFINE_string("config", None, "Base config file (configs/<method>.py[:arg]).")
-_SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep(arg) (configs/sweeps/*.py[:arg]).")
+_CONFIG = flags.DEFINE_string("config", None, "Base config: a packaged name or a file, with an optional :ARG "
+                              "(sgz:smoke, configs/sgz.py:smoke).")
+_SWEEP = flags.DEFINE_string("sweep", None, "Sweep defining get_sweep(arg): a name in configs/sweeps/ or a file, "
+                             "with an optional :ARG.")
 _ROOT = flags.DEFINE_string("workdir_root", None, "One sub-directory per variant is created here.")
 flags.DEFINE_alias("workdir-root", "workdir_root")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Variants run at once (local subprocesses).")
@@ -35,18 +44,25 @@ flags.mark_flags_as_required(["config", "sweep", "workdir_root"])
 
 
 def load_sweep(spec: str) -> list[dict]:
-  path, _, arg = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"sweep file {path} not found")
-  module_spec = importlib.util.spec_from_file_location("_sweep", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_sweep"):
-    raise ValueError(f"sweep file {path} defines no get_sweep(arg)")
-  variants = module.get_sweep(arg or None)
-  if not variants:
-    raise ValueError(f"sweep file {path} produced no variants")
-  return [dict(v) for v in variants]
+  """The variants of `--sweep` (ConfigError naming the file on any problem)."""
+  return _config.load_sweep(spec, flag="--sweep")
+
+
+def check_fields(config_spec: str, variants: list[dict], extra=()) -> None:
+  """ConfigError naming the first field a variant or `--set` overrides that the config does not have."""
+  config = _config.load_config(config_spec, flag="--config")
+  for i, overrides in enumerate(variants):
+    for field in overrides:
+      problem = _config.field_problem(config, field)
+      if problem:
+        raise errors.ConfigError(f"--sweep variant {i} ({overrides}): {problem}")
+  for item in extra:
+    field, eq, _ = item.partition("=")
+    if not eq:
+      raise errors.ConfigError(f"--set {item}: expected FIELD=VALUE")
+    problem = _config.field_problem(config, field)
+    if problem:
+      raise errors.ConfigError(f"--set {item}: {problem}")
 
 
 def _format(value) -> str:
@@ -62,7 +78,7 @@ def commands(config: str, variants: list[dict], root: str, *, multihost: bool, e
   for i, overrides in enumerate(variants):
     name = f"{i:03d}_{sweeps.variant_name(overrides)}"[:120]
     if name in seen:
-      raise ValueError(f"duplicate variant {overrides}")
+      raise errors.ConfigError(f"--sweep: duplicate variant {overrides}")
     seen.add(name)
     cmd = [sys.executable, "-m", "launch.train", f"--config={config}", f"--workdir={os.path.join(root, name)}"]
     cmd += [f"--config.{k}={_format(v)}" for k, v in overrides.items()]
@@ -118,8 +134,14 @@ def collect(root: str, cmds, variants, codes) -> list[dict]:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _PARALLEL.value < 1:
+    raise errors.ConfigError(f"--parallel must be >= 1, got {_PARALLEL.value}")
+  if os.path.exists(_ROOT.value) and not os.path.isdir(_ROOT.value):
+    raise errors.OutputError(f"--workdir-root {_ROOT.value} is a file; give a folder")
   variants = load_sweep(_SWEEP.value)
+  check_fields(_CONFIG.value, variants, _EXTRA.value)
   cmds = commands(_CONFIG.value, variants, _ROOT.value, multihost=_MULTIHOST.value, extra=_EXTRA.value)
   if _DRY.value:
     for _, cmd in cmds:
@@ -135,5 +157,9 @@ def main(argv):
     sys.exit(1)
 
 
+def run():
+  _common.run(main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -1,6 +1,10 @@
 r"""Trains a method from a config file.
 
+  lowlight train --config sgz[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
   python -m launch.train --config configs/sgz.py[:ARG] --workdir DIR [--config.FIELD=VALUE ...]
+
+`--config` is a packaged config name (`sgz:smoke`) or a file path (`configs/sgz.py:smoke`). A wrong config, an
+unknown `--config.FIELD` or a `--workdir` that is a file is one error line (exit 2; `--verbose` for the traceback).
 
 Resumes automatically from the newest checkpoint in DIR. SIGTERM saves at the next step boundary and exits 0.
 
@@ -15,13 +19,12 @@ import os
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from launch import _common
-from lowlight_jax.train import trainer
+from launch import _config
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/<method>.py[:arg]).",
-                                          lock_config=True)
+_CONFIG = _config.DEFINE_config_file("config", None, "Config: a packaged name or a file, with an optional :ARG "
+                                     "(sgz:smoke, configs/sgz.py:smoke).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, TensorBoard events, samples).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Initialise jax.distributed from the environment.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
@@ -48,9 +51,11 @@ def maybe_initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _common.check_workdir(_WORKDIR.value)
   _common.setup_logging()
   maybe_initialize_distributed()
   import jax
+  from lowlight_jax.train import trainer  # Imports TensorFlow (clu): after the command line is known to be good.
   if jax.process_index() == 0:
     _common.save_run_config(_CONFIG.value, _WORKDIR.value)
   final = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -59,7 +64,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  _common.run(main)
 
 
 if __name__ == "__main__":
