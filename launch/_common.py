@@ -64,7 +64,8 @@ def _config_flag_error() -> str | None:
   from ml_collections.config_flags import config_flags
   for name in list(flags.FLAGS):
     flag = flags.FLAGS[name]
-    if config_flags.is_config_flag(flag) and isinstance(flag.value, config_flags._ErrorConfig):  # pylint: disable=protected-access
+    error_config = config_flags._ErrorConfig  # pylint: disable=protected-access
+    if config_flags.is_config_flag(flag) and isinstance(flag.value, error_config):
       return f"--{name}: {errors.one_line(flag.value._error)}"  # pylint: disable=protected-access
   return None
 

@@ -88,8 +88,9 @@ def resolve_spec(spec: str, *, package: str = CONFIG_PACKAGE, function: str = "g
     return head, arg
   known = packaged_names(package, function)
   if head not in known:
+    example = f"{package.replace('.', '/')}/{next(iter(known), 'NAME')}.py"
     raise errors.ConfigError(f"{_at(flag)}unknown config {head!r}; known: {', '.join(known) or '(none found)'} "
-                             f"(or give a file path such as {package.replace('.', '/')}/{next(iter(known), 'NAME')}.py)")
+                             f"(or give a file path such as {example})")
   return str(known[head]), arg
 
 

@@ -145,3 +145,24 @@ def test_convert_weights_missing_input_is_one_line(tmp_path, run_module):
   line = _one_error_line(result, "lowlight convert")
   assert f"--input {garbage}" in line and "unrecognised checkpoint format" in line
   assert not out.exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["data-check", "--config", "sgz:smoke", "--num_batches", "0"], "--num_batches must be >= 1, got 0"),
+    (["sweep", "--config", "sgz:smoke", "--sweep", "sgz_loss_ablation", "--workdir-root", "{tmp}/runs",
+      "--dry-run", "--set", "loss_weights.tvv=1"], "--set loss_weights.tvv=1: unknown config field"),
+    (["sweep", "--config", "sgz", "--sweep", "nope", "--workdir-root", "{tmp}/runs", "--dry-run"],
+     "--sweep: unknown config 'nope'; known: sgz_loss_ablation"),
+    (["benchmark", "--sections", "sgz_inferense"], "--sections: unknown ['sgz_inferense']"),
+    (["demo", "--workdir", "{tmp}/file"], "--workdir {tmp}/file is a file"),
+    (["make-synthetic-video", "--out", "{tmp}/v", "--size", "641x360"],
+     "--size 641x360: width and height must be even"),
+    (["assets", "fetch", "--only", "nique"], "--only: unknown asset or metric 'nique'"),
+    (["train", "--config", "sgz:smoke", "--workdir", "{tmp}/w", "stray"], "unexpected arguments: ['stray']"),
+])
+def test_every_command_reports_bad_input_in_one_line(tmp_path, run_module, args, needle):
+  (tmp_path / "file").write_text("x")
+  args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+  result = run_module(["launch.cli", *args], timeout=120)
+  assert needle.replace("{tmp}", str(tmp_path)) in _one_error_line(result, f"lowlight {args[0]}")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # Nothing was written.
