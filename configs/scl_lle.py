@@ -44,14 +44,10 @@ from data_pipelines import scl_data
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, smoke=False, demo=False, finetune=False, steps=0)
-  c = ml_collections.ConfigDict()
+  c = common.trainer_fields()
   c.method = "scl_lle"
-  c.seed = 0
   c.total_steps = 50_000
   c.batch_size = 2  # Global batch; must divide by the mesh's data axis.
-  c.log_every = 50
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
   # Released SCL-LLE (or Zero-DCE) weights, or a converted file.
   c.init_from = config_dict.placeholder(str)
   c.init_from_method = "scl_lle"  # 'scl_lle' or 'zero_dce' (same DCE-Net architecture).
@@ -74,11 +70,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Port note: the released code detaches the enhanced image before DeepLabV3+, so its
       # cross-entropy never reaches the enhancer; False reproduces that.
       gradient=True,
-      dtype="float32",  # 'bfloat16' on accelerators; BatchNorm and the loss stay float32.
   ))
   c.vgg = ml_collections.ConfigDict(dict(
       weights=config_dict.placeholder(str),  # torchvision vgg16 state dict (.pth/.npz/...).
-      dtype="float32",
   ))
 
   c.loss_weights = ml_collections.ConfigDict(dict(
@@ -101,10 +95,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       optimizer="adam", lr=1e-4, schedule="constant", weight_decay=1e-4, decoupled=False,
       clip_norm=0.1)))
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1))
-  c.sharding = ml_collections.ConfigDict(dict(rules=()))
-
-  c.eval = ml_collections.ConfigDict(dict(every=1000, num_images=0, max_images=3))
+  # compute_dtype (all networks), frozen_dtype, remat, mesh, sharding, profile, eval:
+  # configs/common.py:trainer_fields.
 
   if a.demo or a.finetune:
     c.total_steps = 300

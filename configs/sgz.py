@@ -29,14 +29,10 @@ from data_pipelines import pipeline
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, smoke=False, demo=False, steps=0)
-  c = ml_collections.ConfigDict()
+  c = common.trainer_fields()
   c.method = "sgz"
-  c.seed = 0
   c.total_steps = 10_000
   c.batch_size = 6  # Global batch; must divide by the mesh's data axis.
-  c.log_every = 50
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
   c.init_from = config_dict.placeholder(str)  # Released SGZ weights (.pth/.npz) or a converted file.
 
   c.data = pipeline.default_data_config()
@@ -75,14 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(enhancer=dict(
       optimizer="adam", lr=1e-4, schedule="constant", weight_decay=1e-4, decoupled=False, clip_norm=0.1)))
 
-  # Networks compute in this dtype ('bfloat16' on accelerators); params, optimizer state, losses and metrics
-  # stay float32.
-  c.compute_dtype = "float32"
-  c.profile = ml_collections.ConfigDict(dict(start_step=0, num_steps=0))  # JAX trace into <workdir>/profile.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1))
-  c.sharding = ml_collections.ConfigDict(dict(rules=()))  # [(regex, (axis or None, ...)), ...]
-
-  c.eval = ml_collections.ConfigDict(dict(every=1000, num_images=0, max_images=3))
+  # compute_dtype, frozen_dtype, remat, mesh, sharding, profile, eval: configs/common.py:trainer_fields.
 
   if a.demo:
     c.total_steps = 300

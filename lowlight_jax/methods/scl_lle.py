@@ -60,10 +60,6 @@ TERMS = ("contrast_appearance", "contrast_gram", "semantic_brightness", "segment
          "feature_retention", "color", "tv")
 
 
-def _dtype(name: str) -> Any:
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
-
-
 def random_variables(module: Any, rng: jax.Array, *example: jax.Array,
                      kernel_std: float | None = None) -> PyTree:
   """Random variables of a network without running it or compiling one initialiser per leaf.
@@ -110,7 +106,7 @@ class Method(base.BaseMethod):
     self.use_gram = bool(w.get("contrast_gram", 0.0))
     self.use_vgg = self.use_retention or self.use_gram
     self.use_seg = bool(w.get("segmentation", 0.0))
-    vgg_dtype = _dtype(config.vgg.dtype)
+    vgg_dtype = self.policy.compute_dtype
     # The frozen VGG is created up to the deepest layer any term needs; the Gram features of the
     # pool images come from a shallower view of the same parameters.
     self.vgg = vgg_lib.VGG16Features(stop_at="relu4_3" if self.use_retention else "relu2_2",
@@ -119,7 +115,7 @@ class Method(base.BaseMethod):
     seg = config.segmentation
     self.deeplab = deeplabv3plus.DeepLabV3PlusMobileNet(
         num_classes=seg.num_classes, output_stride=seg.output_stride, repeats=tuple(seg.repeats),
-        normalize_input=True, dtype=_dtype(seg.dtype))
+        normalize_input=True, dtype=self.policy.compute_dtype)
 
   def example_batch(self) -> dict[str, jax.Array]:
     d = self.config.data
@@ -166,7 +162,8 @@ class Method(base.BaseMethod):
           enhanced, batch["pos"], batch["neg"], margin=lc.appearance_margin, combine=lc.combine)
     if self.use_vgg:
       vgg_vars = frozen["vgg"]
-      f_enh = self.vgg.apply(vgg_vars, enhanced)
+      # The frozen towers are differentiated through: remat (config.remat) recomputes their activations.
+      f_enh = self.policy.remat_fn(self.vgg.apply)(vgg_vars, enhanced)
       if self.use_retention:
         f_low = jax.lax.stop_gradient(self.vgg.apply(vgg_vars, low))
         terms["feature_retention"] = contrastive.feature_retention_loss(
@@ -198,7 +195,7 @@ class Method(base.BaseMethod):
     if self.use_seg:
       seg_in = enhanced if self.config.segmentation.gradient else jax.lax.stop_gradient(enhanced)
       terms["segmentation"] = scl_semantic.segmentation_cross_entropy(
-          self.segment(frozen, seg_in), labels, ignore_index=lc.ignore_index)
+          self.policy.remat_fn(self.segment)(frozen, seg_in), labels, ignore_index=lc.ignore_index)
     return terms
 
   def loss(self, group, params, model_state, frozen, batch, rng):
@@ -214,31 +211,37 @@ class Method(base.BaseMethod):
     out = self.forward(params["enhancer"], images)
     return {"enhanced": jnp.clip(out["enhanced"], 0.0, 1.0), "curves": out["curves"]}
 
-  def load_pretrained(self, variables: base.Variables) -> base.Variables:
+  def weight_sources(self) -> list[base.WeightSource]:
     """`init_from` (released SCL-LLE / Zero-DCE weights), `segmentation.weights`, `vgg.weights`."""
     cfg = self.config
-    params, frozen = dict(variables["params"]), dict(variables["frozen"])
-    changed = False
-    if cfg.get("init_from") or (self.use_vgg and cfg.vgg.get("weights")):
-      from lowlight_jax.inference import released  # Conversion code is only needed when files are given.
-      from lowlight_jax.convert import layout
-      if cfg.get("init_from"):
-        loaded = released.load_released(cfg.init_from_method, cfg.init_from)
-        params["enhancer"] = layout.assign({"params": params["enhancer"]}, loaded)["params"]
-        changed = True
-      if self.use_vgg and cfg.vgg.get("weights"):
-        loaded = released.load_released("vgg16", cfg.vgg.weights)
-        target = jax.device_get(frozen["vgg"])
-        # The frozen VGG stops at relu4_3: keep the converted convs it has (all must be there).
-        kept = {"params": {"features": {k: v for k, v in loaded["params"]["features"].items()
-                                        if k in target["params"]["features"]}}}
-        frozen["vgg"] = layout.assign(target, kept)
-        changed = True
-    if self.use_seg and cfg.segmentation.get("weights"):
-      from lowlight_jax.convert import deeplab
-      frozen["deeplab"] = deeplab.load_deeplabv3plus(cfg.segmentation.weights,
-                                                     jax.device_get(frozen["deeplab"]))
-      changed = True
-    if not changed:
-      return variables
-    return base.Variables(params=params, model_state=variables["model_state"], frozen=frozen)
+    sources = []
+    if cfg.init_from:
+      sources.append(base.WeightSource(
+          target=("params", "enhancer"), files=(cfg.init_from,), converter=f"{cfg.init_from_method}-released-v1",
+          convert=lambda abstract: _released(cfg.init_from_method, cfg.init_from, {"params": abstract})["params"]))
+    if self.use_vgg and cfg.vgg.weights:
+      sources.append(base.WeightSource(target=("frozen", "vgg"), files=(cfg.vgg.weights,),
+                                       converter="torchvision-vgg16-v1",
+                                       convert=lambda abstract: _vgg(cfg.vgg.weights, abstract)))
+    if self.use_seg and cfg.segmentation.weights:
+      from lowlight_jax.convert import deeplab  # Conversion code is only needed when files are given.
+      sources.append(base.WeightSource(
+          target=("frozen", "deeplab"), files=(cfg.segmentation.weights,), converter="vainf-deeplabv3plus-v1",
+          convert=lambda abstract: deeplab.load_deeplabv3plus(cfg.segmentation.weights, abstract)))
+    return sources
+
+
+def _released(method: str, path: str, abstract: PyTree) -> PyTree:
+  from lowlight_jax.convert import layout
+  from lowlight_jax.inference import released
+  return layout.assign(abstract, released.load_released(method, path))
+
+
+def _vgg(path: str, abstract: PyTree) -> PyTree:
+  """The convs of a torchvision VGG16 that the frozen VGG has (it stops at relu4_3 or relu2_2; all must be there)."""
+  from lowlight_jax.convert import layout
+  from lowlight_jax.inference import released
+  loaded = released.load_released("vgg16", path)
+  kept = {"params": {"features": {k: v for k, v in loaded["params"]["features"].items()
+                                  if k in abstract["params"]["features"]}}}
+  return layout.assign(abstract, kept)

@@ -41,7 +41,7 @@ class Method(base.BaseMethod):
       self._uss_logits = fpn_lib.uss_logits
       self.uss = fpn_lib.USS(num_classes=config.uss.num_classes, stage_sizes=tuple(config.uss.depths),
                              bn_use_batch_stats=config.uss.bn_use_batch_stats,
-                             dtype=jnp.dtype(config.get("compute_dtype", "float32")))
+                             dtype=self.policy.compute_dtype)
 
   def example_batch(self) -> dict[str, jax.Array]:
     size = self.config.data.crop or self.config.data.resize or 64
@@ -58,7 +58,7 @@ class Method(base.BaseMethod):
 
   def _forward(self, efe_params: PyTree, x: jax.Array, scale_factor: int, crop_to_multiple: bool
                ) -> dict[str, jax.Array]:
-    dtype = jnp.dtype(self.config.get("compute_dtype", "float32"))
+    dtype = self.policy.compute_dtype
     # Mixed precision: the EFE runs in `compute_dtype`; the factor map, the curve and the losses in float32.
     apply = lambda p, y: self.efe.apply({"params": p}, y.astype(dtype)).astype(jnp.float32)
     return sgz_model.sgz_forward(apply, efe_params, x, scale_factor=scale_factor,
@@ -79,7 +79,8 @@ class Method(base.BaseMethod):
     if self.use_uss:
       # The USS is frozen (its params are an argument, not trained) but gradients flow through it to the
       # enhanced image: that is how the semantic loss guides the EFE.
-      logits = self._uss_logits(self.uss, frozen["uss"], enhanced).astype(jnp.float32)
+      uss_logits = self.policy.remat_fn(lambda v, y: self._uss_logits(self.uss, v, y))
+      logits = uss_logits(frozen["uss"], enhanced).astype(jnp.float32)
       terms["semantic"] = semantic_losses.focal_loss(logits, gamma=lc.focal_gamma, beta=lc.focal_beta)
     return terms
 
@@ -100,42 +101,42 @@ class Method(base.BaseMethod):
     # The learned enhancement factors lie in [-1, 1]; show them mapped to [0, 1].
     return {"factor": (outputs["factor"] + 1.0) / 2.0}
 
-  def load_pretrained(self, variables: base.Variables) -> base.Variables:
+  def weight_sources(self) -> list[base.WeightSource]:
     """`init_from` (released SGZ weights or a converted file) and the USS weight files, when configured."""
-    from lowlight_jax.convert import io as convert_io  # Conversion code is only needed when files are given.
-    from lowlight_jax.convert import layout
-
     cfg = self.config
-    changed = False
-    params = dict(variables["params"])
-    frozen = dict(variables["frozen"])
-    if cfg.get("init_from"):
-      from lowlight_jax.inference import released
-      loaded = released.load_released("sgz", cfg.init_from)
-      params["enhancer"] = layout.assign({"params": params["enhancer"]}, loaded)["params"]
-      changed = True
-    if self.use_uss and (cfg.uss.get("backbone_weights") or cfg.uss.get("head_weights")):
-      uss = jax.device_get(frozen["uss"])
-      if cfg.uss.get("backbone_weights"):
-        from lowlight_jax.convert import torchvision_resnet
-        backbone = torchvision_resnet.convert_resnet50(convert_io.load_state_dict(cfg.uss.backbone_weights))
-        uss = _replace_subtree(uss, "resnet", backbone)
-      if cfg.uss.get("head_weights"):
-        head = layout.torch_to_flax(convert_io.load_state_dict(cfg.uss.head_weights))
-        uss = _replace_subtree(uss, "fpn", head)
-      frozen["uss"] = uss
-      changed = True
-    if not changed:
-      return variables
-    return base.Variables(params=params, model_state=variables["model_state"], frozen=frozen)
+    sources = []
+    if cfg.init_from:
+      sources.append(base.WeightSource(target=("params", "enhancer"), files=(cfg.init_from,),
+                                       convert=lambda abstract: _released_enhancer(cfg.init_from, abstract),
+                                       converter="sgz-released-v1"))
+    if self.use_uss and cfg.uss.backbone_weights:
+      sources.append(base.WeightSource(target=("frozen", "uss"), files=(cfg.uss.backbone_weights,),
+                                       convert=lambda abstract: _uss_part(abstract, "resnet",
+                                                                          cfg.uss.backbone_weights),
+                                       converter="torchvision-resnet50-v1"))
+    if self.use_uss and cfg.uss.head_weights:
+      sources.append(base.WeightSource(target=("frozen", "uss"), files=(cfg.uss.head_weights,),
+                                       convert=lambda abstract: _uss_part(abstract, "fpn", cfg.uss.head_weights),
+                                       converter="sgz-fpn-v1"))
+    return sources
 
 
-def _replace_subtree(variables: PyTree, name: str, sub: PyTree) -> PyTree:
-  """Puts converted `sub` ({'params':..., 'batch_stats':...}) under submodule `name`, checking shapes."""
+def _released_enhancer(path: str, abstract: PyTree) -> PyTree:
+  from lowlight_jax.convert import layout  # Conversion code is only needed when files are given.
+  from lowlight_jax.inference import released
+  return layout.assign({"params": abstract}, released.load_released("sgz", path))["params"]
+
+
+def _uss_part(abstract: PyTree, name: str, path: str) -> PyTree:
+  """Converted `name` ('resnet': a torchvision ResNet-50; 'fpn': SGZ's head) under the USS variables, checked."""
+  from lowlight_jax.convert import io as convert_io
   from lowlight_jax.convert import layout
-  target = {col: tree[name] for col, tree in variables.items() if name in tree}
+  state = convert_io.load_state_dict(path)
+  if name == "resnet":
+    from lowlight_jax.convert import torchvision_resnet
+    sub = torchvision_resnet.convert_resnet50(state)
+  else:
+    sub = layout.torch_to_flax(state)
+  target = {col: tree[name] for col, tree in abstract.items() if name in tree}
   checked = layout.assign(target, sub)
-  out = {col: dict(tree) for col, tree in variables.items()}
-  for col, tree in checked.items():
-    out[col][name] = tree
-  return out
+  return {col: {name: tree} for col, tree in checked.items()}

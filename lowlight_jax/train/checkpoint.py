@@ -13,6 +13,9 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from lowlight_jax import errors
+from lowlight_jax.train.state import TrainState
+
 PyTree = Any
 
 
@@ -57,11 +60,38 @@ class Checkpointer:
     return restored["state"], data_iterator
 
   def restore_state_only(self, step: int | None, abstract_state: PyTree) -> PyTree:
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    step, _ = self._state_dir(step)
     restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"]
+
+  def _state_dir(self, step: int | None) -> tuple[int, str]:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise errors.CheckpointError(f"no checkpoint in {self.directory}: has this run saved a step yet?")
+    path = os.path.join(self.directory, str(step), "state")
+    if not os.path.isdir(path):
+      raise errors.CheckpointError(f"no checkpoint of step {step} in {self.directory} (steps: {self.all_steps()})")
+    return step, path
+
+  def state_metadata(self, step: int | None) -> PyTree:
+    """The saved train state's tree of array metadata (`.shape`, `.dtype`), without reading any array."""
+    _, path = self._state_dir(step)
+    return ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+
+  def restore_partial(self, step: int | None, abstract_state: TrainState) -> TrainState:
+    """Restores only the parts of the train state present in `abstract_state` (e.g. without the optimizer
+    state: inference), each array straight onto the sharding of its ShapeDtypeStruct."""
+    _, path = self._state_dir(step)
+    item = {k: v for k, v in {"step": abstract_state.step, "params": abstract_state.params,
+                               "model_state": abstract_state.model_state, "rng": abstract_state.rng}.items()
+            if jax.tree.leaves(v)}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(item, restore_args=restore_args,
+                                                                       partial_restore=True))
+    return abstract_state.replace(step=restored["step"], params=restored.get("params", abstract_state.params),
+                                  model_state=restored.get("model_state", abstract_state.model_state),
+                                  rng=restored["rng"], opt_state={})
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

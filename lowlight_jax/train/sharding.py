@@ -1,12 +1,21 @@
 """All mesh and sharding logic lives here; models never see a mesh.
 
 The mesh has a `data` axis (batch) and optionally further axes (e.g. `fsdp`, `model`) whose sizes come from
-config. Parameters are replicated unless a regex rule in `config.sharding.rules` names a partition spec for them.
-Batches arrive as process-local numpy arrays and become global arrays sharded over `data`.
+config. Every array the trainer places (trained params, optimizer state, frozen towers) gets its sharding here:
+  1. the first regex rule of `config.sharding.rules` that matches its path ('frozen/uss/params/.../kernel') names
+     a partition spec;
+  2. otherwise, with an `fsdp` mesh axis of size > 1 (`config.sharding.fsdp_axis`), a tensor of at least
+     `config.sharding.fsdp_min_size` elements is split along its largest dimension that the axis size divides;
+  3. otherwise it is replicated.
+Nothing large is replicated silently: every tensor of at least `fsdp_min_size` elements that stays replicated
+(no divisible dimension, or a rule whose axis does not divide) is logged with its path and shape.
+Batches arrive as process-local numpy arrays and become global arrays sharded over the batch axes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from typing import Any, Sequence
 
@@ -16,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 PyTree = Any
+logger = logging.getLogger(__name__)
 
 
 def make_mesh(mesh_cfg: ml_collections.ConfigDict | dict, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -64,28 +74,64 @@ def _path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
-def param_shardings(tree: PyTree, mesh: Mesh, rules: Sequence[tuple[str, Sequence[str | None]]] = ()) -> PyTree:
-  """Per-leaf NamedSharding: the first regex rule matching the leaf path ('a/b/kernel') wins.
+@dataclasses.dataclass(frozen=True)
+class ShardingPlan:
+  """Per-leaf shardings and the large tensors that stayed replicated (path, shape, why)."""
+  shardings: PyTree
+  replicated_large: list[tuple[str, tuple[int, ...], str]]
 
-  A rule's spec names mesh axes per array dimension (None = not split); a dimension that the axis size does not
-  divide falls back to unsplit, so small leaves stay replicated. No match -> replicated.
-  """
+
+def plan_shardings(tree: PyTree, mesh: Mesh, rules: Sequence[tuple[str, Sequence[str | None]]] = (), *,
+                   fsdp_axis: str | None = "fsdp", fsdp_min_size: int = 2**20) -> ShardingPlan:
+  """Shardings of every leaf of `tree` (arrays or ShapeDtypeStructs): explicit rules, then the automatic FSDP rule
+  (see the module docstring), then replication. A rule's dimension that its axis size does not divide is left
+  unsplit."""
   compiled = [(re.compile(pattern), tuple(spec)) for pattern, spec in rules]
+  fsdp_size = mesh.shape[fsdp_axis] if fsdp_axis and fsdp_axis in mesh.axis_names else 1
+  large: list[tuple[str, tuple[int, ...], str]] = []
 
   def one(path, leaf):
     name = _path_str(path)
-    shape = getattr(leaf, "shape", ())
+    shape = tuple(getattr(leaf, "shape", ()))
+    size = int(np.prod(shape)) if shape else 1
     for pattern, spec in compiled:
       if pattern.search(name):
         spec = spec[: len(shape)]
-        fixed = []
+        fixed, dropped = [], []
         for dim, axis in zip(shape, spec):
           ok = axis is not None and axis in mesh.axis_names and dim % mesh.shape[axis] == 0
           fixed.append(axis if ok else None)
+          if axis is not None and not ok:
+            dropped.append(axis)
+        if dropped and size >= fsdp_min_size:
+          large.append((name, shape, f"rule {pattern.pattern!r}: axis {dropped} does not divide"))
         return NamedSharding(mesh, P(*fixed))
+    if fsdp_size > 1 and size >= fsdp_min_size:
+      for dim_index in sorted(range(len(shape)), key=lambda i: -shape[i]):
+        if shape[dim_index] % fsdp_size == 0:
+          spec = [None] * len(shape)
+          spec[dim_index] = fsdp_axis
+          return NamedSharding(mesh, P(*spec))
+      large.append((name, shape, f"no dimension divisible by {fsdp_axis}={fsdp_size}"))
     return NamedSharding(mesh, P())
 
-  return jax.tree_util.tree_map_with_path(one, tree)
+  shardings = jax.tree_util.tree_map_with_path(one, tree)
+  return ShardingPlan(shardings=shardings, replicated_large=large)
+
+
+def param_shardings(tree: PyTree, mesh: Mesh, rules: Sequence[tuple[str, Sequence[str | None]]] = (), *,
+                    fsdp_axis: str | None = "fsdp", fsdp_min_size: int = 2**20, what: str = "") -> PyTree:
+  """`plan_shardings(...).shardings`, logging every large tensor that stays replicated."""
+  plan = plan_shardings(tree, mesh, rules, fsdp_axis=fsdp_axis, fsdp_min_size=fsdp_min_size)
+  for name, shape, why in plan.replicated_large:
+    logger.warning("sharding%s: %s %s stays replicated (%s)", f" ({what})" if what else "", name, shape, why)
+  return plan.shardings
+
+
+def from_config(tree: PyTree, mesh: Mesh, sharding_cfg: ml_collections.ConfigDict, what: str = "") -> PyTree:
+  """`param_shardings` with `config.sharding` (rules, fsdp_axis, fsdp_min_size)."""
+  return param_shardings(tree, mesh, [tuple(r) for r in sharding_cfg.rules], fsdp_axis=sharding_cfg.fsdp_axis,
+                         fsdp_min_size=int(sharding_cfg.fsdp_min_size), what=what)
 
 
 def global_batch(local: PyTree, mesh: Mesh) -> PyTree:

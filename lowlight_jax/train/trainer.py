@@ -28,13 +28,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tqdm
 
+from lowlight_jax import errors
 from lowlight_jax.io import atomic_io
 from lowlight_jax.methods import base
+from lowlight_jax.models import policy as policy_lib
 from lowlight_jax.train import checkpoint as ckpt_lib
 from lowlight_jax.train import evaluation
 from lowlight_jax.train import optim
+from lowlight_jax.train import run_config
 from lowlight_jax.train import sharding as sharding_lib
+from lowlight_jax.train import towers
 from lowlight_jax.train.state import TrainState
 
 PyTree = Any
@@ -56,6 +61,7 @@ class Setup:
   frozen: PyTree
   frozen_shardings: PyTree
   optimizers: dict[str, optax.GradientTransformation]
+  load_report: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _example_batch(config: ml_collections.ConfigDict, method: base.BaseMethod) -> dict[str, jax.Array]:
@@ -65,76 +71,94 @@ def _example_batch(config: ml_collections.ConfigDict, method: base.BaseMethod) -
   return {"low": jnp.zeros((1, size, size, 3), jnp.float32)}
 
 
-def build(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
-          load_pretrained: bool = True) -> Setup:
-  """Builds method, mesh, sharded initial train state and frozen params from a config."""
-  method = base.load_method(config)
-  mesh = sharding_lib.make_mesh(config.mesh) if mesh is None else mesh
-  rules = [tuple(r) for r in config.get("sharding", {}).get("rules", ())]
+def _with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def abstract_setup(config: ml_collections.ConfigDict, method: base.BaseMethod, mesh: jax.sharding.Mesh, *,
+                   towers: tuple[str, ...] | None = None, with_optimizer: bool = True):
+  """Shapes (no compute) of the train state and frozen towers, with their shardings.
+
+  Returns (init_fn, abstract {'state': TrainState, 'frozen': ...} with shardings, optimizers, shardings).
+  `towers` keeps only those frozen towers (None: all); `with_optimizer=False` leaves the optimizer state empty.
+  """
+  policy = policy_lib.Policy.from_config(config)
   total_steps = int(config.total_steps)
-  optimizers = {g: optim.make_optimizer(config.optim[g], total_steps) for g in method.groups}
+  optimizers = ({g: optim.make_optimizer(config.optim[g], total_steps) for g in method.groups}
+                if with_optimizer else {})
   example = _example_batch(config, method)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
 
   def init_all(rng):
     variables = method.init(rng, example)
     params = variables["params"]
-    opt_state = {g: optimizers[g].init(params[g]) for g in method.groups}
+    frozen = variables.get("frozen", {})
+    if towers is not None:
+      frozen = {k: v for k, v in frozen.items() if k in towers}
+    opt_state = {g: optimizers[g].init(params[g]) for g in optimizers}
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                        model_state=variables.get("model_state", {}), rng=state_rng)
-    return state, variables.get("frozen", {})
+    return {"state": state, "frozen": policy.cast_frozen(frozen)}
 
-  abstract_state, abstract_frozen = jax.eval_shape(init_all, init_rng)
-  state_sh = sharding_lib.param_shardings(abstract_state, mesh, rules)
-  frozen_sh = sharding_lib.param_shardings(abstract_frozen, mesh, rules)
-  state, frozen = jax.jit(init_all, out_shardings=(state_sh, frozen_sh))(init_rng)
-
-  if load_pretrained:
-    variables = base.Variables(params=state.params, model_state=state.model_state, frozen=frozen)
-    loaded = method.load_pretrained(variables)
-    if loaded is not variables:
-      params = jax.device_put(loaded["params"], state_sh.params)
-      opt_state = jax.jit(lambda p: {g: optimizers[g].init(p[g]) for g in method.groups},
-                          out_shardings=state_sh.opt_state)(params)
-      state = state.replace(params=params, opt_state=opt_state,
-                            model_state=jax.device_put(loaded.get("model_state", {}), state_sh.model_state))
-      frozen = jax.device_put(loaded.get("frozen", {}), frozen_sh)
-  return Setup(config=config, method=method, mesh=mesh, state=state, state_shardings=state_sh,
-               frozen=frozen, frozen_shardings=frozen_sh, optimizers=optimizers)
+  abstract = jax.eval_shape(init_all, init_rng)
+  shardings = {"state": sharding_lib.from_config(abstract["state"], mesh, config.sharding, "train state"),
+               "frozen": sharding_lib.from_config(abstract["frozen"], mesh, config.sharding, "frozen")}
+  return init_all, init_rng, _with_shardings(abstract, shardings), optimizers, shardings
 
 
-def _all_finite(tree: PyTree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+def build(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None = None,
+          load_pretrained: bool = True) -> Setup:
+  """Builds method, mesh, the sharded initial train state and the frozen towers from a config.
+
+  Nothing is random-initialised that weights replace, and nothing large passes through one host: see
+  `towers.materialize`. The optimizer state is initialised (jitted, on its shardings) from the final params.
+  """
+  method = base.load_method(config)
+  mesh = sharding_lib.make_mesh(config.mesh) if mesh is None else mesh
+  init_all, init_rng, abstract, optimizers, shardings = abstract_setup(config, method, mesh)
+  variables_abstract = {"params": abstract["state"].params, "model_state": abstract["state"].model_state,
+                        "frozen": abstract["frozen"]}
+  sources = method.weight_sources() if load_pretrained else ()
+  cache = towers.default_cache_dir(config.weights_cache)
+  variables, report = towers.materialize(
+      variables_abstract,
+      lambda r: (lambda o: {"params": o["state"].params, "model_state": o["state"].model_state,
+                            "frozen": o["frozen"]})(init_all(r)),
+      init_rng, sources, cache)
+  if report["loaded"]:
+    logging.info("weights: %d arrays loaded from %d file(s) (%s), %d initialised", report["loaded"],
+                 len(sources), ", ".join("cache" if c else "converted" for c in report["from_cache"]),
+                 report["initialised"])
+  opt_state = jax.jit(lambda p: {g: optimizers[g].init(p[g]) for g in method.groups},
+                      out_shardings=shardings["state"].opt_state)(variables["params"])
+  rng = jax.device_put(jax.random.split(jax.random.PRNGKey(config.seed))[1], shardings["state"].rng)
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings["state"].step),
+                     params=variables["params"], opt_state=opt_state, model_state=variables["model_state"], rng=rng)
+  return Setup(config=config, method=method, mesh=mesh, state=state, state_shardings=shardings["state"],
+               frozen=variables["frozen"], frozen_shardings=shardings["frozen"], optimizers=optimizers,
+               load_report=report)
 
 
 def make_train_step(setup: Setup) -> Callable[[TrainState, PyTree, PyTree], tuple[TrainState, dict]]:
-  """Builds the jitted step: (state, frozen, batch) -> (state, metrics). State is donated."""
-  method, optimizers = setup.method, setup.optimizers
+  """Builds the jitted step: (state, frozen, batch) -> (state, metrics, finite). State is donated.
+
+  The step calls the method's `train_step` (the generic group loop, or the method's own, e.g. an adversarial
+  step sharing the generator forward between the generator and discriminator updates).
+  """
+  method = setup.method
+  ctx = base.StepContext(optimizers=setup.optimizers)
 
   def step_fn(state: TrainState, frozen: PyTree, batch: PyTree):
     rng = jax.random.fold_in(state.rng, state.step)
-    params, model_state = state.params, state.model_state
-    opt_state, metrics, finite = dict(state.opt_state), {}, jnp.array(True)
-    for i, group in enumerate(method.groups):
-      group_rng = jax.random.fold_in(rng, i)
-      others = params
-
-      def loss_fn(p, group=group, others=others, group_rng=group_rng):
-        return method.loss(group, {**others, group: p}, model_state, frozen, batch, group_rng)
-
-      (loss, (group_metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params[group])
-      updates, opt_state[group] = optimizers[group].update(grads, opt_state[group], params[group])
-      params = {**params, group: optax.apply_updates(params[group], updates)}
-      finite = finite & jnp.isfinite(loss) & _all_finite(grads)
-      metrics[f"{group}/loss"] = loss
-      metrics[f"{group}/grad_norm"] = optax.global_norm(grads)
-      metrics.update({f"{group}/{k}": v for k, v in group_metrics.items()})
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
+    result = method.train_step(ctx, state.params, state.opt_state, state.model_state, frozen, batch, rng)
+    new_state = state.replace(step=state.step + 1, params=result.params, opt_state=result.opt_state,
+                              model_state=result.model_state)
     # A non-finite step is not applied: the state stays the last good one and the host stops the run.
+    finite = result.finite
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
     new_state = new_state.replace(step=state.step + 1)
-    collected = {k: clu_metrics.Average.from_model_output(jnp.asarray(v, jnp.float32)) for k, v in metrics.items()}
+    collected = {k: clu_metrics.Average.from_model_output(jnp.asarray(v, jnp.float32))
+                 for k, v in result.metrics.items()}
     return new_state, collected, finite
 
   batch_sh = sharding_lib.batch_sharding(setup.mesh)
@@ -180,8 +204,8 @@ class _Profiler:
   """Captures a JAX profiler trace of steps [start, start + num) into <workdir>/profile (config.profile)."""
 
   def __init__(self, cfg, workdir: str):
-    self.start = int(cfg.get("start_step", 0)) if cfg else 0
-    self.num = int(cfg.get("num_steps", 0)) if cfg else 0
+    self.start = int(cfg.start_step)
+    self.num = int(cfg.num_steps)
     self.dir = os.path.join(workdir, "profile")
     self.active = False
 
@@ -237,28 +261,66 @@ def _write_eval(writer, step: int, means: dict, records: list, method: base.Base
     writer.write_images(step, images)
 
 
+def check_resume_compatible(checkpointer: ckpt_lib.Checkpointer, step: int, abstract_state: PyTree,
+                            workdir: str) -> None:
+  """Refuses (CheckpointError, nothing written) a config whose train-state shapes differ from the saved run's."""
+  saved = checkpointer.state_metadata(step)
+  keys, leaves, _ = towers.flatten_tree(abstract_state)
+  want = {"/".join(k): (tuple(v.shape), np.dtype(v.dtype)) for k, v in zip(keys, leaves)}
+  skeys, sleaves, _ = towers.flatten_tree(saved)
+  have = {"/".join(k): (tuple(v.shape), np.dtype(v.dtype)) for k, v in zip(skeys, sleaves)}
+  order = lambda k: (not k.startswith("params/"), k)  # The trained params name the difference best.
+  problems = [f"{k}: saved {have[k][0]} {have[k][1]}, config {want[k][0]} {want[k][1]}"
+              for k in sorted(set(want) & set(have), key=order) if have[k] != want[k]]
+  problems += [f"{k}: not in the saved run" for k in sorted(set(want) - set(have))]
+  problems += [f"{k}: saved but not in the config" for k in sorted(set(have) - set(want))]
+  if problems:
+    shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+    raise errors.CheckpointError(
+        f"{workdir}: the config does not fit the saved run (step {step}): {shown}. The run was left untouched; "
+        f"resume with its own config ({os.path.join(workdir, run_config.CONFIG_FILE)}) or use a new --workdir")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) training in `workdir`. Returns the final evaluation metrics (or {} if no eval set)."""
+  """Runs (or resumes) training in `workdir`. Returns the final evaluation metrics (or {} if no eval set).
+
+  A resumed run is checked first: a config whose train-state shapes differ from the saved run's is refused
+  before anything in `workdir` is written (`config.json` included). Process 0 then writes `config.json`.
+  """
   from data_pipelines import pipeline as data_pipeline  # Kept local: the library core does not need grain.
 
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise errors.OutputError(f"--workdir {workdir} is a file, not a run directory")
   os.makedirs(workdir, exist_ok=True)
-  setup = build(config)
-  mesh, method = setup.mesh, setup.method
+  mesh = sharding_lib.make_mesh(config.mesh)
+  divisor = sharding_lib.batch_divisor(mesh)
+  if config.batch_size % divisor or config.batch_size % jax.process_count():
+    raise errors.ConfigError(f"batch_size={config.batch_size} must divide by the {divisor} batch shards of the "
+                             f"mesh and by {jax.process_count()} processes")
+  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+  try:
+    step0 = checkpointer.latest_step()
+    if step0 is not None:
+      method = base.load_method(config)
+      _, _, abstract, _, _ = abstract_setup(config, method, mesh)
+      check_resume_compatible(checkpointer, step0, abstract["state"], workdir)
+  except BaseException:
+    checkpointer.close()
+    raise
+  if jax.process_index() == 0:
+    run_config.save_run_config(config, workdir)
+
+  setup = build(config, mesh=mesh)
+  method = setup.method
   logging.info("mesh: %s", dict(mesh.shape))
   logging.info("trained parameters:\n%s", parameter_overview.get_parameter_overview(setup.state.params))
 
-  divisor = sharding_lib.batch_divisor(mesh)
-  if config.batch_size % divisor or config.batch_size % jax.process_count():
-    raise ValueError(f"batch_size={config.batch_size} must divide by the {divisor} batch shards of the mesh "
-                     f"and by {jax.process_count()} processes")
   loader = data_pipeline.make_train_loader(config.data, batch_size=config.batch_size // jax.process_count(),
                                            seed=config.seed)
   data_iter = iter(loader)
 
-  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.get("keep_checkpoints", 3))
   state = setup.state
-  if checkpointer.latest_step() is not None:
-    step0 = checkpointer.latest_step()
+  if step0 is not None:
     logging.info("resuming from checkpoint step %d", step0)
     state, _ = checkpointer.restore(step0, ckpt_lib.abstract_like(state), data_iter)
   elif config.get("init_from"):
@@ -276,7 +338,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = int(state.step)
   acc, pending, t0, steps_since = None, None, time.time(), 0
   final_eval: dict[str, Any] = {}
-  profiler = _Profiler(config.get("profile"), workdir)
+  profiler = _Profiler(config.profile, workdir)
+  bar = tqdm.tqdm(total=total, initial=step, unit="step", desc="train", dynamic_ncols=True,
+                  disable=not config.progress_bar or jax.process_index() > 0 or None)
   preemption = _PreemptionWatch()
   memory_logged = False
   last_saved = step
@@ -291,6 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       profiler.before_step(step)
       state, metrics, finite = train_step(state, setup.frozen, batch)
       step += 1
+      bar.update(1)
       profiler.after_step(step, state)
       steps_since += 1
       # Check the previous step's flag while this one runs (no extra host sync on the critical path).
@@ -308,6 +373,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if jax.process_index() == 0:
           with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
+        bar.set_postfix_str(" ".join(f"{k[6:]}={v:.3g}" for k, v in scalars.items() if k.endswith("loss")),
+                            refresh=False)
         logging.info("step %d/%d  %s", step, total,
                      "  ".join(f"{k[6:]}={v:.4g}" for k, v in scalars.items()))
         last_scalars = scalars
@@ -334,6 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if pending is not None:
       _check_finite(*pending)
   finally:
+    bar.close()
     preemption.__exit__()
     profiler.close()
     checkpointer.close()
@@ -367,13 +435,27 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> Setup:
-  """Rebuilds a run's setup and loads its newest (or given) checkpoint's state, without the data pipeline."""
-  setup = build(config, load_pretrained=True)
+def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, step: int | None = None, *,
+                          towers_needed: tuple[str, ...] | None = None) -> Setup:
+  """A run's trained params and model state (newest or given checkpoint) and the frozen towers inference uses.
+
+  Builds only what inference needs: no optimizer state, no random init of trained params (they are restored
+  straight onto their shardings from the checkpoint), and of the frozen towers only `towers_needed` (default: the
+  method's `inference_towers`), loaded from their weight files or initialised from the config's seed.
+  """
+  method = base.load_method(config)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  needed = tuple(method.inference_towers if towers_needed is None else towers_needed)
+  init_all, init_rng, abstract, _, shardings = abstract_setup(config, method, mesh, towers=needed,
+                                                              with_optimizer=False)
   checkpointer = ckpt_lib.Checkpointer(workdir)
   try:
-    state = checkpointer.restore_state_only(step, ckpt_lib.abstract_like(setup.state))
+    state = checkpointer.restore_partial(step, abstract["state"].replace(opt_state={}))
   finally:
     checkpointer.close()
-  setup.state = state
-  return setup
+  sources = [s for s in method.weight_sources() if s.target[:1] == ("frozen",) and s.target[1] in needed]
+  frozen, report = towers.materialize({"frozen": abstract["frozen"]}, lambda r: {"frozen": init_all(r)["frozen"]},
+                                      init_rng, sources, towers.default_cache_dir(config.weights_cache))
+  return Setup(config=config, method=method, mesh=mesh, state=state,
+               state_shardings=shardings["state"].replace(opt_state={}), frozen=frozen["frozen"],
+               frozen_shardings=shardings["frozen"], optimizers={}, load_report=report)

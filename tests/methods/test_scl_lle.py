@@ -10,6 +10,7 @@ from lowlight_jax.convert import deeplab
 from lowlight_jax.methods import base
 from lowlight_jax.methods import scl_lle
 from lowlight_jax.train import sharding as sharding_lib
+from lowlight_jax.train import towers
 from lowlight_jax.train import trainer
 
 
@@ -129,7 +130,7 @@ def test_configs_load_and_build_the_method(arg):
     assert config.total_steps == 7
 
 
-def test_load_pretrained_released_enhancer_and_deeplab(conformance_dir):
+def test_weight_sources_released_enhancer_and_deeplab(conformance_dir):
   config = scl_config.get_config("")
   # No VGG needed here.
   config.loss_weights.contrast_gram = config.loss_weights.feature_retention = 0.0
@@ -138,10 +139,7 @@ def test_load_pretrained_released_enhancer_and_deeplab(conformance_dir):
   config.segmentation.weights = str(fixture)
   method = scl_lle.Method(config)
   shapes = jax.eval_shape(lambda r: dict(method.init(r, method.example_batch())), jax.random.key(0))
-  variables = base.Variables(
-      params=jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"]), model_state={},
-      frozen=jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["frozen"]))
-  loaded = method.load_pretrained(variables)
+  loaded = towers.converted_variables(method.weight_sources(), shapes)
   released = np.load(conformance_dir / "weights/scl_lle.npz")
   np.testing.assert_array_equal(loaded["params"]["enhancer"]["e_conv7"]["bias"],
                                 released["e_conv7.bias"])
@@ -152,7 +150,7 @@ def test_load_pretrained_released_enhancer_and_deeplab(conformance_dir):
     np.testing.assert_array_equal(a, b)
 
 
-def test_load_pretrained_vgg_keeps_the_convs_up_to_relu4_3(tmp_path):
+def test_weight_sources_vgg_keeps_the_convs_up_to_relu4_3(tmp_path):
   # A torchvision `vgg16().state_dict()`-shaped file (random values; the classifier is ignored).
   rng = np.random.default_rng(0)
   widths = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
@@ -169,10 +167,7 @@ def test_load_pretrained_vgg_keeps_the_convs_up_to_relu4_3(tmp_path):
   config.vgg.weights = str(tmp_path / "vgg16.npz")
   method = scl_lle.Method(config)
   shapes = jax.eval_shape(lambda r: dict(method.init(r, method.example_batch())), jax.random.key(0))
-  variables = base.Variables(
-      params=shapes["params"], model_state={},
-      frozen=jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["frozen"]))
-  vgg = method.load_pretrained(variables)["frozen"]["vgg"]["params"]["features"]
+  vgg = towers.converted_variables(method.weight_sources(), shapes)["frozen"]["vgg"]["params"]["features"]
   assert sorted(vgg, key=int) == [str(i) for i in indices[:10]]  # conv 4_3 is features.21
   np.testing.assert_array_equal(vgg["21"]["kernel"],
                                 state["features.21.weight"].transpose(2, 3, 1, 0))
