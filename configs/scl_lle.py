@@ -42,6 +42,10 @@ from configs import common
 from data_pipelines import scl_data
 
 
+#: The `get_config` args (`lowlight methods` lists them).
+CONFIG_ARGS = ("smoke", "demo", "finetune", "steps=N")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, smoke=False, demo=False, finetune=False, steps=0)
   c = common.trainer_fields()

@@ -37,8 +37,7 @@ def main(argv):
   from lowlight_jax.train import trainer
 
   _common.setup_logging()
-  _common.save_run_config(config, workdir)
-  trainer.train_and_evaluate(config, workdir)
+  trainer.train_and_evaluate(config, workdir)  # Writes <workdir>/config.json.
 
   # The embedded test photos as files, so the enhance step is exactly what a user runs on their own images.
   low_dir, high_dir = (os.path.join(workdir, "data", d) for d in ("low", "high"))

@@ -54,10 +54,8 @@ def main(argv):
   _common.check_workdir(_WORKDIR.value)
   _common.setup_logging()
   maybe_initialize_distributed()
-  import jax
   from lowlight_jax.train import trainer  # Imports TensorFlow (clu): after the command line is known to be good.
-  if jax.process_index() == 0:
-    _common.save_run_config(_CONFIG.value, _WORKDIR.value)
+  # The trainer checks a resumed run against this config before it writes config.json (process 0).
   final = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if final:
     print("final evaluation:", " ".join(f"{k}={v:.4f}" for k, v in final.items()))

@@ -76,8 +76,15 @@ def test_training_changes_only_trained_params():
 
 
 def _final_params(config, workdir):
-  setup = trainer.restore_for_inference(config, workdir)
-  return int(setup.state.step), jax.device_get(setup.state.params), jax.device_get(setup.state.opt_state)
+  """The newest checkpoint's full train state (params AND optimizer state)."""
+  setup = trainer.build(config, load_pretrained=False)
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  try:
+    state = checkpointer.restore_state_only(None, ckpt_lib.abstract_like(setup.state))
+  finally:
+    checkpointer.close()
+  assert jax.tree.leaves(state.opt_state)
+  return int(state.step), jax.device_get(state.params), jax.device_get(state.opt_state)
 
 
 def test_resume_equals_uninterrupted(tmp_path):
