@@ -67,7 +67,7 @@ class Setup:
 def _example_batch(config: ml_collections.ConfigDict, method: base.BaseMethod) -> dict[str, jax.Array]:
   if hasattr(method, "example_batch"):
     return method.example_batch()
-  size = config.data.get("crop", 0) or config.data.get("resize", 0) or 64
+  size = config.data.crop or config.data.resize or 64
   return {"low": jnp.zeros((1, size, size, 3), jnp.float32)}
 
 
@@ -323,8 +323,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if step0 is not None:
     logging.info("resuming from checkpoint step %d", step0)
     state, _ = checkpointer.restore(step0, ckpt_lib.abstract_like(state), data_iter)
-  elif config.get("init_from"):
-    logging.info("initialised from %s", config.init_from)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if int(state.step) == 0:
@@ -332,7 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = make_train_step(setup)
   enhance_for = make_enhance_fn(setup)
   eval_set = data_pipeline.make_eval_set(config.data, split="test") if config.eval.every else []
-  eval_set = eval_set[: config.eval.get("num_images", len(eval_set)) or len(eval_set)]
+  eval_set = eval_set[: config.eval.num_images or len(eval_set)]
 
   total = int(config.total_steps)
   step = int(state.step)
@@ -381,7 +379,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         acc, t0, steps_since = None, time.time(), 0
       if config.eval.every and (step % config.eval.every == 0 or step == total) and eval_set:
         means, records = evaluation.evaluate(enhance_for(state, setup.frozen), eval_set)
-        _write_eval(writer, step, means, records, method, config.eval.get("max_images", 3))
+        _write_eval(writer, step, means, records, method, config.eval.max_images)
         logging.info("eval at step %d  %s", step, "  ".join(f"{k}={v:.4f}" for k, v in means.items()))
         final_eval = means
       if step % config.checkpoint_every == 0 or step == total:
