@@ -45,12 +45,14 @@ def _package_dir(package: str) -> pathlib.Path | None:
   return pathlib.Path(list(spec.submodule_search_locations)[0])
 
 
-def _defines(path: pathlib.Path, function: str) -> bool:
+def defines(path: pathlib.Path, name: str, kind: type = ast.FunctionDef) -> bool:
+  """Whether the module file defines a top-level `name` of `kind` (ast.FunctionDef / ast.ClassDef); read, not
+  imported."""
   try:
     tree = ast.parse(path.read_text(encoding="utf-8"))
   except (OSError, SyntaxError, UnicodeDecodeError):
     return False
-  return any(isinstance(n, ast.FunctionDef) and n.name == function for n in tree.body)
+  return any(isinstance(n, kind) and n.name == name for n in tree.body)
 
 
 def packaged_names(package: str = CONFIG_PACKAGE, function: str = "get_config") -> dict[str, pathlib.Path]:
@@ -58,7 +60,7 @@ def packaged_names(package: str = CONFIG_PACKAGE, function: str = "get_config") 
   folder = _package_dir(package)
   if folder is None:
     return {}
-  return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_") and _defines(p, function)}
+  return {p.stem: p for p in sorted(folder.glob("*.py")) if not p.stem.startswith("_") and defines(p, function)}
 
 
 def _at(flag: str | None) -> str:

@@ -54,14 +54,6 @@ def usage() -> str:
   return "\n".join(lines)
 
 
-def _defines_class(path: pathlib.Path, name: str) -> bool:
-  try:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-  except (OSError, SyntaxError, UnicodeDecodeError):
-    return False
-  return any(isinstance(n, ast.ClassDef) and n.name == name for n in tree.body)
-
-
 def _config_method(path: pathlib.Path) -> str | None:
   """The literal `X.method = "..."` a config file assigns (read, not run)."""
   try:
@@ -87,7 +79,7 @@ def methods() -> dict[str, dict[str, list[str]]]:
   spec = importlib.util.find_spec("lowlight_jax.methods")
   folder = pathlib.Path(list(spec.submodule_search_locations)[0])
   found = {p.stem: {} for p in sorted(folder.glob("*.py"))
-           if not p.stem.startswith("_") and _defines_class(p, "Method")}
+           if not p.stem.startswith("_") and _config.defines(p, "Method", ast.ClassDef)}
   for name, path in _config.packaged_names().items():
     method = _config_method(path) or name
     if method in found:

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from lowlight_jax import errors
+from lowlight_jax.convert import weights as convert_weights
 from lowlight_jax.methods import base
 
 PyTree = Any
@@ -87,14 +88,6 @@ def _file_key(path: str) -> dict[str, Any]:
     raise FileNotFoundError(f"weights file {path} does not exist")
   st = os.stat(path)
   return {"path": os.path.realpath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def cache_key(source: base.WeightSource) -> str:
@@ -165,7 +158,7 @@ def _write_cache(path: str, source: base.WeightSource, leaves: Mapping[tuple[str
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     meta = {"converter": source.converter, "target": _SEP.join(source.target),
-            "files": json.dumps([{**_file_key(f), "sha256": _sha256(f)} for f in source.files])}
+            "files": json.dumps([{**_file_key(f), "sha256": convert_weights.file_sha256(f)} for f in source.files])}
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=os.path.dirname(path))
     os.close(fd)
     try:
