@@ -20,7 +20,6 @@ import time
 from typing import Any, Callable
 
 import logging
-from clu import metric_writers
 from clu import metrics as clu_metrics
 from clu import parameter_overview
 import jax
@@ -287,6 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   A resumed run is checked first: a config whose train-state shapes differ from the saved run's is refused
   before anything in `workdir` is written (`config.json` included). Process 0 then writes `config.json`.
   """
+  from clu import metric_writers  # Local: it imports TensorFlow (seconds), which inference never needs.
   from data_pipelines import pipeline as data_pipeline  # Kept local: the library core does not need grain.
 
   if os.path.exists(workdir) and not os.path.isdir(workdir):
