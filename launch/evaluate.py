@@ -132,7 +132,7 @@ def segmentation_task(workdir: str, step, gammas, limit, out: str) -> dict:
   from lowlight_jax.train import trainer
 
   config = run_config.load_run_config(workdir)
-  setup = trainer.restore_for_inference(config, workdir, step)
+  setup = trainer.restore_for_inference(config, workdir, step, towers_needed=("deeplab",))
   if not hasattr(setup.method, "segment"):
     raise errors.ConfigError(f"run {workdir} ({config.method}) has no segmentation network; --task segmentation "
                      "needs an SCL-LLE run")

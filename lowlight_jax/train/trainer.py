@@ -457,3 +457,16 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, step:
   return Setup(config=config, method=method, mesh=mesh, state=state,
                state_shardings=shardings["state"].replace(opt_state={}), frozen=frozen["frozen"],
                frozen_shardings=shardings["frozen"], optimizers={}, load_report=report)
+
+
+def restore_train_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> TrainState:
+  """The full train state (params, optimizer state, rng) of a run's checkpoint, restored onto its shardings from
+  abstract shapes (nothing initialised): to compare or inspect runs."""
+  method = base.load_method(config)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  _, _, abstract, _, _ = abstract_setup(config, method, mesh)
+  checkpointer = ckpt_lib.Checkpointer(workdir)
+  try:
+    return checkpointer.restore_state_only(step, abstract["state"])
+  finally:
+    checkpointer.close()

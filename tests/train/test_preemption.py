@@ -61,8 +61,9 @@ def _wait_for_step(proc, step, timeout=300):
 def _final_state(workdir):
   config = sgz_config.get_config(f"smoke,steps={STEPS}")
   config.loss_weights.semantic = 0.0
-  setup = trainer.restore_for_inference(config, str(workdir))
-  return jax.device_get((setup.state.step, setup.state.params, setup.state.opt_state, setup.state.rng))
+  state = trainer.restore_train_state(config, str(workdir))
+  assert jax.tree.leaves(state.opt_state)
+  return jax.device_get((state.step, state.params, state.opt_state, state.rng))
 
 
 def _assert_bitwise_equal(a, b):

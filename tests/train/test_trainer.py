@@ -77,12 +77,7 @@ def test_training_changes_only_trained_params():
 
 def _final_params(config, workdir):
   """The newest checkpoint's full train state (params AND optimizer state)."""
-  setup = trainer.build(config, load_pretrained=False)
-  checkpointer = ckpt_lib.Checkpointer(workdir)
-  try:
-    state = checkpointer.restore_state_only(None, ckpt_lib.abstract_like(setup.state))
-  finally:
-    checkpointer.close()
+  state = trainer.restore_train_state(config, workdir)
   assert jax.tree.leaves(state.opt_state)
   return int(state.step), jax.device_get(state.params), jax.device_get(state.opt_state)
 
