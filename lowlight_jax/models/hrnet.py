@@ -16,9 +16,9 @@ As configured for SKF (HRNet-W48, PASCAL-Context, 59 classes; 65,888,219 paramet
   strides 4/8/16/32), 4 BasicBlocks per branch. A transition before each stage: 3x3 conv + BN + ReLU
   where a branch's width changes; a new branch is a 3x3 stride-2 conv + BN + ReLU of the LAST
   previous branch.
-- Fuse layers: for output branch i and input branch j, j > i: 1x1 conv + BN, then bilinear upsampling
-  to branch i's size; j < i: (i - j) 3x3 stride-2 convs + BN with ReLU after all but the last; the
-  inputs are summed in order j = 0, 1, ... and the sum goes through a ReLU.
+- Fuse layers: for output branch i and input branch j, j > i: 1x1 conv + BN, then bilinear
+  upsampling to branch i's size; j < i: (i - j) 3x3 stride-2 convs + BN with ReLU after all but
+  the last; the inputs are summed in order j = 0, 1, ... and the sum goes through a ReLU.
 - Head (`last_layer`): cat[x0, up(x1), up(x2), up(x3)] (720 channels) -> 1x1 conv (bias) -> BN ->
   ReLU -> 1x1 conv (bias) to the classes, at stride 4.
 - Every bilinear resize uses align_corners=True: `config.MODEL.ALIGN_CORNERS` is True by default and
@@ -381,9 +381,9 @@ class Stage(nn.Module):
 class Transition(nn.Module):
   """`transitionK`: adapts the previous stage's branches to the next stage's.
 
-  Branch i < len(pre): 3x3 conv + BN + ReLU (child str(i)) if the width changes, else identity (torch
-  None, no child). A new branch i: a chain of (i + 1 - len(pre)) 3x3 stride-2 conv + BN + ReLU from
-  the LAST previous branch (all of width pre[-1] except the last, of width cur[i]).
+  Branch i < len(pre): 3x3 conv + BN + ReLU (child str(i)) if the width changes, else identity
+  (torch None, no child). A new branch i: a chain of (i + 1 - len(pre)) 3x3 stride-2 conv + BN +
+  ReLU from the LAST previous branch (all of width pre[-1] except the last, of width cur[i]).
   """
   pre: tuple[int, ...]
   cur: tuple[int, ...]
@@ -440,7 +440,7 @@ class HRNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, Any]:
-    """Args: x (N, H, W, 3) RGB, used as is (no normalisation). Returns the dict of the module doc."""
+    """x: (N, H, W, 3) RGB, used as is (no normalisation). Returns the dict of the module doc."""
     cfg = self.config
     dt, prec = self.dtype, self.precision
     x = x.astype(dt)
