@@ -72,7 +72,7 @@ def _describe(state_dict: Mapping[str, Any]) -> str:
   skf = has_se_blocks(state_dict)
   if guess == "SNR":
     depth = snr_transformer_depth(state_dict)
-    return f"SNR{'-SKF' if skf else ''} ({depth} transformer layers)"
+    return f"SNR{'-SKF' if skf else ''} ({depth} transformer layer{'' if depth == 1 else 's'})"
   return f"DRBN{'-SKF' if skf else ''}"
 
 
