@@ -78,7 +78,7 @@ def _sigmoid_jvp(primals, tangents):
 
 
 def class_labels(seg_map: jax.Array) -> jax.Array:
-  """Argmax class per pixel (ties to the lowest index, as torch); (B, H, W, K) -> (B, H, W) int32."""
+  """Argmax class per pixel, ties to the lowest index; (B, H, W, K) -> (B, H, W) int32."""
   return jax.lax.stop_gradient(jnp.argmax(seg_map, axis=-1).astype(jnp.int32))
 
 

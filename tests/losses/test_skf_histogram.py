@@ -1,4 +1,4 @@
-"""SKF SCH loss: parity with the authors' hist_loss (values, terms, gradients), edge removal, memory."""
+"""SKF SCH loss: parity with the authors' hist_loss (values, terms, gradients), edge removal."""
 
 import json
 
