@@ -31,9 +31,10 @@ Released defects, fixed here, each with a switch that reproduces the released va
       optimiser never trains (random since D's construction). Here the global terms of the D
       update see the image with the semantic map, as the paper's Eq. 13 concatenates them, so the
       generator is judged by the stem D trains. The generator loss is the same in both modes.
-  (c) The released trainer rebuilds D and its Adam state at the start of every epoch. That is the
-      trainer's business: in this codebase D persists across epochs (the method config's
-      `released_reinit_every_epoch` switch brings the re-initialisation back).
+  (c) The released trainer rebuilds D and its Adam state at the start of every epoch (so D is
+      never older than one epoch and always in train mode). That is the trainer's business, not
+      these functions': in this codebase D and its optimiser state persist across epochs; a method
+      config switch `released_reinit_every_epoch` is to bring the re-initialisation back.
 """
 
 from __future__ import annotations
