@@ -27,6 +27,7 @@ Architecture (network_G of options/*/LOLv1_SKF.yml: nf 64, front_RBs 1, back_RBs
   conv_last -> + x. SE outputs REPLACE the feature and come before the skip concatenation.
   seg_fea[3] and the softmax map are not used by the network. Output not clamped.
 - H, W multiples of 4 and H/4, W/4 >= 4 (one token at least); the test path does not pad.
+- No BatchNorm and no active dropout (p = 0): train and eval modes compute the same function.
 
 Baseline switch: `skf=False` builds `low_light_transformer` (no att_block_*, no semantic input).
 
@@ -317,9 +318,10 @@ class SNRNet(nn.Module):
     fea_light = _Trunk(6, nf, name="recon_trunk_light", **kw)(fea)
 
     hq, wq = fea.shape[1:3]
-    mask_q = resize.resize_nearest_torch(mask.astype(self.dtype), (hq, wq))
+    mask_q = resize.resize_nearest_torch(mask.astype(jnp.float32), (hq, wq))
+    keep = jnp.mean(unfold_patches(mask_q), axis=-1) > 0.5  # (B, L), decided in float32
+    mask_q = mask_q.astype(self.dtype)
     tokens = unfold_patches(fea)
-    keep = jnp.mean(unfold_patches(mask_q).astype(jnp.float32), axis=-1) > 0.5  # (B, L)
     tokens = PatchTransformer(self.n_layers, self.d_inner, self.n_head, self.d_k, self.d_v,
                               name="transformer", **kw)(tokens, keep)
     fea_fold = fold_patches(tokens, (hq, wq))
