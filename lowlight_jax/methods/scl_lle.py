@@ -8,7 +8,7 @@ the VainF/DeepLabV3Plus-Pytorch network it vendors (`network/`).
 One trained group, `enhancer`: DCE-Net (Zero-DCE's curve estimator, 79,416 parameters; 8 curve
 iterations). Two frozen networks: DeepLabV3+ / MobileNetV2 (19 Cityscapes classes, output stride 16,
 ImageNet-normalised input, BatchNorm in eval mode) and VGG-16 `features` (torchvision layout, input
-NOT normalised, as released); both are random (`random_variables`) unless `segmentation.weights` /
+NOT normalised, as released); both are random (`models.init.random_variables`) unless `segmentation.weights` /
 `vgg.weights` name checkpoint files. Gradients flow THROUGH the frozen networks into the enhancer;
 their parameters are never updated.
 
@@ -52,42 +52,13 @@ from lowlight_jax.losses import scl_semantic
 from lowlight_jax.losses import zero_reference as zr
 from lowlight_jax.methods import base
 from lowlight_jax.models import dce_net
+from lowlight_jax.models import init as init_lib
 from lowlight_jax.models import deeplabv3plus
 from lowlight_jax.models import vgg as vgg_lib
 
 PyTree = Any
 TERMS = ("contrast_appearance", "contrast_gram", "semantic_brightness", "segmentation",
          "feature_retention", "color", "tv")
-
-
-def random_variables(module: Any, rng: jax.Array, *example: jax.Array,
-                     kernel_std: float | None = None) -> PyTree:
-  """Random variables of a network without running it or compiling one initialiser per leaf.
-
-  Kernels ~ N(0, kernel_std^2), or He-normal N(0, 2 / fan_in) when `kernel_std` is None (fan_in =
-  all kernel dims but the last); biases, BatchNorm shifts and running means 0; BatchNorm scales and
-  running variances 1. All values come from ONE normal draw cut into the leaves: XLA compiles one
-  random-number kernel instead of one per leaf, which keeps the jitted init of a 300-leaf network
-  fast on CPU (flax's per-leaf initialisers took tens of seconds to compile there).
-  """
-  shapes = jax.eval_shape(module.init, rng, *example)
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-  kernels = [leaf for path, leaf in leaves if getattr(path[-1], "key", None) == "kernel"]
-  flat = jax.random.normal(rng, (sum(int(np.prod(k.shape)) for k in kernels),), jnp.float32)
-  out, offset = [], 0
-  for path, leaf in leaves:
-    name = getattr(path[-1], "key", None)
-    if name == "kernel":
-      n = int(np.prod(leaf.shape))
-      fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
-      std = kernel_std if kernel_std is not None else np.sqrt(2.0 / fan_in)
-      out.append((flat[offset:offset + n].reshape(leaf.shape) * std).astype(leaf.dtype))
-      offset += n
-    elif name in ("scale", "var"):
-      out.append(jnp.ones(leaf.shape, leaf.dtype))
-    else:
-      out.append(jnp.zeros(leaf.shape, leaf.dtype))
-  return jax.tree_util.tree_unflatten(treedef, out)
 
 
 class Method(base.BaseMethod):
@@ -128,12 +99,12 @@ class Method(base.BaseMethod):
     dce_rng, vgg_rng, seg_rng = jax.random.split(rng, 3)
     x = batch["low"]
     # Released `weights_init`: conv kernels N(0, 0.02); biases 0 here (see the module docstring).
-    params = random_variables(self.dce, dce_rng, x, kernel_std=self.config.model.init_std)["params"]
+    params = init_lib.random_variables(self.dce, dce_rng, x, kernel_std=self.config.model.init_std)["params"]
     frozen = {}
     if self.use_vgg:
-      frozen["vgg"] = random_variables(self.vgg, vgg_rng, x)
+      frozen["vgg"] = init_lib.random_variables(self.vgg, vgg_rng, x)
     if self.use_seg:
-      frozen["deeplab"] = random_variables(self.deeplab, seg_rng, x)
+      frozen["deeplab"] = init_lib.random_variables(self.deeplab, seg_rng, x)
     return base.Variables(params={"enhancer": params}, model_state={}, frozen=frozen)
 
   def forward(self, enhancer_params: PyTree, low: jax.Array) -> dict[str, jax.Array]:

@@ -182,7 +182,8 @@ def _conv_transpose(features: int, name: str, dtype: Any, precision: Any) -> nn.
   # transpose_kernel=True flips the kernel and swaps its channel axes (gradient-of-conv semantics,
   # as torch). Torch's padding p becomes k - 1 - p = 2 on the stride-dilated input.
   return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
-                          transpose_kernel=True, dtype=dtype, precision=precision, name=name)
+                          transpose_kernel=True, kernel_init=skf_se.TORCH_DEFAULT_INIT, dtype=dtype,
+                          precision=precision, name=name)
 
 
 class DRBNBU(nn.Module):

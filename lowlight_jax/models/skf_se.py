@@ -73,13 +73,19 @@ def gelu_exact(x: jax.Array) -> jax.Array:
   return jax.nn.gelu(x, approximate=False)
 
 
+#: PyTorch's default conv init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)). Training from scratch as the
+#: authors do needs their init scale: Flax's lecun-normal is 3x the variance, and DRBN's recurrent residual sums
+#: then start with outputs far outside [0, 1].
+TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
 def conv(features: int, kernel: int, name: str, *, groups: int = 1, bias: bool = False,
          stride: int = 1, dtype: Any = jnp.float32, precision: Any = None) -> nn.Conv:
   """PyTorch `nn.Conv2d(k, stride, padding=(k-1)//2)` (zero padding) as a Flax conv, NHWC."""
   pad = (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=bias,
-                 dtype=dtype, precision=precision, name=name)
+                 kernel_init=TORCH_DEFAULT_INIT, dtype=dtype, precision=precision, name=name)
 
 
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:

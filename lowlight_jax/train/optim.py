@@ -7,7 +7,8 @@ import optax
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Learning-rate schedule: 'constant', 'cosine' or 'warmup_cosine'."""
+  """Learning-rate schedule: 'constant', 'cosine', 'warmup_cosine' or 'step' (lr times `factor` at each of
+  `boundaries`, PyTorch's MultiStepLR / StepLR)."""
   kind = cfg.get("schedule", "constant")
   if kind == "constant":
     return optax.constant_schedule(cfg.lr)
@@ -15,7 +16,10 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
     return optax.cosine_decay_schedule(cfg.lr, max(total_steps, 1))
   if kind == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.get("warmup_steps", 0), max(total_steps, 1))
-  raise ValueError(f"optim.schedule: unknown schedule {kind!r} (constant, cosine, warmup_cosine)")
+  if kind == "step":
+    factor = cfg.get("factor", 0.5)
+    return optax.piecewise_constant_schedule(cfg.lr, {int(b): factor for b in cfg.get("boundaries", ())})
+  raise ValueError(f"optim.schedule: unknown schedule {kind!r} (constant, cosine, warmup_cosine, step)")
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
