@@ -204,3 +204,20 @@ def test_inference_restores_params_only_and_no_unused_tower(tmp_path):
   assert jax.tree.structure(setup.state.params) == jax.tree.structure(trained.state.params)
   out = trainer.make_enhance_fn(setup)(setup.state, setup.frozen)(jnp.full((1, 20, 24, 3), 0.2))
   assert out["enhanced"].shape == (1, 20, 24, 3)
+
+
+def test_run_configs_written_before_the_trainer_fields_existed_still_load(tmp_path):
+  """A run directory from before `frozen_dtype`, `remat`, `sharding.fsdp_*`... gets their defaults."""
+  import json
+  from lowlight_jax.train import run_config
+  old = sgz_config.get_config("smoke").to_dict()
+  for key in ("frozen_dtype", "remat", "weights_cache", "progress_bar"):
+    del old[key]
+  old["sharding"] = {"rules": []}
+  old["batch_size"] = 4
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  config = run_config.load_run_config(str(tmp_path))
+  assert config.remat == "none" and config.frozen_dtype == "float32" and config.progress_bar
+  assert config.sharding.fsdp_axis == "fsdp" and config.sharding.rules == ()
+  assert config.batch_size == 4  # The run's own values are kept.
+  assert base.load_method(config).policy.remat == "none"
