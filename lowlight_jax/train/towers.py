@@ -1,9 +1,10 @@
 """Variables at scale: built from abstract shapes, user weights loaded straight onto their shardings.
 
 `materialize` turns a method's abstract variables (ShapeDtypeStructs carrying shardings) into placed arrays:
-  * every leaf a `WeightSource` provides is read from the conversion cache (a safetensors file, memory-mapped)
-    with `jax.make_array_from_callback`: each device's callback reads only that device's slice, so no host
-    holds a copy per device and no process reads slices it does not hold; no `device_get` of a tower ever;
+  * every leaf a `WeightSource` provides is placed with `jax.make_array_from_callback`: each device's callback
+    reads only that device's slice, so no host holds a copy per device and no `device_get` of a tower ever
+    happens. From the conversion cache (a memory-mapped safetensors file) a process reads only the slices its
+    devices hold; on a cache miss each process converts once, holding one host copy (process 0 writes the cache);
   * only the leaves no source provides are random-initialised, by one jitted init whose outputs are exactly
     those leaves (XLA drops the rest), placed on their shardings by `out_shardings`;
   * frozen towers' floating leaves take the storage dtype (`frozen_dtype`, e.g. bfloat16).
