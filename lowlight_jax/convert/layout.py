@@ -48,11 +48,12 @@ def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
   node[path[-1]] = value
 
 
-def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  """Nested mappings -> {path tuple: leaf}."""
   out = {}
   for k, v in tree.items():
     if isinstance(v, Mapping):
-      out.update(_flatten(v, prefix + (str(k),)))
+      out.update(flatten(v, prefix + (str(k),)))
     else:
       out[prefix + (str(k),)] = v
   return out
@@ -118,7 +119,7 @@ def flax_to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """
   out: dict[str, np.ndarray] = {}
   for collection in ("params", "batch_stats"):
-    for path, value in _flatten(variables.get(collection, {})).items():
+    for path, value in flatten(variables.get(collection, {})).items():
       arr = np.asarray(value)
       if collection == "params" and path[-1] == "kernel":
         if arr.ndim == 2:
@@ -148,8 +149,8 @@ def assign(target_variables: Mapping[str, Any], converted: Mapping[str, Any], *,
     ValueError: naming every missing / unexpected / mis-shaped entry by its torch key.
   """
   collections = [c for c in ("params", "batch_stats") if c in target_variables]
-  flat_t = {(c,) + p: v for c in collections for p, v in _flatten(target_variables[c]).items()}
-  flat_c = {(c,) + p: v for c in converted for p, v in _flatten(converted[c]).items()}
+  flat_t = {(c,) + p: v for c in collections for p, v in flatten(target_variables[c]).items()}
+  flat_c = {(c,) + p: v for c in converted for p, v in flatten(converted[c]).items()}
 
   def name(k):
     return flax_path_to_torch_key(k[0], k[1:])

@@ -89,16 +89,6 @@ def has_se_blocks(state_dict: Mapping[str, Any]) -> bool:
   return any(".fuseblk_" in k or k.startswith("att_block_") for k in keys)
 
 
-def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, prefix + (str(k),)))
-    else:
-      out[prefix + (str(k),)] = v
-  return out
-
-
 def _first(names: list[str]) -> str:
   shown = ", ".join(names[:_SHOWN])
   return shown + (f", ... ({len(names)} in all)" if len(names) > _SHOWN else "")
@@ -115,8 +105,8 @@ def _check(network: str, state_dict: Mapping[str, np.ndarray], converted: Mappin
       problems.append(f"unexpected keys {_first(stray)}")
   else:
     collections = [c for c in ("params", "batch_stats") if c in target_variables]
-    flat_t = {(c,) + p: v for c in collections for p, v in _flatten(target_variables[c]).items()}
-    flat_c = {(c,) + p: v for c in converted for p, v in _flatten(converted[c]).items()}
+    flat_t = {(c,) + p: v for c in collections for p, v in layout.flatten(target_variables[c]).items()}
+    flat_c = {(c,) + p: v for c in converted for p, v in layout.flatten(converted[c]).items()}
 
     def name(k):
       return layout.flax_path_to_torch_key(k[0], k[1:])

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from lowlight_jax import errors
+from lowlight_jax.convert import layout
 from lowlight_jax.convert import weights as convert_weights
 from lowlight_jax.methods import base
 
@@ -42,17 +43,6 @@ def default_cache_dir(configured: str | None = None) -> str:
     return os.path.expanduser(configured)
   root = os.environ.get(ENV_CACHE) or os.path.join(os.path.expanduser("~"), ".cache", "lowlight_jax")
   return os.path.join(root, "converted")
-
-
-def flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-  """Nested dicts -> {path tuple: leaf}."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, prefix + (str(k),)))
-    else:
-      out[prefix + (str(k),)] = v
-  return out
 
 
 def _key(entry) -> str:
@@ -136,7 +126,7 @@ def convert_source(source: base.WeightSource, abstract_variables: Mapping, cache
       if isinstance(e, errors.UserError):
         raise
       raise errors.WeightsError(f"{', '.join(source.files)}: {errors.one_line(e)}") from e
-    leaves = {k: np.asarray(v) for k, v in flatten(converted).items()}
+    leaves = {k: np.asarray(v) for k, v in layout.flatten(converted).items()}
     from_cache = False
   unexpected = sorted(_SEP.join(k) for k in leaves if k not in flat_abstract)
   mis_shaped = sorted(f"{_SEP.join(k)}: file {tuple(v.shape)} vs model {tuple(flat_abstract[k].shape)}"
