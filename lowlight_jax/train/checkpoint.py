@@ -48,9 +48,7 @@ class Checkpointer:
   def restore(self, step: int | None, abstract_state: PyTree, data_iterator: Any | None = None
               ) -> tuple[PyTree, Any]:
     """Restores `state` onto `abstract_state` (ShapeDtypeStructs carrying shardings) and the iterator in place."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    step, _ = self._state_dir(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     # The data item exists for runs that saved their iterator (item_metadata cannot tell without handlers).
     has_data = os.path.isdir(os.path.join(self.directory, str(step), "data"))
