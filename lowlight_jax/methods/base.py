@@ -70,8 +70,10 @@ class WeightSource:
 
 @dataclasses.dataclass(frozen=True)
 class StepContext:
-  """What a method's `train_step` needs from the trainer: the per-group optimizers."""
+  """What a method's `train_step` needs from the trainer: the per-group optimizers and the step number (a traced
+  int32 scalar: the number of updates before this one; None outside the trainer's step)."""
   optimizers: Mapping[str, optax.GradientTransformation]
+  step: jax.Array | None = None
 
   def apply_gradients(self, group: str, grads: PyTree, params: PyTree, opt_state: PyTree
                       ) -> tuple[PyTree, PyTree, dict[str, jax.Array], jax.Array]:

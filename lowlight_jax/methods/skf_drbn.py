@@ -37,37 +37,23 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lowlight_jax import errors
 from lowlight_jax.losses import skf_adversarial
 from lowlight_jax.losses import skf_histogram
 from lowlight_jax.losses import ssim as ssim_lib
 from lowlight_jax.methods import base
+from lowlight_jax.methods import skf_common
 from lowlight_jax.models import drbn as drbn_lib
 from lowlight_jax.models import hrnet as hrnet_lib
-from lowlight_jax.models import init as init_lib
 from lowlight_jax.models import skf_discriminator
 from lowlight_jax.models import skf_se
 
 PyTree = Any
-
-#: A small HRNet with W48's branch widths (the SE blocks read 48/96-channel features and 59 classes) and one
-#: block/module per stage: seconds on CPU. Random weights; for smoke tests only.
-HRNET_TINY = hrnet_lib.HRNetConfig(
-    stage1=hrnet_lib.StageConfig(1, "BOTTLENECK", (1,), (16,)),
-    stage2=hrnet_lib.StageConfig(1, "BASIC", (1, 1), (48, 96)),
-    stage3=hrnet_lib.StageConfig(1, "BASIC", (1, 1, 1), (48, 96, 32)),
-    stage4=hrnet_lib.StageConfig(1, "BASIC", (1, 1, 1, 1), (48, 96, 32, 32)),
-    num_classes=hrnet_lib.PASCAL_CONTEXT_NUM_CLASSES)
-HRNET_VARIANTS = {"w48": hrnet_lib.HRNET_W48_PASCAL_CONTEXT, "tiny": HRNET_TINY}
-
 
 class Method(base.BaseMethod):
   """DRBN-SKF (or plain DRBN) on the trainer's generator/discriminator step."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    if config.hrnet.variant not in HRNET_VARIANTS:
-      raise errors.ConfigError(f"hrnet.variant: unknown {config.hrnet.variant!r}; known: {sorted(HRNET_VARIANTS)}")
     w = config.loss_weights
     self.skf = bool(config.model.skf)
     self.use_sch = bool(w.sch)
@@ -76,7 +62,7 @@ class Method(base.BaseMethod):
     self.groups = ("enhancer", "discriminator") if self.use_adv else ("enhancer",)
     self.inference_towers = ("hrnet",) if self.skf else ()
     dt = self.policy.compute_dtype
-    self.hrnet_config = HRNET_VARIANTS[config.hrnet.variant]
+    self.hrnet_config = skf_common.hrnet_config(config)
     self.num_classes = self.hrnet_config.num_classes
     self.drbn = drbn_lib.DRBN(skf=self.skf, dtype=dt)
     self.hrnet = hrnet_lib.HRNet(config=self.hrnet_config, dtype=dt)
@@ -97,11 +83,7 @@ class Method(base.BaseMethod):
       params["discriminator"] = d_vars["params"]
       model_state["discriminator"] = {"batch_stats": d_vars["batch_stats"]}
     if self.use_hrnet:
-      # Port note: a random HRNet (no `hrnet.weights`: smoke tests, demos) gets He-normal kernels. The authors'
-      # N(0, 0.001) init (they always load trained weights) makes its features nearly constant per pixel, and the
-      # SE blocks' LayerNorm of them amplifies gradients by up to 1/sqrt(eps): measured enhancer grad norm 1.3e8
-      # at step 0 on the smoke config, 37 with He-normal. Weights given by the user replace all of this.
-      frozen["hrnet"] = init_lib.random_variables(self.hrnet, h_rng, low)
+      frozen["hrnet"] = skf_common.init_hrnet(self.hrnet, h_rng, low)
     return base.Variables(params=params, model_state=model_state, frozen=frozen)
 
   # -- networks ------------------------------------------------------------------------------------------------
@@ -203,16 +185,7 @@ class Method(base.BaseMethod):
     """`hrnet.weights` (the authors' HRNet-W48 PASCAL-Context checkpoint, or a plain state dict) and `init_from`
     (the authors' released DRBN-SKF `.pt`, or a plain DRBN state dict)."""
     cfg = self.config
-    sources = []
-    if self.use_hrnet and cfg.hrnet.weights:
-      config = self.hrnet_config
-
-      def convert_hrnet(abstract, path=cfg.hrnet.weights):
-        from lowlight_jax.convert import hrnet as hrnet_convert  # Conversion code only when files are given.
-        return hrnet_convert.load_hrnet(path, config, target_variables=abstract)
-
-      sources.append(base.WeightSource(target=("frozen", "hrnet"), files=(cfg.hrnet.weights,),
-                                       convert=convert_hrnet, converter="skf-hrnet-v1"))
+    sources = skf_common.hrnet_weight_source(cfg) if self.use_hrnet else []
     if cfg.init_from:
       def convert_drbn(abstract, path=cfg.init_from):
         from lowlight_jax.convert import skf as skf_convert
