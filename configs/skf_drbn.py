@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Port notes: True reproduces each released SA defect (see lowlight_jax/methods/skf_drbn.py).
       released_mask_aliasing=False,
       released_global_without_semantics=False,
+      # Port note: the released trainer re-creates D (and its Adam state) at every epoch start; N > 0 does that
+      # every N steps (one LOL epoch: ceil(485 / 4) = 122). 0: D persists and is checkpointed (the paper).
+      released_reinit_discriminator_every=0,
   ))
   step_decay = dict(schedule="step", boundaries=(24_400,), factor=0.5)
   c.optim = ml_collections.ConfigDict(dict(

@@ -5,6 +5,14 @@ r"""Enhances images and videos (a file or a folder) with a trained run or with t
   # Released weights (reproduces the authors' test script on images unless --keep-size):
   python -m launch.enhance --method sgz --weights Epoch99.pth --input FILE_OR_DIR --output DIR \
       [--scale-factor 12] [--keep-size]
+  # SKF released weights (DRBN-SKF `model_lol.pt`, SNR-SKF `SNR_SKF_LOL.pth`, or their converted files) with the
+  # frozen HRNet-W48 PASCAL-Context prior; plain DRBN / SNR checkpoints need no --seg-weights:
+  python -m launch.enhance --method skf_drbn|skf_snr --weights ENHANCER.pth --seg-weights HRNET.pth \
+      --input FILE_OR_DIR --output DIR
+
+SKF outputs keep every input's size (edge padding to the network's multiple, cropped back) and are rounded like
+torchvision's `save_image`; SNR-SKF runs the authors' two-pass test (segment the input, enhance, segment the
+result, enhance again).
 
 Images become PNGs with the input's stem (`x.jpg` -> `x.png`). Videos (.mp4, .mov, .mkv, .avi, .webm, ...)
 become H.264 MP4s with the input's stem, frame rate and size (always the full size, also for released SGZ),
@@ -27,8 +35,16 @@ from absl import flags
 from launch import _common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by launch.train.")
-_METHOD = flags.DEFINE_enum("method", None, ["sgz", "zero_dce", "scl_lle"], "Released-weights mode: method.")
+_SKF_METHODS = ("skf_drbn", "skf_snr")
+_METHOD = flags.DEFINE_enum("method", None, ["sgz", "zero_dce", "scl_lle", *_SKF_METHODS],
+                            "Released-weights mode: method.")
 _WEIGHTS = flags.DEFINE_string("weights", None, "Released-weights mode: .pth/.npz/.safetensors or converted file.")
+_SEG_WEIGHTS = flags.DEFINE_string("seg_weights", None, "SKF released mode: the HRNet checkpoint (the authors' "
+                                   "HRNet-W48 PASCAL-Context .pth, a plain state dict, or its converted file).")
+flags.DEFINE_alias("seg-weights", "seg_weights")
+_SEG_VARIANT = flags.DEFINE_enum("seg_variant", "w48", ["w48", "tiny"], "SKF released mode: the HRNet of "
+                                 "--seg-weights ('tiny': the small test network).")
+flags.DEFINE_alias("seg-variant", "seg_variant")
 _INPUT = flags.DEFINE_string("input", None, "An image or video file, or a folder of images and videos.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (new or empty, unless --overwrite/--skip-existing).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace outputs that already exist in --output.")
@@ -85,6 +101,36 @@ def _released_enhancer(method: str, weights: str, scale_factor, keep_size: bool)
       same_size=not crops)
 
 
+def _released_skf_enhancer(method: str, weights: str, seg_weights: str | None, seg_variant: str):
+  """The method's own inference (`trainer.released_setup`) on released enhancer + HRNet weights."""
+  import importlib
+
+  import jax
+  from lowlight_jax.convert import skf as skf_convert
+  from lowlight_jax.inference import batch_enhance
+  from lowlight_jax.train import evaluation, trainer
+
+  config = importlib.import_module(f"configs.{method}").get_config()
+  info = skf_convert.released_info("DRBN" if method == "skf_drbn" else "SNR", weights)
+  if info["skf"] and not seg_weights:
+    raise app.UsageError(f"--weights {weights} holds {method} SE blocks: give the HRNet with --seg-weights")
+  if not info["skf"] and seg_weights:
+    print(f"note: --weights {weights} is a baseline network (no SE blocks); --seg-weights is not used")
+  config.init_from = weights
+  config.model.skf = info["skf"]
+  config.hrnet.variant = seg_variant
+  config.hrnet.weights = seg_weights if info["skf"] else None
+  config.loss_weights.sch = 0.0  # Inference: no losses, so no discriminator and no HRNet beyond the SE blocks'.
+  if "adversarial" in config.loss_weights:
+    config.loss_weights.adversarial = 0.0
+  if "n_layers" in info:
+    config.model.n_layers = info["n_layers"]
+  setup = trainer.released_setup(config)
+  fn = trainer.make_enhance_fn(setup)(setup.state, setup.frozen)
+  batch_fn = lambda batch: evaluation.quantize(jax.device_get(fn(batch)["enhanced"]))
+  return batch_enhance.Enhancer(image_fn=batch_fn, video_fn=batch_fn)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -98,6 +144,10 @@ def main(argv):
     raise app.UsageError("--method needs --weights")
   if _WEIGHTS.value and not os.path.isfile(_WEIGHTS.value):
     raise errors.InputError(f"--weights {_WEIGHTS.value} is not a file")
+  if _SEG_WEIGHTS.value and _METHOD.value not in _SKF_METHODS:
+    raise app.UsageError(f"--seg-weights is for --method {' or '.join(_SKF_METHODS)}")
+  if _SEG_WEIGHTS.value and not os.path.isfile(_SEG_WEIGHTS.value):
+    raise errors.InputError(f"--seg-weights {_SEG_WEIGHTS.value} is not a file")
   if _WORKDIR.value is not None and not os.path.isdir(_WORKDIR.value):
     raise errors.InputError(f"--workdir {_WORKDIR.value} is not a folder")
 
@@ -112,6 +162,8 @@ def main(argv):
 
   if _WORKDIR.value is not None:
     enhancer = _run_enhancer(_WORKDIR.value, _STEP.value, _SCALE.value)
+  elif _METHOD.value in _SKF_METHODS:
+    enhancer = _released_skf_enhancer(_METHOD.value, _WEIGHTS.value, _SEG_WEIGHTS.value, _SEG_VARIANT.value)
   else:
     enhancer = _released_enhancer(_METHOD.value, _WEIGHTS.value, _SCALE.value, _KEEP.value)
   report = batch_enhance.run_plan(enhancer, plan, video_batch=_VIDEO_BATCH.value, progress=_PROGRESS.value)

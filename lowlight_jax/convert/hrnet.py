@@ -142,7 +142,8 @@ def convert_hrnet(checkpoint: Any, config: hrnet.HRNetConfig | None = None, *,
 
 def load_hrnet(path: str | os.PathLike, config: hrnet.HRNetConfig | None = None, *,
                target_variables: Mapping[str, Any] | None = None) -> dict[str, dict]:
-  """Reads a `.pth` (safe unpickler, no torch) / `.npz` / `.safetensors` HRNet file and converts it.
+  """Reads a `.pth` (safe unpickler, no torch) / `.npz` / `.safetensors` HRNet file and converts it (or a
+  converted `skf_hrnet` file written by `launch.convert_weights`, checked against the model).
 
   Raises:
     FileNotFoundError: no such file.
@@ -150,7 +151,12 @@ def load_hrnet(path: str | os.PathLike, config: hrnet.HRNetConfig | None = None,
       file.
   """
   from lowlight_jax.convert import io as convert_io  # pylint: disable=g-import-not-at-top
+  from lowlight_jax.convert import weights as convert_weights  # pylint: disable=g-import-not-at-top
 
+  if os.path.isfile(path) and convert_weights.is_converted_file(path):  # `launch.convert_weights` output.
+    if target_variables is None:
+      target_variables = hrnet.abstract_variables(hrnet.HRNET_W48_PASCAL_CONTEXT if config is None else config)
+    return convert_weights.load_converted(path, "skf_hrnet", target_variables)
   try:
     checkpoint = convert_io.load_checkpoint(path)
   except (FileNotFoundError, IsADirectoryError, PermissionError):

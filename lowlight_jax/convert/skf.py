@@ -21,6 +21,7 @@ keys (e.g. SNR weights given to DRBN, or SKF weights given to a baseline).
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -167,15 +168,99 @@ def convert_snr(state_dict: Any, target_variables: Mapping[str, Any] | None = No
   return _convert("SNR", state_dict, target_variables)
 
 
-def load_drbn(path: str, target_variables: Mapping[str, Any] | None = None) -> dict[str, dict]:
-  """Reads a DRBN(-SKF) `.pt`/`.pth`/`.npz`/`.safetensors` file (never executes pickled code)."""
+def _load(network: str, kind: str, path: str, target_variables: Mapping[str, Any] | None) -> dict[str, dict]:
   from lowlight_jax.convert import io as convert_io  # pylint: disable=g-import-not-at-top
+  from lowlight_jax.convert import weights as convert_weights  # pylint: disable=g-import-not-at-top
 
-  return convert_drbn(convert_io.load_checkpoint(path), target_variables)
+  if convert_weights.is_converted_file(path):  # Written by `launch.convert_weights --method <kind>`.
+    if target_variables is None:
+      raise errors.WeightsError(f"{path}: a converted file is checked against the model; give target_variables")
+    return convert_weights.load_converted(path, kind, target_variables)
+  try:
+    checkpoint = convert_io.load_checkpoint(path)
+  except (FileNotFoundError, IsADirectoryError, PermissionError):
+    raise
+  except (ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
+    raise errors.WeightsError(f"{path}: {errors.one_line(e)}") from e
+  try:
+    return _convert(network, checkpoint, target_variables)
+  except errors.WeightsError as e:
+    raise errors.WeightsError(f"{path}: {e}") from None
+
+
+def load_drbn(path: str, target_variables: Mapping[str, Any] | None = None) -> dict[str, dict]:
+  """Reads a DRBN(-SKF) `.pt`/`.pth`/`.npz`/`.safetensors` file (never executes pickled code), or a converted
+  `skf_drbn` file; errors name the file."""
+  return _load("DRBN", "skf_drbn", path, target_variables)
 
 
 def load_snr(path: str, target_variables: Mapping[str, Any] | None = None) -> dict[str, dict]:
-  """Reads an SNR(-SKF) `.pth`/`.npz`/`.safetensors` file (never executes pickled code)."""
+  """Reads an SNR(-SKF) `.pth`/`.npz`/`.safetensors` file (never executes pickled code), or a converted
+  `skf_snr` file; errors name the file."""
+  return _load("SNR", "skf_snr", path, target_variables)
+
+
+def released_state_dict(path: str) -> dict[str, np.ndarray]:
+  """The flat state dict of a released DRBN/SNR(-SKF) checkpoint (to read its SE blocks and depth)."""
   from lowlight_jax.convert import io as convert_io  # pylint: disable=g-import-not-at-top
 
-  return convert_snr(convert_io.load_checkpoint(path), target_variables)
+  try:
+    return unwrap_checkpoint(convert_io.load_checkpoint(path))
+  except (FileNotFoundError, IsADirectoryError, PermissionError):
+    raise
+  except (ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
+    raise errors.WeightsError(f"{path}: {errors.one_line(e)}") from e
+
+
+def released_info(network: str, path: str, state_dict: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """What a released DRBN(-SKF) / SNR(-SKF) checkpoint's own keys say: {'skf': SE blocks present, 'n_layers': SNR
+  transformer depth (SNR only)}. Raises WeightsError naming the file when it holds another network."""
+  from lowlight_jax.convert import weights as convert_weights  # pylint: disable=g-import-not-at-top
+
+  if state_dict is None and convert_weights.is_converted_file(path):
+    kind = {"DRBN": "skf_drbn", "SNR": "skf_snr"}[network]
+    variables, meta = convert_weights.load_params(path)
+    if meta.get("method") != kind:
+      raise errors.WeightsError(f"{path} holds converted {meta.get('method')!r} weights, not {kind!r}")
+    params = variables.get("params", {})
+    info = {"skf": any(k.startswith("att_block_") for k in params) or "fuseblk_1" in params.get("recur4", {})}
+    if network == "SNR":
+      info["n_layers"] = len(params.get("transformer", {}).get("layer_stack", {}))
+    return info
+  sd = released_state_dict(path) if state_dict is None else state_dict
+  if _guess_network(sd) != network:
+    raise errors.WeightsError(f"{path}: expected {network}(-SKF) weights, the checkpoint looks like {_describe(sd)}")
+  info = {"skf": has_se_blocks(sd)}
+  if network == "SNR":
+    info["n_layers"] = snr_transformer_depth(sd)
+  return info
+
+
+def network_variables(network: str, path: str) -> tuple[dict[str, dict], dict[str, Any]]:
+  """Converts a released DRBN(-SKF) / SNR(-SKF) checkpoint onto the network its own keys describe.
+
+  Returns (variables, `released_info`). Raises WeightsError naming the file when it holds another network or
+  does not fit.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from lowlight_jax.models import skf_se  # pylint: disable=g-import-not-at-top
+
+  sd = released_state_dict(path)
+  info = released_info(network, path, sd)
+  x = jnp.zeros((1, 32, 32, 3))
+  semantics = skf_se.zero_semantics(x)
+  if network == "DRBN":
+    from lowlight_jax.models import drbn  # pylint: disable=g-import-not-at-top
+    model = drbn.DRBN(skf=info["skf"])
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), x,
+                                               segment=(lambda _: semantics) if info["skf"] else None))
+  else:
+    from lowlight_jax.models import snr  # pylint: disable=g-import-not-at-top
+    model = snr.SNRNet(skf=info["skf"], n_layers=info["n_layers"])
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), x, x[..., :1],
+                                               semantics[1] if info["skf"] else None))
+  try:
+    return _convert(network, sd, target), info
+  except errors.WeightsError as e:
+    raise errors.WeightsError(f"{path}: {e}") from None

@@ -36,6 +36,9 @@ PathLike = str | os.PathLike
 Variables = dict[str, Any]
 
 METHODS = ("sgz", "zero_dce", "scl_lle", "retinexnet_decom", "resnet50", "vgg16")
+#: Networks whose converted files are read by their own loaders (`convert.skf`, `convert.hrnet`), checked against
+#: the target the method builds (their shapes depend on the checkpoint: SE blocks or not, transformer depth).
+TOWER_KINDS = ("skf_drbn", "skf_snr", "skf_hrnet")
 # Methods that share an architecture can load each other's converted files.
 _ARCHITECTURE = {"sgz": "sgz_efe", "zero_dce": "dce_net", "scl_lle": "dce_net",
                  "retinexnet_decom": "retinexnet_decom", "resnet50": "resnet50", "vgg16": "vgg16"}
@@ -118,7 +121,8 @@ def save_params(path: PathLike, variables: Mapping[str, Any], *, method: str,
     source: the original checkpoint, whose base name and sha256 are recorded.
     source_sha256: the hash, if already known (otherwise computed from `source`).
   """
-  _check_method(method)
+  if method not in TOWER_KINDS:
+    _check_method(method)
   if source is not None and source_sha256 is None:
     source_sha256 = file_sha256(source)
   payload = {
@@ -160,6 +164,23 @@ def load_params(path: PathLike) -> tuple[Variables, dict[str, str]]:
     raise ValueError(f"{path}: unsupported converted-weights format {payload.get('format')!r}")
   variables = payload.pop("variables")
   return variables, {k: str(v) for k, v in payload.items()}
+
+
+def load_converted(path: PathLike, kind: str, target_variables: Mapping[str, Any]) -> Variables:
+  """A converted file of `kind` (one of `TOWER_KINDS`), checked entry by entry against `target_variables`.
+
+  Raises:
+    errors.WeightsError: naming the file: another kind's weights, or entries that do not fit the target.
+  """
+  from lowlight_jax import errors  # pylint: disable=g-import-not-at-top
+
+  variables, meta = load_params(path)
+  if meta.get("method") != kind:
+    raise errors.WeightsError(f"{path} holds converted {meta.get('method')!r} weights, not {kind!r}")
+  try:
+    return layout.assign(target_variables, variables, strict=True)
+  except ValueError as e:
+    raise errors.WeightsError(f"{path}: {errors.one_line(e)}") from None
 
 
 def same_architecture(a: str, b: str) -> bool:

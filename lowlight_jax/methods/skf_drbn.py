@@ -24,6 +24,8 @@ Port notes (paper vs released code; each released behaviour is a config switch):
     `loss.released_global_without_semantics=True` reproduces it. `loss.released_mask_aliasing=True` brings back
     the aliased top-1/top-2 region masks.
   * The released trainer re-creates D and its Adam state every epoch; ours persist and are checkpointed.
+    `loss.released_reinit_discriminator_every=N` (steps; one LOL epoch at batch 4 is 122) brings the re-creation
+    back.
   * The released reconstruction loss is -SSIM; we use 1 - SSIM (same gradient).
   * The discriminator's BatchNorm runs in train mode (batch statistics) in every call, as released; its running
     statistics are never read and are kept as initialised (in `model_state`, checkpointed).
@@ -136,9 +138,30 @@ class Method(base.BaseMethod):
       terms["adversarial"] = skf_adversarial.generator_loss(d_apply, outputs["phr1"], outputs["seg_map"])
     return terms
 
+  def _fresh_discriminator(self, ctx, rng, shape) -> tuple[PyTree, PyTree, PyTree]:
+    """A newly initialised discriminator: (params, optimizer state, model state)."""
+    d_vars = self.disc.init(rng, jnp.zeros(shape[:3] + (3 + self.num_classes,)))
+    return (d_vars["params"], ctx.optimizers["discriminator"].init(d_vars["params"]),
+            {"batch_stats": d_vars["batch_stats"]})
+
+  def _maybe_reinit_discriminator(self, ctx, params, opt_state, model_state, rng, shape):
+    """`loss.released_reinit_discriminator_every` = N > 0: a new D (and Adam state) every N steps, as the released
+    trainer re-creates D at every epoch start (N = one epoch). 0 (the default): D persists."""
+    every = int(self.config.loss.get("released_reinit_discriminator_every", 0) or 0)
+    if not every or ctx.step is None:
+      return params, opt_state, model_state
+    current = (params["discriminator"], opt_state["discriminator"], model_state["discriminator"])
+    d_params, d_opt, d_state = jax.lax.cond(
+        (ctx.step % every == 0) & (ctx.step > 0), lambda: self._fresh_discriminator(ctx, rng, shape),
+        lambda: current)
+    return ({**params, "discriminator": d_params}, {**opt_state, "discriminator": d_opt},
+            {**model_state, "discriminator": d_state})
+
   def train_step(self, ctx, params, opt_state, model_state, frozen, batch, rng):
-    del rng
     low, high = batch["low"], batch["high"]
+    if self.use_adv:
+      params, opt_state, model_state = self._maybe_reinit_discriminator(
+          ctx, params, opt_state, model_state, jax.random.fold_in(rng, 1), low.shape)
     weights = self.config.loss_weights
     outputs, generator_vjp = jax.vjp(lambda p: self.generate(p, frozen, low), params["enhancer"])
     params, opt_state = dict(params), dict(opt_state)

@@ -459,6 +459,41 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, step:
                frozen_shardings=shardings["frozen"], optimizers={}, load_report=report)
 
 
+def released_setup(config: ml_collections.ConfigDict) -> Setup:
+  """Inference from weight files alone (no run directory): trained params from the method's `init_from` source,
+  frozen towers the method's `inference_towers` names from theirs, all placed on their shardings.
+
+  Raises:
+    errors.WeightsError: some trained parameter is not provided by a file (e.g. no `init_from`), naming it.
+  """
+  method = base.load_method(config)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  needed = tuple(method.inference_towers)
+  init_all, init_rng, abstract, _, shardings = abstract_setup(config, method, mesh, towers=needed,
+                                                              with_optimizer=False)
+  variables_abstract = {"params": abstract["state"].params, "model_state": abstract["state"].model_state,
+                        "frozen": abstract["frozen"]}
+  sources = [s for s in method.weight_sources() if s.target[0] != "frozen" or s.target[1] in needed]
+  provided = set()
+  for source in sources:
+    if source.target[0] == "params":
+      provided.add(source.target[1])
+  unprovided = [g for g in abstract["state"].params if g not in provided]
+  if unprovided:
+    raise errors.WeightsError(f"{config.method}: no weights file for the trained params {unprovided} "
+                              "(give the released enhancer's weights)")
+  variables, report = towers.materialize(
+      variables_abstract,
+      lambda r: (lambda o: {"params": o["state"].params, "model_state": o["state"].model_state,
+                            "frozen": o["frozen"]})(init_all(r)),
+      init_rng, sources, towers.default_cache_dir(config.weights_cache))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], opt_state={},
+                     model_state=variables["model_state"], rng=jax.random.PRNGKey(config.seed))
+  return Setup(config=config, method=method, mesh=mesh, state=state,
+               state_shardings=shardings["state"].replace(opt_state={}), frozen=variables["frozen"],
+               frozen_shardings=shardings["frozen"], optimizers={}, load_report=report)
+
+
 def restore_train_state(config: ml_collections.ConfigDict, workdir: str, step: int | None = None) -> TrainState:
   """The full train state (params, optimizer state, rng) of a run's checkpoint, restored onto its shardings from
   abstract shapes (nothing initialised): to compare or inspect runs."""
