@@ -32,8 +32,8 @@ _METHODS = ["sgz", "zero_dce", "scl_lle", "retinexnet_decom", "resnet50", "vgg16
 _METHOD = flags.DEFINE_enum("method", None, _METHODS, "Released network the weights belong to.")
 _INPUT = flags.DEFINE_string("input", None, "Checkpoint (.pth/.pt/.bin/.safetensors/.npz).")
 _OUTPUT = flags.DEFINE_string("output", None, "Destination of the converted file.")
-_SEG_VARIANT = flags.DEFINE_enum("seg_variant", "w48", ["w48", "tiny"], "skf_hrnet: the HRNet ('tiny': the small "
-                                 "test network of the smoke configs).")
+_SEG_VARIANT = flags.DEFINE_enum("seg_variant", "w48", ["w48", "tiny", "mini"],
+                                 "skf_hrnet: the HRNet ('tiny', 'mini': the small test networks).")
 flags.DEFINE_alias("seg-variant", "seg_variant")
 _KEY = flags.DEFINE_string("key", None, "Key of the state dict in the checkpoint (default: auto).")
 flags.mark_flags_as_required(["method", "input", "output"])

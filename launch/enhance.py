@@ -42,8 +42,8 @@ _WEIGHTS = flags.DEFINE_string("weights", None, "Released-weights mode: .pth/.np
 _SEG_WEIGHTS = flags.DEFINE_string("seg_weights", None, "SKF released mode: the HRNet checkpoint (the authors' "
                                    "HRNet-W48 PASCAL-Context .pth, a plain state dict, or its converted file).")
 flags.DEFINE_alias("seg-weights", "seg_weights")
-_SEG_VARIANT = flags.DEFINE_enum("seg_variant", "w48", ["w48", "tiny"], "SKF released mode: the HRNet of "
-                                 "--seg-weights ('tiny': the small test network).")
+_SEG_VARIANT = flags.DEFINE_enum("seg_variant", "w48", ["w48", "tiny", "mini"],
+                                 "SKF released mode: the HRNet of --seg-weights ('tiny', 'mini': small test networks).")
 flags.DEFINE_alias("seg-variant", "seg_variant")
 _INPUT = flags.DEFINE_string("input", None, "An image or video file, or a folder of images and videos.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output folder (new or empty, unless --overwrite/--skip-existing).")

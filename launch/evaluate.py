@@ -8,6 +8,8 @@ r"""Scores enhanced images against references paired by file stem, and with no-r
   # Enhance-and-evaluate a trained run (newest checkpoint, or --step) on its ground truth:
   python -m launch.evaluate --workdir RUN [--data embedded_test|FOLDER] [--out_dir DIR] \
       --metrics psnr,ssim --out REPORT.json [--html REPORT.html]
+  # Several runs side by side on the same images (e.g. SKF vs its baseline), with the input as a row:
+  python -m launch.evaluate --workdir skf=RUN_A --workdir baseline=RUN_B --metrics psnr,ssim --out REPORT.json
 
 Images are read like every other reader of the project (`lowlight_jax.io.imageio.read_image`: EXIF
 orientation applied, the extensions of `imageio.list_images`) and paired by file stem. The JSON holds
@@ -23,6 +25,11 @@ at full size with the run's own inference (`trainer.make_enhance_fn`), writes th
 `evaluate_folders`. `--data embedded_test` is the embedded test split (the run's degradation
 settings when it trained on embedded data); `--data FOLDER` is a paired folder with `low/` and
 `high/` subfolders matched by file stem (the run's `data.low_dir` / `data.high_dir` names).
+
+Several `--workdir NAME=RUN` flags compare runs: each is enhanced and scored as above (its PNGs under
+`--out_dir/NAME`), the low-light inputs are scored against the same references, and the JSON report is
+`{"data", "metrics", "input": {"mean", "set"}, "runs": {NAME: run report}}`, printed as one table (the
+input, then the runs in flag order). Every run must enhance the same images; --html is single-run only.
 """
 
 import os
@@ -35,8 +42,9 @@ from launch import _common  # Also quiets TensorFlow before jax/clu imports.
 from lowlight_jax import errors
 
 _PRED = flags.DEFINE_string("pred", None, "Folder of enhanced images (or give --workdir).")
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                                "Run mode: a run directory written by launch.train.")
+_WORKDIR = flags.DEFINE_multi_string("workdir", None,
+                                      "Run mode: a run directory written by launch.train; repeat as NAME=RUN "
+                                      "to compare runs side by side.")
 _DATA = flags.DEFINE_string("data", "embedded_test",
                             "Run mode: 'embedded_test' or a paired FOLDER with low/ and high/.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None,
@@ -123,6 +131,53 @@ def enhance_run(workdir: str, data: str, out_dir: str, step: int | None = None) 
   return dirs
 
 
+def parse_workdirs(items: list[str]) -> list[tuple[str, str]]:
+  """`--workdir` values -> [(name, run directory)]: `NAME=RUN`, or a bare `RUN` named by its folder."""
+  out = []
+  for item in items:
+    name, eq, path = item.partition("=")
+    if not eq or "/" in name or not name:
+      name, path = os.path.basename(os.path.normpath(item)), item
+    if not os.path.isdir(path):
+      raise errors.InputError(f"--workdir {item}: {path} is not a folder")
+    out.append((name, path))
+  names = [n for n, _ in out]
+  if len(set(names)) != len(names):
+    raise errors.ConfigError(f"--workdir: two runs are named the same ({names}); use NAME=RUN")
+  return out
+
+
+def compare_runs(runs: list[tuple[str, str]], data: str, out_dir: str, step: int | None, evaluate_kwargs: dict
+                 ) -> dict:
+  """Enhances and scores every run on the same images, and the inputs against the same references."""
+  from lowlight_jax.metrics import evaluate
+
+  reports, images, first = {}, None, None
+  for name, workdir in runs:
+    dirs = enhance_run(workdir, data, os.path.join(out_dir, name), step)
+    names = sorted(os.listdir(dirs["ref"]))
+    if images is not None and names != images:
+      raise errors.InputError(f"--workdir {name}={workdir} enhanced other images than {runs[0][0]} (different "
+                              "data settings); compare runs on a shared --data FOLDER")
+    images, first = names, first or dirs
+    reports[name] = evaluate.evaluate_folders(dirs["pred"], dirs["ref"], input_dir=dirs["inputs"],
+                                              **evaluate_kwargs)
+  inputs = evaluate.evaluate_folders(first["inputs"], first["ref"], **evaluate_kwargs)
+  return {"data": data, "metrics": list(evaluate_kwargs["metrics"]),
+          "input": {"mean": inputs["mean"], "set": inputs["set"]}, "runs": reports}
+
+
+def _print_table(report: dict) -> None:
+  metrics = [m for m in report["metrics"] if m != "fid"] + (["fid"] if "fid" in report["metrics"] else [])
+  rows = [("input", {**report["input"]["mean"], **report["input"]["set"]})]
+  rows += [(name, {**r["mean"], **r["set"]}) for name, r in report["runs"].items()]
+  width = max(len(n) for n, _ in rows)
+  print(f"{'':{width}}  " + "  ".join(f"{m:>8}" for m in metrics))
+  for name, values in rows:
+    cells = [f"{values[m]:8.4f}" if values.get(m) is not None else f"{'-':>8}" for m in metrics]
+    print(f"{name:{width}}  " + "  ".join(cells))
+
+
 def segmentation_task(workdir: str, step, gammas, limit, out: str) -> dict:
   """Enhance-then-segment mIoU per gamma for an SCL-LLE run; JSON written atomically to `out`."""
   from data_pipelines import scl_data
@@ -151,28 +206,43 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from launch import _common as _launch_common
   _launch_common.setup_logging()  # Orbax/grain INFO lines would drown the report.
+  workdirs = _WORKDIR.value or []
   if _TASK.value == "segmentation":
-    if _WORKDIR.value is None or _OUT.value is None:
-      raise app.UsageError("--task segmentation needs --workdir (an SCL-LLE run) and --out")
-    report = segmentation_task(_WORKDIR.value, _STEP.value, _GAMMAS.value, _LIMIT.value, _OUT.value)
+    if len(workdirs) != 1 or _OUT.value is None:
+      raise app.UsageError("--task segmentation needs one --workdir (an SCL-LLE run) and --out")
+    report = segmentation_task(workdirs[0], _STEP.value, _GAMMAS.value, _LIMIT.value, _OUT.value)
     for key, value in report.items():
       if key.startswith("gamma_"):
         print(f"{key}: mIoU input {value['input']:.4f} -> enhanced {value['enhanced']:.4f}")
     print(f"wrote {_OUT.value}")
     return
-  if (_PRED.value is None) == (_WORKDIR.value is None):
+  if (_PRED.value is None) == (not workdirs):
     raise app.UsageError(
         "give either --pred (a folder of enhanced images) or --workdir (a trained run)")
-  if _WORKDIR.value is not None and (_REF.value or _INPUTS.value):
+  if workdirs and (_REF.value or _INPUTS.value):
     raise app.UsageError(
         "--workdir takes its references and inputs from --data; drop --ref/--inputs")
+  if len(workdirs) > 1 and _HTML.value:
+    raise app.UsageError("--html shows one run; drop it when comparing several --workdir runs")
   from lowlight_jax.metrics import evaluate
+
+  if len(workdirs) > 1:
+    from lowlight_jax.io import atomic_io
+    runs = parse_workdirs(workdirs)
+    kwargs = dict(metrics=_METRICS.value, protocol=evaluate.Protocol(crop_border=_CROP.value, channel=_CHANNEL.value),
+                  fid_weights=_FID_WEIGHTS.value, progress=_PROGRESS.value)
+    with tempfile.TemporaryDirectory(prefix="lowlight_eval_") as tmp:
+      report = compare_runs(runs, _DATA.value, _OUT_DIR.value or tmp, _STEP.value, kwargs)
+    atomic_io.write_json_atomic(_OUT.value, report)
+    _print_table(report)
+    print(f"wrote {_OUT.value}")
+    return
 
   # Expected errors (missing asset or folder, nothing pairs, unknown metric) are one line, exit 2
   # (launch._common.run).
   with tempfile.TemporaryDirectory(prefix="lowlight_eval_") as tmp:
-    if _WORKDIR.value is not None:
-      dirs = enhance_run(_WORKDIR.value, _DATA.value, _OUT_DIR.value or tmp, _STEP.value)
+    if workdirs:
+      dirs = enhance_run(parse_workdirs(workdirs)[0][1], _DATA.value, _OUT_DIR.value or tmp, _STEP.value)
     else:
       dirs = {"pred": _PRED.value, "ref": _REF.value, "inputs": _INPUTS.value}
     report = evaluate.evaluate_folders(

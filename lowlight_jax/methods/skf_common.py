@@ -3,7 +3,8 @@
 SKF (Wu et al., CVPR 2023) wraps an enhancer with a frozen HRNet-W48 PASCAL-Context segmenter (59 classes): its
 branch features feed the SE blocks, its softmax map picks the SCH loss's classes (and the SA discriminator's
 input). `hrnet.variant` selects the network: `w48` (the authors' prior; its weights come from `hrnet.weights`)
-or `tiny` (W48's branch widths, one block per stage, random weights: smoke tests and CPU demos).
+`tiny` (W48's first two branch widths, one block per stage, random weights: smoke tests and CPU demos) or `mini`
+(all four W48 widths, one block per stage: the smallest that fits SNR-SKF's released SE blocks).
 """
 
 from __future__ import annotations
@@ -20,15 +21,23 @@ from lowlight_jax.models import init as init_lib
 
 PyTree = Any
 
-#: A small HRNet with W48's branch widths (the SE blocks read 48/96-channel features and 59 classes) and one
-#: block/module per stage: seconds on CPU. Random weights; for smoke tests only.
+#: A small HRNet with W48's first two branch widths (DRBN-SKF's SE blocks read its 48/96-channel features), 59
+#: classes and one block/module per stage: seconds on CPU. Random weights; for smoke tests only.
 HRNET_TINY = hrnet_lib.HRNetConfig(
     stage1=hrnet_lib.StageConfig(1, "BOTTLENECK", (1,), (16,)),
     stage2=hrnet_lib.StageConfig(1, "BASIC", (1, 1), (48, 96)),
     stage3=hrnet_lib.StageConfig(1, "BASIC", (1, 1, 1), (48, 96, 32)),
     stage4=hrnet_lib.StageConfig(1, "BASIC", (1, 1, 1, 1), (48, 96, 32, 32)),
     num_classes=hrnet_lib.PASCAL_CONTEXT_NUM_CLASSES)
-HRNET_VARIANTS = {"w48": hrnet_lib.HRNET_W48_PASCAL_CONTEXT, "tiny": HRNET_TINY}
+#: All four of W48's branch widths (48/96/192/384: the SNR SE blocks read the 192-channel branch) with one block per
+#: stage: the smallest HRNet that fits every SE block of the authors' networks. Random weights; for tests.
+HRNET_MINI = hrnet_lib.HRNetConfig(
+    stage1=hrnet_lib.StageConfig(1, "BOTTLENECK", (1,), (16,)),
+    stage2=hrnet_lib.StageConfig(1, "BASIC", (1, 1), (48, 96)),
+    stage3=hrnet_lib.StageConfig(1, "BASIC", (1, 1, 1), (48, 96, 192)),
+    stage4=hrnet_lib.StageConfig(1, "BASIC", (1, 1, 1, 1), (48, 96, 192, 384)),
+    num_classes=hrnet_lib.PASCAL_CONTEXT_NUM_CLASSES)
+HRNET_VARIANTS = {"w48": hrnet_lib.HRNET_W48_PASCAL_CONTEXT, "tiny": HRNET_TINY, "mini": HRNET_MINI}
 
 
 def hrnet_config(config: ml_collections.ConfigDict) -> hrnet_lib.HRNetConfig:

@@ -211,6 +211,9 @@ class Method(base.BaseMethod):
       def convert_snr(abstract, path=cfg.init_from):
         from lowlight_jax.convert import io as convert_io  # Conversion code only when files are given.
         from lowlight_jax.convert import skf as skf_convert
+        from lowlight_jax.convert import weights as convert_weights
+        if convert_weights.is_converted_file(path):  # `launch.convert_weights --method skf_snr` output.
+          return skf_convert.load_snr(path, {"params": dict(abstract)})["params"]
         checkpoint = convert_io.load_checkpoint(path)
         target = dict(abstract)
         if skf and not skf_convert.has_se_blocks(skf_convert.unwrap_checkpoint(checkpoint)):

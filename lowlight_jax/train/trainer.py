@@ -149,7 +149,8 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, PyTree, PyTree], tupl
 
   def step_fn(state: TrainState, frozen: PyTree, batch: PyTree):
     rng = jax.random.fold_in(state.rng, state.step)
-    result = method.train_step(dataclasses.replace(ctx, step=state.step), state.params, state.opt_state, state.model_state, frozen, batch, rng)
+    result = method.train_step(dataclasses.replace(ctx, step=state.step), state.params, state.opt_state,
+                               state.model_state, frozen, batch, rng)
     new_state = state.replace(step=state.step + 1, params=result.params, opt_state=result.opt_state,
                               model_state=result.model_state)
     # A non-finite step is not applied: the state stays the last good one and the host stops the run.
@@ -226,21 +227,34 @@ class _Profiler:
       self.active = False
 
 
-def log_memory_analysis(train_step, state, frozen, batch) -> dict[str, int]:
-  """Per-device bytes of the compiled step (arguments = params + optimizer state + batch), logged and returned."""
+def compile_step(train_step, state, frozen, batch) -> tuple[Callable, dict[str, int]]:
+  """Compiles the jitted step once for these arguments and logs its per-device bytes (arguments = params +
+  optimizer state + batch). Returns (the step to call: the compiled executable, or `train_step` itself when it
+  cannot be compiled ahead of time, memory info or {})."""
   try:
     compiled = train_step.lower(state, frozen, batch).compile()
+  except Exception as e:  # pylint: disable=broad-except
+    logging.info("ahead-of-time compilation unavailable: %s", e)
+    return train_step, {}
+
+  def step(state, frozen, batch):
+    try:
+      return compiled(state, frozen, batch)
+    except TypeError:  # Arguments of another shape or sharding than the first batch: the jitted step retraces.
+      return train_step(state, frozen, batch)
+
+  try:
     mem = compiled.memory_analysis()
-  except Exception as e:  # Not every backend reports memory; never fail a run over a log line.
+  except Exception as e:  # pylint: disable=broad-except  # Not every backend reports memory; never fail a run.
     logging.info("memory analysis unavailable: %s", e)
-    return {}
+    mem = None
   if mem is None:
-    return {}
+    return step, {}
   fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
             "generated_code_size_in_bytes", "alias_size_in_bytes")
   info = {f: int(getattr(mem, f, 0) or 0) for f in fields}
   logging.info("compiled train step, per device: %s", ", ".join(f"{k}={v / 2**20:.1f} MiB" for k, v in info.items()))
-  return info
+  return step, info
 
 
 def _merge(acc: dict | None, new: dict) -> dict:
@@ -340,18 +354,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   bar = tqdm.tqdm(total=total, initial=step, unit="step", desc="train", dynamic_ncols=True,
                   disable=not config.progress_bar or jax.process_index() > 0 or None)
   preemption = _PreemptionWatch()
-  memory_logged = False
+  run_step = None  # The step compiled once (ahead of time, which also reports its memory) on the first batch.
   last_saved = step
   last_scalars: dict[str, float] = {}
   try:
     preemption.__enter__()
     while step < total:
       batch = sharding_lib.global_batch(next(data_iter), mesh)
-      if not memory_logged:
-        log_memory_analysis(train_step, state, setup.frozen, batch)
-        memory_logged = True
+      if run_step is None:
+        run_step, _ = compile_step(train_step, state, setup.frozen, batch)
       profiler.before_step(step)
-      state, metrics, finite = train_step(state, setup.frozen, batch)
+      state, metrics, finite = run_step(state, setup.frozen, batch)
       step += 1
       bar.update(1)
       profiler.after_step(step, state)

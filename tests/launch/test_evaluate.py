@@ -291,3 +291,40 @@ def test_analysis_loads_the_run(smoke_run, embedded_eval):
   # Eager analysis vs. the jitted run inference: at most a rare one-level rounding difference.
   diff = np.abs(ours - cli)
   assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3
+
+
+def test_runs_side_by_side_with_the_input_row(smoke_run, embedded_eval, tmp_path):
+  """Two runs (the smoke run, and a copy of it stopped at its first checkpoint) on the same images: one report
+  with the input's scores beside them, each run's own numbers as it scores alone."""
+  import shutil
+
+  from lowlight_jax.train import checkpoint as ckpt_lib
+
+  early = tmp_path / "early"
+  shutil.copytree(smoke_run, early)
+  checkpointer = ckpt_lib.Checkpointer(str(early))
+  steps = checkpointer.all_steps()
+  checkpointer.close()
+  assert len(steps) >= 2
+  for step in steps[1:]:
+    shutil.rmtree(early / "checkpoints" / str(step))
+  out = tmp_path / "compare.json"
+  res = _run("--workdir", f"late={smoke_run}", "--workdir", f"early={early}", "--metrics", "psnr,ssim",
+             "--out", str(out), "--noprogress", env=_quiet_env())
+  assert res.returncode == 0, res.stderr[-3000:]
+  report = json.loads(out.read_text())
+  assert list(report["runs"]) == ["late", "early"] and report["metrics"] == ["psnr", "ssim"]
+  late, early_r = report["runs"]["late"]["mean"], report["runs"]["early"]["mean"]
+  assert late == pytest.approx(embedded_eval["report"]["mean"])  # The same numbers as scored alone.
+  assert early_r["psnr"] != late["psnr"]
+  inputs = report["input"]["mean"]
+  assert inputs["psnr"] < late["psnr"]  # The run (from the released weights) improves on its dark inputs.
+  table = [line.split() for line in res.stdout.splitlines()]
+  rows = {line[0]: line[1:] for line in table if line and line[0] in ("input", "late", "early")}
+  assert float(rows["input"][0]) == pytest.approx(inputs["psnr"], abs=1e-4)
+  assert float(rows["early"][1]) == pytest.approx(early_r["ssim"], abs=1e-4)
+  # Two runs under one name, or --html with several runs, are refused.
+  res = _run("--workdir", f"a={smoke_run}", "--workdir", f"a={early}", "--out", str(tmp_path / "x.json"),
+             env=_quiet_env())
+  assert res.returncode == 2 and "named the same" in res.stderr
+  assert not (tmp_path / "x.json").exists()

@@ -35,3 +35,16 @@ def test_three_variant_smoke_sweep_collects_results(tmp_path, run_module):
   assert all(r["exit"] == "0" and r["step"] == "4" for r in rows)
   assert all(float(r["train/enhancer/loss"]) > 0 for r in rows)
   assert "| run |" in (root / "results.md").read_text()
+
+
+def test_skf_ablation_dry_run_is_the_eight_on_off_variants(tmp_path, run_module):
+  result = run_module(["launch.sweep", "--config", "skf_drbn", "--sweep", "skf_ablation", "--workdir-root",
+                       str(tmp_path), "--dry-run"], timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = [l for l in result.stdout.splitlines() if l.strip()]
+  assert len(lines) == 8 and all("-m launch.train" in l for l in lines)
+  off = [tuple(flag in l for flag in ("--config.model.skf=False", "--config.loss_weights.sch=0.0",
+                                      "--config.loss_weights.adversarial=0.0")) for l in lines]
+  assert len(set(off)) == 8  # Every on/off combination once.
+  assert off[0] == (True, True, True) and off[-1] == (False, False, False)  # Baseline first, full SKF last.
+  assert not os.listdir(tmp_path)

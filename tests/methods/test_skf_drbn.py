@@ -1,5 +1,5 @@
-"""DRBN-SKF on the trainer: one sharded generator/discriminator step on 8 fake devices with every loss term,
-the plain-DRBN baseline, released-weight sources and their errors."""
+"""DRBN-SKF on the trainer: the plain-DRBN baseline, released-weight sources and their errors (the sharded
+generator/discriminator steps, every loss term, checkpoints and resume: tests/methods/test_skf_resume.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,35 +10,9 @@ from configs import skf_drbn as skf_config
 from lowlight_jax import errors
 from lowlight_jax.losses import ssim as ssim_lib
 from lowlight_jax.methods import base
-from lowlight_jax.train import sharding as sharding_lib
 from lowlight_jax.train import towers
-from lowlight_jax.train import trainer
 
-
-def _batch(size=32, n=8, seed=0):
-  rng = np.random.default_rng(seed)
-  return {"low": rng.uniform(0, 0.3, (n, size, size, 3)).astype(np.float32),
-          "high": rng.uniform(0.2, 0.9, (n, size, size, 3)).astype(np.float32)}
-
-
-def test_smoke_step_updates_both_groups_and_reports_every_term():
-  assert jax.device_count() == 8
-  setup = trainer.build(skf_config.get_config("smoke"))
-  assert setup.method.groups == ("enhancer", "discriminator")
-  assert set(setup.frozen) == {"hrnet"}
-  before = jax.device_get(setup.state.params)
-  step = trainer.make_train_step(setup)
-  state, metrics, finite = step(setup.state, setup.frozen, jax.device_put(_batch(), sharding_lib.batch_sharding(
-      setup.mesh)))
-  assert bool(finite)
-  for key in ("enhancer/loss", "enhancer/loss_ssim", "enhancer/loss_sch", "enhancer/loss_adversarial",
-              "discriminator/loss", "discriminator/global_fake", "discriminator/region_real"):
-    assert np.isfinite(float(metrics[key].compute())), key
-  # Random-init sanity (the He-normal HRNet, see the method's port note): the first update is not an explosion.
-  assert float(metrics["enhancer/grad_norm"].compute()) < 1e4
-  after = jax.device_get(state.params)
-  for group in ("enhancer", "discriminator"):
-    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(before[group]), jax.tree.leaves(after[group])))
+import skf_resume  # tests/methods/skf_resume.py
 
 
 def test_baseline_has_no_semantic_parts_and_enhances_any_size():
@@ -81,3 +55,7 @@ def test_ssim_loss_is_zero_on_identical_images_and_positive_otherwise():
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 24, 24, 3)), jnp.float32)
   np.testing.assert_allclose(ssim_lib.ssim_loss(x, x), 0.0, atol=1e-6)
   assert float(jnp.min(ssim_lib.ssim_loss(x, 0.5 * x))) > 0.01
+
+
+def test_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(tmp_path):
+  skf_resume.check_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise("skf_drbn", tmp_path)

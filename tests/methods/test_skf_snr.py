@@ -18,6 +18,8 @@ from lowlight_jax.train import sharding as sharding_lib
 from lowlight_jax.train import towers
 from lowlight_jax.train import trainer
 
+import skf_resume  # tests/methods/skf_resume.py
+
 
 def _batch(size=32, n=8, seed=0):
   rng = np.random.default_rng(seed)
@@ -173,3 +175,7 @@ def test_config_switches_are_checked():
     config[section][key] = value
     with pytest.raises(errors.ConfigError, match=field.replace(".", r"\.")):
       skf_snr.Method(config)
+
+
+def test_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(tmp_path):
+  skf_resume.check_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise("skf_snr", tmp_path)
