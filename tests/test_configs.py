@@ -38,7 +38,7 @@ def test_every_config_smoke_trains_somewhere():
   assert set(TRAINED_IN_METHOD_TESTS) <= set(CONFIGS)
   for name, path in TRAINED_IN_METHOD_TESTS.items():
     text = (pathlib.Path(__file__).resolve().parents[1] / path).read_text()
-    assert f'resumes_bitwise("{name}"' in text, (name, path)
+    assert f'skf_resume_check("{name}"' in text, (name, path)
 
 
 @pytest.mark.parametrize("name", [c for c in CONFIGS if c not in TRAINED_IN_METHOD_TESTS])

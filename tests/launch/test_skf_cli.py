@@ -66,7 +66,7 @@ def _expected(files, method_name: str) -> np.ndarray:
   return evaluation.quantize(np.asarray(out[0]))
 
 
-def test_released_drbn_skf_enhances_like_the_method_from_originals_and_converted_files(files, run_module, tmp_path):
+def test_released_drbn_skf_enhances_like_the_method_and_converts(files, run_module, tmp_path):
   common = ["--input", str(files["inputs"]), "--seg-variant", "tiny"]
   res = run_module(["launch.enhance", "--method", "skf_drbn", "--weights", str(files["drbn"]), "--seg-weights",
                     str(files["hrnet"]), "--output", str(tmp_path / "orig"), *common])
@@ -83,11 +83,17 @@ def test_released_drbn_skf_enhances_like_the_method_from_originals_and_converted
     assert res.returncode == 0, res.stderr[-3000:]
     assert what in res.stdout
     assert convert_weights.load_params(tmp_path / f"{kind}.msgpack")[1]["method"] == kind
-  res = run_module(["launch.enhance", "--method", "skf_drbn", "--weights", str(tmp_path / "skf_drbn.msgpack"),
-                    "--seg-weights", str(tmp_path / "skf_hrnet.msgpack"), "--output", str(tmp_path / "conv"),
-                    *common])
-  assert res.returncode == 0, res.stderr[-3000:]
-  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "conv" / "a.png")), got)
+  # ... and load to the same values as the originals, through the same loaders the CLI's released mode uses.
+  assert skf_convert.released_info("DRBN", str(tmp_path / "skf_drbn.msgpack")) == {"skf": True}
+  target = jax.eval_shape(lambda: {"params": skf_convert.network_variables("DRBN", str(files["drbn"]))[0]["params"]})
+  for a, b in zip(jax.tree.leaves(skf_convert.load_drbn(str(tmp_path / "skf_drbn.msgpack"), target)),
+                  jax.tree.leaves(skf_convert.load_drbn(str(files["drbn"]), target))):
+    np.testing.assert_array_equal(a, b)
+  hrnet_target = jax.eval_shape(lambda: files["hrnet_vars"]["tiny"])
+  for a, b in zip(jax.tree.leaves(hrnet_convert.load_hrnet(str(tmp_path / "skf_hrnet.msgpack"),
+                                                           target_variables=hrnet_target)),
+                  jax.tree.leaves(jax.device_get(files["hrnet_vars"]["tiny"]))):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_released_snr_skf_runs_the_two_pass_test_like_the_method(files, run_module, tmp_path):

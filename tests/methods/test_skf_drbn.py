@@ -1,5 +1,5 @@
-"""DRBN-SKF on the trainer: the plain-DRBN baseline, released-weight sources and their errors (the sharded
-generator/discriminator steps, every loss term, checkpoints and resume: tests/methods/test_skf_resume.py)."""
+"""DRBN-SKF on the trainer: the plain-DRBN baseline, released-weight sources and their errors, and (last test,
+via tests/methods/conftest.py) the sharded generator/discriminator steps, every loss term, checkpoints, resume."""
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +11,6 @@ from lowlight_jax import errors
 from lowlight_jax.losses import ssim as ssim_lib
 from lowlight_jax.methods import base
 from lowlight_jax.train import towers
-
-import skf_resume  # tests/methods/skf_resume.py
 
 
 def test_baseline_has_no_semantic_parts_and_enhances_any_size():
@@ -57,5 +55,5 @@ def test_ssim_loss_is_zero_on_identical_images_and_positive_otherwise():
   assert float(jnp.min(ssim_lib.ssim_loss(x, 0.5 * x))) > 0.01
 
 
-def test_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(tmp_path):
-  skf_resume.check_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise("skf_drbn", tmp_path)
+def test_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(skf_resume_check, tmp_path):
+  skf_resume_check("skf_drbn", tmp_path)  # tests/methods/conftest.py

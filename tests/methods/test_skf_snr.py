@@ -18,8 +18,6 @@ from lowlight_jax.train import sharding as sharding_lib
 from lowlight_jax.train import towers
 from lowlight_jax.train import trainer
 
-import skf_resume  # tests/methods/skf_resume.py
-
 
 def _batch(size=32, n=8, seed=0):
   rng = np.random.default_rng(seed)
@@ -177,5 +175,5 @@ def test_config_switches_are_checked():
       skf_snr.Method(config)
 
 
-def test_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(tmp_path):
-  skf_resume.check_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise("skf_snr", tmp_path)
+def test_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(skf_resume_check, tmp_path):
+  skf_resume_check("skf_snr", tmp_path)  # tests/methods/conftest.py

@@ -1,13 +1,14 @@
 """The SKF methods through launch.train's loop (`trainer.train_and_evaluate`) on their smoke configs, 8 fake
 devices: every loss term logged to TensorBoard at every logged step, checkpoints, and a resume from the step-2
-checkpoint that ends bitwise equal to the uninterrupted run. Called by each method's test file (one file per
-method, so the test runner's workers share them out)."""
+checkpoint that ends bitwise equal to the uninterrupted run. The `skf_resume_check` fixture gives each method's test
+file the check (one file per method, so the test runner's workers share them out)."""
 
 import importlib
 import shutil
 
 import jax
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
@@ -68,3 +69,8 @@ def check_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(method, tmp_
   # Random-init sanity (the He-normal HRNet, see skf_common.init_hrnet): no exploding first updates.
   grad_norms = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors("train/enhancer/grad_norm")]
   assert max(grad_norms) < 1e4 if method == "skf_drbn" else all(np.isfinite(grad_norms))
+
+
+@pytest.fixture
+def skf_resume_check():
+  return check_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise
