@@ -21,22 +21,21 @@ from lowlight_jax.models import init as init_lib
 
 PyTree = Any
 
-#: A small HRNet with W48's first two branch widths (DRBN-SKF's SE blocks read its 48/96-channel features), 59
-#: classes and one block/module per stage: seconds on CPU. Random weights; for smoke tests only.
-HRNET_TINY = hrnet_lib.HRNetConfig(
-    stage1=hrnet_lib.StageConfig(1, "BOTTLENECK", (1,), (16,)),
-    stage2=hrnet_lib.StageConfig(1, "BASIC", (1, 1), (48, 96)),
-    stage3=hrnet_lib.StageConfig(1, "BASIC", (1, 1, 1), (48, 96, 32)),
-    stage4=hrnet_lib.StageConfig(1, "BASIC", (1, 1, 1, 1), (48, 96, 32, 32)),
-    num_classes=hrnet_lib.PASCAL_CONTEXT_NUM_CLASSES)
-#: All four of W48's branch widths (48/96/192/384: the SNR SE blocks read the 192-channel branch) with one block per
-#: stage: the smallest HRNet that fits every SE block of the authors' networks. Random weights; for tests.
-HRNET_MINI = hrnet_lib.HRNetConfig(
-    stage1=hrnet_lib.StageConfig(1, "BOTTLENECK", (1,), (16,)),
-    stage2=hrnet_lib.StageConfig(1, "BASIC", (1, 1), (48, 96)),
-    stage3=hrnet_lib.StageConfig(1, "BASIC", (1, 1, 1), (48, 96, 192)),
-    stage4=hrnet_lib.StageConfig(1, "BASIC", (1, 1, 1, 1), (48, 96, 192, 384)),
-    num_classes=hrnet_lib.PASCAL_CONTEXT_NUM_CLASSES)
+def one_block_per_stage(widths: tuple[int, int, int, int]) -> hrnet_lib.HRNetConfig:
+  """An HRNet with one block and one module per stage, branch widths `widths`, 59 classes: seconds on CPU."""
+  return hrnet_lib.HRNetConfig(
+      stage1=hrnet_lib.StageConfig(1, "BOTTLENECK", (1,), (16,)),
+      stage2=hrnet_lib.StageConfig(1, "BASIC", (1, 1), widths[:2]),
+      stage3=hrnet_lib.StageConfig(1, "BASIC", (1, 1, 1), widths[:3]),
+      stage4=hrnet_lib.StageConfig(1, "BASIC", (1, 1, 1, 1), widths),
+      num_classes=hrnet_lib.PASCAL_CONTEXT_NUM_CLASSES)
+
+
+#: W48's first two branch widths (DRBN-SKF's SE blocks read its 48/96-channel features). Random weights; smoke tests.
+HRNET_TINY = one_block_per_stage((48, 96, 32, 32))
+#: All four of W48's branch widths (the SNR SE blocks also read the 192-channel branch): the smallest HRNet that fits
+#: every SE block of the authors' networks. Random weights; for tests.
+HRNET_MINI = one_block_per_stage((48, 96, 192, 384))
 HRNET_VARIANTS = {"w48": hrnet_lib.HRNET_W48_PASCAL_CONTEXT, "tiny": HRNET_TINY, "mini": HRNET_MINI}
 
 

@@ -74,6 +74,11 @@ def _with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
+def _variables(tree: dict[str, Any]) -> dict[str, PyTree]:
+  """{'state': TrainState, 'frozen': ...} -> the variables towers.materialize builds: params, model state, frozen."""
+  return {"params": tree["state"].params, "model_state": tree["state"].model_state, "frozen": tree["frozen"]}
+
+
 def abstract_setup(config: ml_collections.ConfigDict, method: base.BaseMethod, mesh: jax.sharding.Mesh, *,
                    towers: tuple[str, ...] | None = None, with_optimizer: bool = True):
   """Shapes (no compute) of the train state and frozen towers, with their shardings.
@@ -115,14 +120,12 @@ def build(config: ml_collections.ConfigDict, *, mesh: jax.sharding.Mesh | None =
   method = base.load_method(config)
   mesh = sharding_lib.make_mesh(config.mesh) if mesh is None else mesh
   init_all, init_rng, abstract, optimizers, shardings = abstract_setup(config, method, mesh)
-  variables_abstract = {"params": abstract["state"].params, "model_state": abstract["state"].model_state,
-                        "frozen": abstract["frozen"]}
+  variables_abstract = _variables(abstract)
   sources = method.weight_sources() if load_pretrained else ()
   cache = towers.default_cache_dir(config.weights_cache)
   variables, report = towers.materialize(
       variables_abstract,
-      lambda r: (lambda o: {"params": o["state"].params, "model_state": o["state"].model_state,
-                            "frozen": o["frozen"]})(init_all(r)),
+      lambda r: _variables(init_all(r)),
       init_rng, sources, cache)
   if report["loaded"]:
     logging.info("weights: %d arrays loaded from %d file(s) (%s), %d initialised", report["loaded"],
@@ -484,8 +487,7 @@ def released_setup(config: ml_collections.ConfigDict) -> Setup:
   needed = tuple(method.inference_towers)
   init_all, init_rng, abstract, _, shardings = abstract_setup(config, method, mesh, towers=needed,
                                                               with_optimizer=False)
-  variables_abstract = {"params": abstract["state"].params, "model_state": abstract["state"].model_state,
-                        "frozen": abstract["frozen"]}
+  variables_abstract = _variables(abstract)
   sources = [s for s in method.weight_sources() if s.target[0] != "frozen" or s.target[1] in needed]
   provided = set()
   for source in sources:
@@ -497,8 +499,7 @@ def released_setup(config: ml_collections.ConfigDict) -> Setup:
                               "(give the released enhancer's weights)")
   variables, report = towers.materialize(
       variables_abstract,
-      lambda r: (lambda o: {"params": o["state"].params, "model_state": o["state"].model_state,
-                            "frozen": o["frozen"]})(init_all(r)),
+      lambda r: _variables(init_all(r)),
       init_rng, sources, towers.default_cache_dir(config.weights_cache))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], opt_state={},
                      model_state=variables["model_state"], rng=jax.random.PRNGKey(config.seed))
