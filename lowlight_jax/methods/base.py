@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import logging
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -61,11 +62,32 @@ class WeightSource:
       a part of the subtree (e.g. a backbone without its head); the rest is random-initialised. Every provided
       key must exist in the subtree with the same shape.
     converter: a name and version of the conversion (part of the cache key; bump it when `convert` changes).
+    cache: whether the conversion cache keeps the result (False for sources that need no conversion, e.g. the
+      params of another run's checkpoint).
   """
   target: tuple[str, ...]
   files: tuple[str, ...]
   convert: Callable[[PyTree], PyTree]
   converter: str
+  cache: bool = True
+
+
+def run_weight_source(workdir: str, group: str) -> WeightSource:
+  """`init_from=RUN_DIR`: the params of trained group `group` from another run's newest checkpoint, restored
+  non-strictly (`train.checkpoint.restore_params_group`): params that run lacks keep this run's initialisation,
+  with a warning naming them (e.g. SKF blocks fine-tuned from a baseline run, as the authors start SNR-SKF from a
+  baseline SNR-LLIE-Net)."""
+  def convert(abstract):
+    from lowlight_jax.train import checkpoint  # pylint: disable=g-import-not-at-top (train imports methods)
+    params, missing = checkpoint.restore_params_group(workdir, group, abstract)
+    if missing:
+      tops = sorted({m.split("/")[0] for m in missing})
+      logging.warning("init_from %s: %d '%s' params are not in that run and keep their initialisation (under %s)",
+                      workdir, len(missing), group, ", ".join(tops))
+    return params
+
+  return WeightSource(target=("params", group), files=(workdir,), convert=convert, converter="run-params-v1",
+                      cache=False)
 
 
 @dataclasses.dataclass(frozen=True)

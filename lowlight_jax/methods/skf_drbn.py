@@ -33,6 +33,7 @@ Port notes (paper vs released code; each released behaviour is a config switch):
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -206,10 +207,13 @@ class Method(base.BaseMethod):
 
   def weight_sources(self) -> list[base.WeightSource]:
     """`hrnet.weights` (the authors' HRNet-W48 PASCAL-Context checkpoint, or a plain state dict) and `init_from`
-    (the authors' released DRBN-SKF `.pt`, or a plain DRBN state dict)."""
+    (the authors' released DRBN-SKF `.pt`, a plain DRBN state dict, or a run directory: its enhancer params, with
+    the SE blocks kept at their initialisation when it is a baseline run)."""
     cfg = self.config
     sources = skf_common.hrnet_weight_source(cfg) if self.use_hrnet else []
-    if cfg.init_from:
+    if cfg.init_from and os.path.isdir(cfg.init_from):  # A run (e.g. the baseline demo): non-strict.
+      sources.append(base.run_weight_source(cfg.init_from, "enhancer"))
+    elif cfg.init_from:
       def convert_drbn(abstract, path=cfg.init_from):
         from lowlight_jax.convert import skf as skf_convert
         return skf_convert.load_drbn(path, {"params": abstract})["params"]

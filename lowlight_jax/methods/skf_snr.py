@@ -46,6 +46,7 @@ Port notes (paper vs released code; each released behaviour is a config switch):
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import jax
@@ -201,11 +202,14 @@ class Method(base.BaseMethod):
 
   def weight_sources(self) -> list[base.WeightSource]:
     """`hrnet.weights` (the authors' HRNet-W48 PASCAL-Context checkpoint, or a plain state dict) and `init_from`
-    (the authors' `SNR_SKF_LOL.pth`, a baseline SNR-LLIE-Net `.pth` as their `pretrain_model_G`, or a plain
-    state dict); the transformer depth must match `model.n_layers`."""
+    (the authors' `SNR_SKF_LOL.pth`, a baseline SNR-LLIE-Net `.pth` as their `pretrain_model_G`, a plain state
+    dict, or a run directory: its enhancer params, SE blocks kept at their init when it is a baseline run); the
+    transformer depth must match `model.n_layers`."""
     cfg = self.config
     sources = skf_common.hrnet_weight_source(cfg) if self.use_hrnet else []
-    if cfg.init_from:
+    if cfg.init_from and os.path.isdir(cfg.init_from):  # A run (e.g. a baseline run): non-strict, as below.
+      sources.append(base.run_weight_source(cfg.init_from, "enhancer"))
+    elif cfg.init_from:
       skf = self.skf
 
       def convert_snr(abstract, path=cfg.init_from):

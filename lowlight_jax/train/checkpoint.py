@@ -103,3 +103,68 @@ def abstract_like(tree: PyTree) -> PyTree:
   """ShapeDtypeStructs (with shardings) of a concrete or abstract tree, for restoring onto."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+
+
+def is_run_dir(path: str) -> bool:
+  """Whether `path` is a run directory (it has a `checkpoints/` folder), as opposed to a weights file."""
+  return os.path.isdir(os.path.join(path, "checkpoints"))
+
+
+def restore_params_group(workdir: str, group: str, abstract: PyTree, *, step: int | None = None
+                         ) -> tuple[dict, list[str]]:
+  """Another run's trained params of one group, for initialising this run from it (`init_from=RUN_DIR`).
+
+  A non-strict load, like PyTorch's `load_state_dict(strict=False)` of a pretrained network: the keys both the
+  run's checkpoint (newest step, or `step`) and `abstract` (this run's ShapeDtypeStructs of the group) have are
+  restored onto the abstract leaves' shardings, and the keys only `abstract` has are returned so the caller can
+  say they keep their initialisation (e.g. SKF's SE blocks when starting from a baseline run). Nothing in
+  `workdir` is written.
+
+  Returns:
+    (nested dict of host arrays for the shared keys, sorted '/'-joined paths of the keys `abstract` alone has).
+
+  Raises:
+    errors.CheckpointError: `workdir` has no checkpoint, or none with params of `group`.
+    errors.WeightsError: a key of the run that `abstract` lacks (another network), or a different shape.
+  """
+  if not is_run_dir(workdir):
+    raise errors.CheckpointError(f"{workdir} is not a run directory (no checkpoints/ folder in it)")
+  checkpointer = Checkpointer(workdir, async_save=False)
+  try:
+    step, path = checkpointer._state_dir(step)  # pylint: disable=protected-access
+    meta = checkpointer.state_metadata(step)
+  finally:
+    checkpointer.close()
+  saved = meta.get("params", {}).get(group) if isinstance(meta.get("params"), dict) else None
+  if not saved:
+    raise errors.CheckpointError(f"{path}: the run has no params of group '{group}'")
+
+  def flat(tree, prefix=()):
+    out = {}
+    for k, v in tree.items():
+      out.update(flat(v, prefix + (str(k),)) if isinstance(v, dict) else {prefix + (str(k),): v})
+    return out
+
+  saved_flat, want_flat = flat(saved), flat(dict(abstract))
+  extra = sorted("/".join(k) for k in saved_flat if k not in want_flat)
+  if extra:
+    raise errors.WeightsError(f"{workdir}: its '{group}' params are another network (keys this model lacks: "
+                              f"{', '.join(extra[:6])})")
+  shapes = sorted(f"{'/'.join(k)}: run {tuple(v.shape)} vs model {tuple(want_flat[k].shape)}"
+                  for k, v in saved_flat.items() if tuple(v.shape) != tuple(want_flat[k].shape))
+  if shapes:
+    raise errors.WeightsError(f"{workdir}: shape mismatch in '{group}': {'; '.join(shapes[:6])}")
+  item: dict = {}
+  for k in saved_flat:
+    node = item
+    for name in k[:-1]:
+      node = node.setdefault(name, {})
+    a = want_flat[k]
+    node[k[-1]] = jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None))
+  item = {"params": {group: item}}
+  restore_args = ocp.checkpoint_utils.construct_restore_args(item)
+  with ocp.PyTreeCheckpointer() as reader:
+    restored = reader.restore(path, args=ocp.args.PyTreeRestore(item, restore_args=restore_args,
+                                                                partial_restore=True))
+  missing = sorted("/".join(k) for k in want_flat if k not in saved_flat)
+  return jax.device_get(restored["params"][group]), missing

@@ -112,7 +112,7 @@ def convert_source(source: base.WeightSource, abstract_variables: Mapping, cache
   abstract_sub = _subtree(abstract_variables, source.target)
   sub_keys, sub_leaves, _ = flatten_tree(abstract_sub)
   flat_abstract = dict(zip(sub_keys, sub_leaves))
-  path = os.path.join(cache_dir, cache_key(source) + ".safetensors") if cache_dir else None
+  path = os.path.join(cache_dir, cache_key(source) + ".safetensors") if cache_dir and source.cache else None
   if path and os.path.isfile(path):
     from safetensors import safe_open  # pylint: disable=g-import-not-at-top
     handle = safe_open(path, framework="numpy")
