@@ -158,7 +158,8 @@ def _torch_unet_semantics(classes, num_groups, norm_eps, skip_sizes, next_fun, a
 def diffusers_flax() -> types.SimpleNamespace:
   """diffusers' Flax pieces, shimmed: `UNet2DConditionModel` (subclass, see the module doc),
   `AutoencoderKL` (= `FlaxAutoencoderKL`), `FlaxUNet2DConditionModel` (unpatched), `Transformer2DModel`,
-  and the PyTorch->Flax helpers `rename_key`, `rename_key_and_reshape_tensor`,
+  `BasicTransformerBlock` and `Attention` (its attn1 / attn2; for interceptors such as models.scuf's cycle
+  attention), and the PyTorch->Flax helpers `rename_key`, `rename_key_and_reshape_tensor`,
   `convert_pytorch_state_dict_to_flax` (the last one random-initialises; use the first two)."""
   _offline()
   _jax_aliases()
@@ -166,7 +167,8 @@ def diffusers_flax() -> types.SimpleNamespace:
     from diffusers.utils import logging as diffusers_logging
     diffusers_logging.set_verbosity_error()  # before the Flax modules: some warn at import
     from diffusers.models import modeling_flax_pytorch_utils as pt_utils
-    from diffusers.models.attention_flax import FlaxGEGLU, FlaxTransformer2DModel
+    from diffusers.models.attention_flax import (FlaxAttention, FlaxBasicTransformerBlock, FlaxGEGLU,
+                                                 FlaxTransformer2DModel)
     from diffusers.models.resnet_flax import FlaxDownsample2D, FlaxUpsample2D
     from diffusers.models.unets.unet_2d_condition_flax import FlaxUNet2DConditionModel
     from diffusers.models.vae_flax import FlaxAutoencoderKL, FlaxDiagonalGaussianDistribution
@@ -197,6 +199,8 @@ def diffusers_flax() -> types.SimpleNamespace:
       AutoencoderKL=FlaxAutoencoderKL,
       DiagonalGaussianDistribution=FlaxDiagonalGaussianDistribution,
       Transformer2DModel=FlaxTransformer2DModel,
+      BasicTransformerBlock=FlaxBasicTransformerBlock,
+      Attention=FlaxAttention,
       rename_key=pt_utils.rename_key,
       rename_key_and_reshape_tensor=pt_utils.rename_key_and_reshape_tensor,
       convert_pytorch_state_dict_to_flax=pt_utils.convert_pytorch_state_dict_to_flax,
