@@ -9,10 +9,21 @@ r"""Enhances images and videos (a file or a folder) with a trained run or with t
   # frozen HRNet-W48 PASCAL-Context prior; plain DRBN / SNR checkpoints need no --seg-weights:
   python -m launch.enhance --method skf_drbn|skf_snr --weights ENHANCER.pth --seg-weights HRNET.pth \
       --input FILE_OR_DIR --output DIR
+  # SCUF/GEFU released weights on SD-Turbo (images only; the authors' inference.py, one image at a time):
+  python -m launch.enhance --method scuf --weights test_model.pkl --sd-turbo SD_TURBO_DIR \
+      --clip-image CLIP_VIT_B32.pt --input FILE_OR_DIR --output DIR [--direction a2b|b2a] [--prompt TEXT] \
+      [--seed 0]
 
 SKF outputs keep every input's size (edge padding to the network's multiple, cropped back) and are rounded like
 torchvision's `save_image`; SNR-SKF runs the authors' two-pass test (segment the input, enhance, segment the
 result, enhance again).
+
+SCUF outputs keep every input's size: the image is LANCZOS-resized up to multiples of 8, enhanced in one step
+(the illumination image prompt through the CLIP ViT of --clip-image, the prompt through SD-Turbo's text
+encoder), quantised by truncation as the authors' ToPILImage, and LANCZOS-resized back. --sd-turbo is the
+diffusers folder of stabilityai/sd-turbo; --clip-image an OpenAI-layout CLIP state dict (`visual.*` keys; the
+TorchScript ViT-B-32.pt re-saved once as a state dict). The two noises of the one-step sampler are drawn from
+--seed folded with each image's content, so an image's output does not depend on the other inputs.
 
 Images become PNGs with the input's stem (`x.jpg` -> `x.png`). Videos (.mp4, .mov, .mkv, .avi, .webm, ...)
 become H.264 MP4s with the input's stem, frame rate and size (always the full size, also for released SGZ),
@@ -36,9 +47,22 @@ from launch import _common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by launch.train.")
 _SKF_METHODS = ("skf_drbn", "skf_snr")
-_METHOD = flags.DEFINE_enum("method", None, ["sgz", "zero_dce", "scl_lle", *_SKF_METHODS],
+_METHOD = flags.DEFINE_enum("method", None, ["sgz", "zero_dce", "scl_lle", *_SKF_METHODS, "scuf"],
                             "Released-weights mode: method.")
-_WEIGHTS = flags.DEFINE_string("weights", None, "Released-weights mode: .pth/.npz/.safetensors or converted file.")
+_WEIGHTS = flags.DEFINE_string("weights", None, "Released-weights mode: .pth/.npz/.safetensors or converted file "
+                               "(scuf: the authors' test_model.pkl).")
+_SD_TURBO = flags.DEFINE_string("sd_turbo", None, "SCUF: the SD-Turbo diffusers folder (unet/, vae/, text_encoder/, "
+                                "tokenizer/, scheduler/).")
+flags.DEFINE_alias("sd-turbo", "sd_turbo")
+_CLIP_IMAGE = flags.DEFINE_string("clip_image", None, "SCUF: OpenAI CLIP ViT state dict (`visual.*` keys; .pt/.pth "
+                                  "pickle or .npz) for the illumination image prompt.")
+flags.DEFINE_alias("clip-image", "clip_image")
+_DIRECTION = flags.DEFINE_enum("direction", "a2b", ["a2b", "b2a"], "SCUF: a2b lightens (the authors' inference), "
+                               "b2a darkens.")
+_PROMPT = flags.DEFINE_string("prompt", None, "SCUF: the text prompt (default: GEFU's fixed_prompt_b.txt for a2b, "
+                              "its fixed_prompt_a for b2a).")
+_SEED = flags.DEFINE_integer("seed", 0, "SCUF: seed of the sampler's noise (folded with each image's content).")
+_SCUF_ONLY = ("sd_turbo", "clip_image", "direction", "prompt", "seed")
 _SEG_WEIGHTS = flags.DEFINE_string("seg_weights", None, "SKF released mode: the HRNet checkpoint (the authors' "
                                    "HRNet-W48 PASCAL-Context .pth, a plain state dict, or its converted file).")
 flags.DEFINE_alias("seg-weights", "seg_weights")
@@ -131,6 +155,32 @@ def _released_skf_enhancer(method: str, weights: str, seg_weights: str | None, s
   return batch_enhance.Enhancer(image_fn=batch_fn, video_fn=batch_fn)
 
 
+def _scuf_enhancer(weights: str, sd_turbo: str, clip_image: str, direction: str, prompt: str | None, seed: int):
+  """`inference.scuf.ScufPipeline` on every device (FSDP of the large towers when there are several)."""
+  import jax
+  import numpy as np
+  from lowlight_jax.inference import batch_enhance
+  from lowlight_jax.inference import scuf as scuf_inference
+
+  pipeline = scuf_inference.ScufPipeline.load(sd_turbo, clip_image, weights, direction=direction, prompt=prompt)
+  key = jax.random.key(seed)
+
+  def image_fn(batch):
+    outs = []
+    for x in batch:  # float [0, 1] from io.imageio (uint8 / 255): back to the exact uint8 values
+      image = np.clip(np.rint(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
+      outs.append(pipeline.enhance_uint8(image, rng=scuf_inference.per_image_key(key, image))["out_uint8"])
+    return np.stack(outs)
+
+  def video_fn(batch):  # main() refuses videos before the model is built.
+    raise RuntimeError("--method scuf does not enhance videos")
+
+  return batch_enhance.Enhancer(
+      image_fn=image_fn, video_fn=video_fn, min_size=pipeline.min_input_size,
+      size_hint=f" (SCUF: one {pipeline.clip_patch_size}x{pipeline.clip_patch_size} CLIP patch after rounding up to "
+                "multiples of 8)")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -150,18 +200,39 @@ def main(argv):
     raise errors.InputError(f"--seg-weights {_SEG_WEIGHTS.value} is not a file")
   if _WORKDIR.value is not None and not os.path.isdir(_WORKDIR.value):
     raise errors.InputError(f"--workdir {_WORKDIR.value} is not a folder")
+  scuf = _METHOD.value == "scuf"
+  if not scuf:
+    given = [name for name in _SCUF_ONLY if flags.FLAGS[name].present]
+    if given:
+      raise app.UsageError(f"--{given[0].replace('_', '-')} is for --method scuf")
+  else:
+    for flag, value in (("--sd-turbo", _SD_TURBO.value), ("--clip-image", _CLIP_IMAGE.value)):
+      if not value:
+        raise app.UsageError(f"--method scuf needs {flag}")
+    if not os.path.isdir(_SD_TURBO.value):
+      what = "is not a folder" if os.path.exists(_SD_TURBO.value) else "does not exist"
+      raise errors.InputError(f"--sd-turbo {_SD_TURBO.value} {what} (give the SD-Turbo diffusers folder)")
+    if not os.path.isfile(_CLIP_IMAGE.value):
+      raise errors.InputError(f"--clip-image {_CLIP_IMAGE.value} is not a file")
 
   # Every input/output check happens here, before a model is built or anything is compiled.
   plan = batch_enhance.plan_outputs(_INPUT.value, _OUTPUT.value, overwrite=_OVERWRITE.value,
                                     skip_existing=_SKIP.value, frames_dir=_FRAMES_DIR.value)
   for job in plan.skipped:
     print(f"  skipped (output exists): {job.src}")
+  videos = [job.src for job in plan.jobs if job.kind != "image"]
+  if scuf and videos:
+    more = f" and {len(videos) - 1} more" if len(videos) > 1 else ""
+    raise errors.InputError(f"--method scuf enhances images only, not the video {videos[0]}{more}; give images")
   if not plan.jobs:
     print(f"nothing to do: all {len(plan.skipped)} output(s) exist in {_OUTPUT.value}")
     return
 
   if _WORKDIR.value is not None:
     enhancer = _run_enhancer(_WORKDIR.value, _STEP.value, _SCALE.value)
+  elif scuf:
+    enhancer = _scuf_enhancer(_WEIGHTS.value, _SD_TURBO.value, _CLIP_IMAGE.value, _DIRECTION.value, _PROMPT.value,
+                              _SEED.value)
   elif _METHOD.value in _SKF_METHODS:
     enhancer = _released_skf_enhancer(_METHOD.value, _WEIGHTS.value, _SEG_WEIGHTS.value, _SEG_VARIANT.value)
   else:
