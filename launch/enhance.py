@@ -21,8 +21,8 @@ result, enhance again).
 SCUF outputs keep every input's size: the image is LANCZOS-resized up to multiples of 8, enhanced in one step
 (the illumination image prompt through the CLIP ViT of --clip-image, the prompt through SD-Turbo's text
 encoder), quantised by truncation as the authors' ToPILImage, and LANCZOS-resized back. --sd-turbo is the
-diffusers folder of stabilityai/sd-turbo; --clip-image an OpenAI-layout CLIP state dict (`visual.*` keys; the
-TorchScript ViT-B-32.pt re-saved once as a state dict). The two noises of the one-step sampler are drawn from
+diffusers folder of stabilityai/sd-turbo; --clip-image OpenAI's ViT-B-32.pt (a TorchScript archive, read
+without torch and without running its code) or an OpenAI-layout CLIP state dict (`visual.*` keys). The two noises of the one-step sampler are drawn from
 --seed folded with each image's content, so an image's output does not depend on the other inputs.
 
 Images become PNGs with the input's stem (`x.jpg` -> `x.png`). Videos (.mp4, .mov, .mkv, .avi, .webm, ...)
@@ -54,8 +54,9 @@ _WEIGHTS = flags.DEFINE_string("weights", None, "Released-weights mode: .pth/.np
 _SD_TURBO = flags.DEFINE_string("sd_turbo", None, "SCUF: the SD-Turbo diffusers folder (unet/, vae/, text_encoder/, "
                                 "tokenizer/, scheduler/).")
 flags.DEFINE_alias("sd-turbo", "sd_turbo")
-_CLIP_IMAGE = flags.DEFINE_string("clip_image", None, "SCUF: OpenAI CLIP ViT state dict (`visual.*` keys; .pt/.pth "
-                                  "pickle or .npz) for the illumination image prompt.")
+_CLIP_IMAGE = flags.DEFINE_string("clip_image", None, "SCUF: OpenAI's CLIP ViT-B-32.pt (TorchScript) or an "
+                                  "OpenAI-layout state dict (`visual.*` keys; .pt/.pth/.npz) for the illumination "
+                                  "image prompt.")
 flags.DEFINE_alias("clip-image", "clip_image")
 _DIRECTION = flags.DEFINE_enum("direction", "a2b", ["a2b", "b2a"], "SCUF: a2b lightens (the authors' inference), "
                                "b2a darkens.")

@@ -8,17 +8,16 @@ names below `visual.`, so the keys map by the naming rule (`lowlight_jax.convert
 parameters `class_embedding`, `positional_embedding`, `proj` and `attn.in_proj_weight/_bias` keep
 their torch layout. Released weights are fp16 values; they are widened to float32 exactly.
 
-Files: a plain torch state-dict pickle (`torch.save(model.state_dict())`, read by the safe
-unpickler of `convert.io`, no torch needed) or an `.npz` of the same keys. OpenAI's released
-`ViT-B-32.pt` is a TorchScript archive, whose pickle holds `__torch__` module objects and cannot be
-read without torch: re-save its state dict once with torch (the error says how).
+Files: OpenAI's released `ViT-B-32.pt` (a TorchScript archive; its `state_dict()` is read by
+`convert.torchscript` without torch and without running its code), a plain torch state-dict
+pickle (`torch.save(model.state_dict())`, read by the safe unpickler of `convert.io`) or an `.npz`
+of the same keys.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -119,39 +118,36 @@ def convert_clip_visual(state_dict: Mapping[str, Any], *, source: str = "state d
   return {"params": out["params"]["visual"]}
 
 
-def _is_torchscript(path: str | os.PathLike) -> bool:
-  if not zipfile.is_zipfile(path):
-    return False
-  with zipfile.ZipFile(path) as zf:
-    return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-
-
 def load_clip_image_encoder(path: str | os.PathLike, *, dtype: Any = jnp.float32,
                             precision: Any = None
                             ) -> tuple[openai_clip.VisionTransformer, dict[str, dict]]:
-  """Reads an OpenAI CLIP state dict (`.pt`/`.pth` pickle, `.npz`) -> (model, variables).
+  """Reads an OpenAI CLIP checkpoint -> (model, variables).
+
+  Accepts OpenAI's released TorchScript `.pt` (what `clip.load` reads with `torch.jit.load`), a
+  plain state-dict pickle (`.pt`/`.pth`) or an `.npz`; the format is detected from the content.
 
   Raises:
     FileNotFoundError: no such file.
-    errors.WeightsError: unreadable file, a TorchScript archive (OpenAI's released `.pt`), or a
-      state dict of another layout; one line naming the file (and the missing key).
+    errors.WeightsError: unreadable or unsafe file, or a state dict (TorchScript module) of another
+      layout; one line naming the file (and the missing key).
   """
   from lowlight_jax.convert import io as convert_io  # pylint: disable=g-import-not-at-top
   from lowlight_jax.convert import torch_pickle  # pylint: disable=g-import-not-at-top
+  from lowlight_jax.convert import torchscript  # pylint: disable=g-import-not-at-top
 
+  source = str(path)
   try:
-    obj = convert_io.load_checkpoint(path)
-    sd = torch_pickle.extract_state_dict(obj)
+    if torchscript.is_torchscript(path):
+      sd = torchscript.load_state_dict(path)
+      source = f"{path} (TorchScript archive)"
+    else:
+      sd = torch_pickle.extract_state_dict(convert_io.load_checkpoint(path))
   except (FileNotFoundError, IsADirectoryError, PermissionError):
     raise
   except (ValueError, OSError, pickle.UnpicklingError) as e:
-    if _is_torchscript(path):
-      raise errors.WeightsError(
-          f"{path}: a TorchScript archive (like OpenAI's released ViT-B-32.pt), which cannot be "
-          "read without torch; re-save its state dict once: torch.save(torch.jit.load(path, "
-          "map_location='cpu').state_dict(), 'clip_state_dict.pt')") from None
-    raise errors.WeightsError(f"{path}: {errors.one_line(e)}") from None
-  variables = convert_clip_visual(sd, source=str(path))
+    msg = errors.one_line(e)
+    raise errors.WeightsError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
+  variables = convert_clip_visual(sd, source=source)
   cfg = openai_clip.config_from_params(variables)
   return openai_clip.VisionTransformer(**cfg, dtype=dtype, precision=precision), variables
 

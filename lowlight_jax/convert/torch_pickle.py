@@ -14,6 +14,9 @@ Formats (reference: `torch/serialization.py`, torch 1.x-2.x):
     location, numel, view_metadata)`, then a pickled list of storage keys, then each storage as an
     int64 element count followed by the raw little-endian elements.
 
+TorchScript archives (`torch.jit.save`) use the zip layout with a module tree of `__torch__` objects
+in `data.pkl`; `convert.torchscript` reads them with this module's unpickler and storages.
+
 Tensors come back as numpy arrays (bfloat16 widened to float32 exactly); `torch.nn.Parameter`
 becomes its array. Storage sharing, offsets and strides are honoured (tensors are copied out
 contiguously).
@@ -342,9 +345,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
     try:
       return _ALLOWED[(module, name)]
     except (KeyError, TypeError):
+      hint = ""
+      if isinstance(module, str) and (module == "__torch__" or module.startswith("__torch__.")):
+        hint = (" (a TorchScript archive, as written by torch.jit.save: read its state dict with "
+                "lowlight_jax.convert.torchscript.load_state_dict)")
       raise UnsafeCheckpointError(
           f"checkpoint references the global {module}.{name}, which is not on the allowlist of "
-          "lowlight_jax.convert.torch_pickle (refusing to load; nothing was executed)") from None
+          f"lowlight_jax.convert.torch_pickle (refusing to load; nothing was executed){hint}"
+      ) from None
 
   def persistent_load(self, pid: Any) -> Any:
     if self._persistent is None:
@@ -409,39 +417,50 @@ def _storage_from_pid(pid: Any, expected_len: int) -> tuple[_StorageType, str, i
 # --------------------------------------------------------------------------------------------------
 # Zip format
 
+def _unpickle_zip_record(zf: zipfile.ZipFile, path: PathLike, record: str,
+                         unpickler: type[_RestrictedUnpickler] = _RestrictedUnpickler) -> Any:
+  """Unpickles `<prefix>data.pkl`-style `record` of an open torch zip; tensors stay lazy.
+
+  Persistent ids name storages in `<prefix>data/<key>` (`<prefix>` = the record's folder); the
+  `<prefix>byteorder` record is honoured. `unpickler` (a `_RestrictedUnpickler`, possibly with a
+  wider `find_class`) resolves the globals. Also used by `convert.torchscript`.
+  """
+  names = set(zf.namelist())
+  prefix = record[:record.rfind("/") + 1]
+  byteorder = "little"
+  if prefix + "byteorder" in names:
+    byteorder = zf.read(prefix + "byteorder").decode("ascii").strip()
+    if byteorder not in ("little", "big"):
+      raise pickle.UnpicklingError(f"{path}: unknown byteorder {byteorder!r}")
+  storages: dict[str, _Storage] = {}
+
+  def persistent(pid):
+    storage_type, key, numel = _storage_from_pid(pid, 5)
+    if key in storages:
+      return storages[key]
+    dtype = np.dtype(_TORCH_DTYPES[storage_type.dtype_name])
+    storage_record = f"{prefix}data/{key}"
+    if storage_record not in names:
+      raise pickle.UnpicklingError(f"{path}: missing storage record {storage_record}")
+    raw = zf.read(storage_record)
+    if len(raw) < numel * dtype.itemsize:
+      raise pickle.UnpicklingError(f"{path}: storage {key} holds {len(raw)} bytes, expected "
+                                   f"{numel * dtype.itemsize}")
+    data = np.frombuffer(raw, dtype=dtype.newbyteorder("<" if byteorder == "little" else ">"),
+                         count=numel)
+    storages[key] = _Storage(storage_type.dtype_name, numel, data.astype(dtype.newbyteorder("=")))
+    return storages[key]
+
+  with zf.open(record) as f:
+    return unpickler(io.BytesIO(f.read()), persistent).load()
+
+
 def _load_zip(path: PathLike) -> Any:
   with zipfile.ZipFile(path) as zf:
-    names = zf.namelist()
-    pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+    pkl = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
     if len(pkl) != 1:
       raise pickle.UnpicklingError(f"{path}: not a torch zip checkpoint (no unique data.pkl)")
-    prefix = pkl[0][:-len("data.pkl")]
-    byteorder = "little"
-    if prefix + "byteorder" in names:
-      byteorder = zf.read(prefix + "byteorder").decode("ascii").strip()
-      if byteorder not in ("little", "big"):
-        raise pickle.UnpicklingError(f"{path}: unknown byteorder {byteorder!r}")
-    storages: dict[str, _Storage] = {}
-
-    def persistent(pid):
-      storage_type, key, numel = _storage_from_pid(pid, 5)
-      if key in storages:
-        return storages[key]
-      dtype = np.dtype(_TORCH_DTYPES[storage_type.dtype_name])
-      record = f"{prefix}data/{key}"
-      if record not in names:
-        raise pickle.UnpicklingError(f"{path}: missing storage record {record}")
-      raw = zf.read(record)
-      if len(raw) < numel * dtype.itemsize:
-        raise pickle.UnpicklingError(f"{path}: storage {key} holds {len(raw)} bytes, expected "
-                                     f"{numel * dtype.itemsize}")
-      data = np.frombuffer(raw, dtype=dtype.newbyteorder("<" if byteorder == "little" else ">"),
-                           count=numel)
-      storages[key] = _Storage(storage_type.dtype_name, numel, data.astype(dtype.newbyteorder("=")))
-      return storages[key]
-
-    with zf.open(pkl[0]) as f:
-      obj = _RestrictedUnpickler(io.BytesIO(f.read()), persistent).load()
+    obj = _unpickle_zip_record(zf, path, pkl[0])
   return _materialise(obj)
 
 
