@@ -12,6 +12,9 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# transformers / diffusers (imported at collection by the SD-Turbo parity tests) must never import TensorFlow:
+# the library hides it from them (models/sd_compat.py), and TensorFlow beside torch's triton crashes the process.
+os.environ["USE_TF"] = "0"
 
 from absl import flags  # noqa: E402
 import pytest  # noqa: E402
@@ -23,6 +26,24 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("LOWLIGHT_SHARED", REPO_ROOT.parent / "shared"))
 CONFORMANCE = SHARED / "conformance"
 METRICS_REFERENCE = SHARED / "metrics_reference"
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache per test run, shared by the xdist workers and the CLIs the tests start
+  (they inherit JAX_COMPILATION_CACHE_DIR): a step compiled again by another test (smoke runs and their
+  resumes, re-built pipelines) is read back instead of compiled. Removed when the run ends."""
+  if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return  # a worker (inherits the controller's) or a cache the user chose
+  import tempfile  # pylint: disable=g-import-not-at-top
+  config._lowlight_compile_cache = tempfile.mkdtemp(prefix="lowlight-test-compile-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = config._lowlight_compile_cache
+
+
+def pytest_unconfigure(config):
+  path = getattr(config, "_lowlight_compile_cache", None)
+  if path:
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

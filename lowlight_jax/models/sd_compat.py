@@ -10,10 +10,13 @@ Shims (each applied once, on first use):
     `import transformers` imports torch and TensorFlow whenever they are installed (utils/generic.py); our
     library must not. While this module imports them, `sys.modules['torch'|'tensorflow']` is set to None
     (the documented way to make an installed package unimportable; `importlib.util.find_spec` then says
-    "not installed"), unless that package is already imported, in which case nothing is hidden. Side
-    effect: in a process that imports diffusers/transformers through here FIRST, their PyTorch classes stay
-    unavailable for the rest of the process. Parity tests therefore import torch before calling into
-    lowlight_jax (then both the PyTorch and the Flax classes work).
+    "not installed"), unless that package is already imported, and `USE_TF=0`. If diffusers or
+    transformers were imported before this module first needs them, their cached availability answers are
+    kept and only triton is hidden (`_import_hf`): hiding a package they believe present breaks their lazy
+    imports. Side effect: in a process that imports diffusers/transformers through here FIRST, their PyTorch
+    classes stay unavailable for the rest of the process. Parity tests therefore import diffusers,
+    transformers and torch at module level (then both the PyTorch and the Flax classes work), and the test
+    conftest sets `USE_TF=0` before anything imports them.
   * No hub access: `HF_HUB_OFFLINE=1` is set before huggingface_hub is imported (and its constant patched if
     it already was); loaders pass local paths and `local_files_only=True`.
   * Quiet: diffusers logs a deprecation warning from every Flax module's `setup`; diffusers' and
@@ -51,13 +54,18 @@ import sys
 import types
 from collections.abc import Iterator
 
-_HIDDEN_WHILE_IMPORTING = ("torch", "tensorflow")
+_HIDDEN_WHILE_IMPORTING = ("torch", "tensorflow", "triton")
+
+
+# What `_hidden()` hides: decided once by `_import_hf()`, from the state diffusers / transformers were first
+# imported in, so that the libraries' cached "is torch / TensorFlow available" answers stay true afterwards.
+_hide: tuple[str, ...] = _HIDDEN_WHILE_IMPORTING
 
 
 @contextlib.contextmanager
-def _hidden(names=_HIDDEN_WHILE_IMPORTING) -> Iterator[None]:
-  """Makes the not-yet-imported packages among `names` unimportable for the duration of the block."""
-  hidden = [name for name in names if name not in sys.modules]
+def _hidden() -> Iterator[None]:
+  """Makes the not-yet-imported packages among the hidden names unimportable for the duration of the block."""
+  hidden = [name for name in _hide if name not in sys.modules]
   for name in hidden:
     sys.modules[name] = None  # type: ignore[assignment]  # `import name` -> ModuleNotFoundError
   try:
@@ -77,6 +85,30 @@ def _offline() -> None:
   transformers_hub = sys.modules.get("transformers.utils.hub")
   if transformers_hub is not None and hasattr(transformers_hub, "_is_offline_mode"):
     transformers_hub._is_offline_mode = True
+
+
+@functools.cache
+def _import_hf() -> None:
+  """Imports diffusers' and transformers' availability checks once, together, in one consistent state.
+
+  Both libraries decide at import whether torch / TensorFlow exist and cache the answer; a later import of one of
+  their modules that disagrees with it fails (diffusers' torch modules importing transformers classes it thinks
+  have no backend; transformers importing TensorFlow while it is hidden). So:
+    * neither library imported yet (the library's own use): import both with torch, TensorFlow and triton
+      hidden and `USE_TF=0`, and keep hiding them on every later import here;
+    * already imported by the caller (e.g. a parity test that imported their PyTorch classes first): keep
+      their answers and hide only triton (never needed here; with TensorFlow loaded, importing it crashes the
+      process: tensorflow-cpu 2.21 with the CUDA build of torch 2.14).
+  """
+  global _hide
+  if "diffusers" in sys.modules or "transformers" in sys.modules:
+    _hide = ("triton",)
+  else:
+    os.environ["USE_TF"] = "0"  # transformers' and diffusers' own switch; their TF models are never used here
+    _hide = _HIDDEN_WHILE_IMPORTING
+  with _hidden():
+    import diffusers.utils.import_utils  # noqa: F401  pylint: disable=unused-import
+    import transformers.utils.import_utils  # noqa: F401  pylint: disable=unused-import
 
 
 def _jax_aliases() -> None:
@@ -163,6 +195,7 @@ def diffusers_flax() -> types.SimpleNamespace:
   `convert_pytorch_state_dict_to_flax` (the last one random-initialises; use the first two)."""
   _offline()
   _jax_aliases()
+  _import_hf()
   with _hidden():
     from diffusers.utils import logging as diffusers_logging
     diffusers_logging.set_verbosity_error()  # before the Flax modules: some warn at import
@@ -214,6 +247,7 @@ def transformers_flax() -> types.SimpleNamespace:
   CLIP implements) and the PyTorch->Flax helper `rename_key_and_reshape_tensor`."""
   _offline()
   _jax_aliases()
+  _import_hf()
   with _hidden():
     from transformers.utils import logging as transformers_logging
     transformers_logging.set_verbosity_error()
