@@ -12,8 +12,10 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from lowlight_jax import errors
+from lowlight_jax.convert import layout
 from lowlight_jax.train.state import TrainState
 
 PyTree = Any
@@ -139,13 +141,7 @@ def restore_params_group(workdir: str, group: str, abstract: PyTree, *, step: in
   if not saved:
     raise errors.CheckpointError(f"{path}: the run has no params of group '{group}'")
 
-  def flat(tree, prefix=()):
-    out = {}
-    for k, v in tree.items():
-      out.update(flat(v, prefix + (str(k),)) if isinstance(v, dict) else {prefix + (str(k),): v})
-    return out
-
-  saved_flat, want_flat = flat(saved), flat(dict(abstract))
+  saved_flat, want_flat = layout.flatten(saved), layout.flatten(dict(abstract))
   extra = sorted("/".join(k) for k in saved_flat if k not in want_flat)
   if extra:
     raise errors.WeightsError(f"{workdir}: its '{group}' params are another network (keys this model lacks: "
@@ -154,14 +150,9 @@ def restore_params_group(workdir: str, group: str, abstract: PyTree, *, step: in
                   for k, v in saved_flat.items() if tuple(v.shape) != tuple(want_flat[k].shape))
   if shapes:
     raise errors.WeightsError(f"{workdir}: shape mismatch in '{group}': {'; '.join(shapes[:6])}")
-  item: dict = {}
-  for k in saved_flat:
-    node = item
-    for name in k[:-1]:
-      node = node.setdefault(name, {})
-    a = want_flat[k]
-    node[k[-1]] = jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None))
-  item = {"params": {group: item}}
+  item = {"params": {group: traverse_util.unflatten_dict({
+      k: jax.ShapeDtypeStruct(want_flat[k].shape, want_flat[k].dtype, sharding=getattr(want_flat[k], "sharding", None))
+      for k in saved_flat})}}
   restore_args = ocp.checkpoint_utils.construct_restore_args(item)
   with ocp.PyTreeCheckpointer() as reader:
     restored = reader.restore(path, args=ocp.args.PyTreeRestore(item, restore_args=restore_args,
