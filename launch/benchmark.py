@@ -9,6 +9,12 @@ sgz_inference: images/s of the full SGZ inference pipeline (downsample, EFE, ali
 sgz_train: train steps/s of the paper recipe (512x512, batch 6, ResNet-50 + FPN USS) on all local devices.
 metrics: images/s for NIQE and LPIPS at 512x512 (needs `python -m launch.assets fetch` first).
 data: decoded+augmented images/s of a folder source and frames/s of the video source, per worker count.
+scuf_memory: the SCUF train step's memory per device at the real SD-Turbo sizes, 512x512, batch 1 and 8, on 1
+  and 8 devices, with and without FSDP / remat, from XLA's compile of the step on abstract shapes (no weights:
+  `lowlight_jax.train.memory`); bfloat16 compute and frozen storage, float32 trained params and AdamW state.
+  Rows run in a child process that sees 8 devices (on CPU: `--xla_force_host_platform_device_count=8`); each row
+  compiles the whole step (minutes on a 2-core CPU). On a GPU the 1-device rows are compiled for the GPU, and
+  with --scuf_measure also run (random weights) for the real peak and the step time.
 
 With --peer, a PyTorch re-creation of the authors' pipeline (same architecture, same weights, 2 threads) is timed
 in the same process and the JSON holds jax/torch ratios. The issue's reference figures for the authors' code on
@@ -30,9 +36,17 @@ _SECTIONS = flags.DEFINE_list("sections", ["sgz_inference", "sgz_train"], "What 
 _PEER = flags.DEFINE_bool("peer", False, "Also time a PyTorch re-creation of the authors' pipeline.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions per figure (after one warm-up).")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 3, "Timed train steps (after one warm-up/compile step).")
+_SCUF_ROWS = flags.DEFINE_list("scuf_rows", [], "scuf_memory: only these rows (indices into SCUF_ROWS).")
+_SCUF_MEASURE = flags.DEFINE_bool("scuf_measure", False, "scuf_memory on a GPU: also run the 1-device rows.")
+_SCUF_WORKER = flags.DEFINE_bool("scuf_memory_worker", False, "Internal: compute scuf_memory rows in this process.")
 
 REFERENCE_TORCH_IMAGES_PER_S = {"scale_12": 5.4, "scale_1": 0.068}  # Issue #2, authors' code, 2 CPU threads.
-SECTIONS = ("sgz_inference", "sgz_train", "data", "metrics")
+SECTIONS = ("sgz_inference", "sgz_train", "data", "metrics", "scuf_memory")
+# (batch, devices, fsdp, remat). Batch 1 does not split over 8 devices (the batch is sharded over every device).
+SCUF_ROWS = ((1, 1, False, False), (1, 1, False, True), (8, 1, False, False), (8, 1, False, True),
+             (8, 8, False, True), (8, 8, True, False), (8, 8, True, True))
+SCUF_SIZE = 512
+GOAL_GB = 80.0
 
 
 def check_flags() -> None:
@@ -162,10 +176,82 @@ def sgz_train(steps):
           "size": 512, "devices": jax.device_count()}
 
 
+def scuf_memory_rows(rows, measure: bool = False) -> list[dict]:
+  """The rows, computed in this process (see the module doc)."""
+  import jax
+  import jax.numpy as jnp
+
+  from configs import scuf as scuf_config
+  from lowlight_jax.train import memory
+
+  out = []
+  for batch, devices, fsdp, remat in rows:
+    row = {"batch": batch, "size": SCUF_SIZE, "devices": devices, "fsdp": fsdp, "remat": remat}
+    platform = jax.devices()[0].platform
+    pool = jax.devices() if devices == 1 or platform == "cpu" else []
+    if len(pool) < devices:
+      pool = jax.devices("cpu")
+    if len(pool) < devices:
+      out.append({**row, "per_device_gb": None, "how": f"skipped: {len(pool)} devices in this process"})
+      continue
+    config = scuf_config.get_config("scale")
+    config.abstract_sd_turbo = True
+    config.batch_size = batch
+    config.data.crop = SCUF_SIZE
+    config.remat = "full" if remat else "none"
+    config.mesh = {"data": 1, "fsdp": devices} if fsdp else {"data": devices}
+    shapes = {k: jax.ShapeDtypeStruct((batch, SCUF_SIZE, SCUF_SIZE, 3), jnp.float32) for k in ("low", "high")}
+    m = memory.step_memory(config, pool[:devices], shapes)
+    row.update(per_device_gb=round(m["per_device_gb"], 3), arguments_gb=round(m["arguments_gb"], 3),
+               temp_gb=round(m["temp_gb"], 3), compile_s=round(m["compile_s"], 1),
+               trained_params=m["trained_params"], frozen_params=m["frozen_params"],
+               how=f"XLA {pool[0].platform} compile of the train step on abstract shapes (buffer assignment: "
+                   "arguments + outputs + temporaries per device); bf16 compute and frozen storage, f32 params "
+                   "and AdamW")
+    if measure and devices == 1 and pool[0].platform == "gpu":
+      import numpy as np  # pylint: disable=g-import-not-at-top
+      data = np.random.default_rng(0).uniform(0, 1, (2, batch, SCUF_SIZE, SCUF_SIZE, 3)).astype(np.float32)
+      peak = memory.measured_peak(config, pool[0], {"low": data[0], "high": data[1]}, load_pretrained=False)
+      row.update(measured_peak_gb=round(peak["peak_gb"], 3), step_s=round(peak["step_s"], 3))
+    out.append(row)
+  return out
+
+
+def scuf_memory(selected: list[int], measure: bool) -> dict:
+  """Runs the rows in a child process with 8 devices visible (fake CPU devices when the backend is CPU)."""
+  import subprocess
+  import sys
+
+  import jax
+
+  indices = selected or list(range(len(SCUF_ROWS)))
+  env = dict(os.environ)
+  if jax.default_backend() == "cpu" and jax.device_count() < 8:
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+  cmd = [sys.executable, "-m", "launch.benchmark", "--sections=scuf_memory", "--scuf_memory_worker",
+         f"--scuf_rows={','.join(map(str, indices))}"] + (["--scuf_measure"] if measure else [])
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise RuntimeError(f"scuf_memory worker failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+  rows = json.loads(proc.stdout.strip().splitlines()[-1])
+  one = {(r["batch"], r["devices"], r["fsdp"], r["remat"]): r.get("per_device_gb") for r in rows}
+  goal_1 = one.get((8, 1, False, True))
+  goal_8 = one.get((8, 8, True, True))
+  summary = {"goal_batch8_1device_fits_80gb": None if goal_1 is None else goal_1 <= GOAL_GB}
+  if goal_1 and goal_8 is not None:
+    summary["fsdp8_over_1device_ratio"] = round(goal_8 / goal_1, 3)
+    summary["goal_fsdp8_quarter_or_less"] = goal_8 <= goal_1 / 4
+  return {"rows": rows, **summary}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   check_flags()
+  if _SCUF_WORKER.value:
+    indices = [int(i) for i in _SCUF_ROWS.value] or list(range(len(SCUF_ROWS)))
+    print(json.dumps(scuf_memory_rows([SCUF_ROWS[i] for i in indices], _SCUF_MEASURE.value)))
+    return
   import jax
 
   result = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
@@ -185,6 +271,8 @@ def main(argv):
   if "metrics" in _SECTIONS.value:
     from lowlight_jax.metrics import benchmark as metrics_benchmark
     result["metrics"] = metrics_benchmark.benchmark_metrics()
+  if "scuf_memory" in _SECTIONS.value:
+    result["scuf_memory"] = scuf_memory([int(i) for i in _SCUF_ROWS.value], _SCUF_MEASURE.value)
   print(json.dumps(result, indent=2))
 
 

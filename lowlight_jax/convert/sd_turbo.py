@@ -34,6 +34,7 @@ Every loader takes the pipeline folder and a `subfolder` (default the standard n
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -266,16 +267,38 @@ def _check_class(config: Mapping[str, Any], expected: tuple[str, ...], config_pa
 # ------------------------------------------------------------------------------------------- loaders
 
 
-def load_unet(folder: PathLike, *, subfolder: str | None = "unet", dtype=jnp.float32,
-              variant: str | None = None, **module_kwargs: Any) -> Component:
-  """The UNet (`sd_compat.diffusers_flax().UNet2DConditionModel`) and its params from `folder/subfolder`.
+@dataclasses.dataclass(frozen=True)
+class ComponentSpec:
+  """A component's Flax module and abstract params, built from config.json alone (no weights are read).
 
-  `module_kwargs` go to the module on top of config.json (e.g. `split_head_dim=True`,
-  `use_memory_efficient_attention=True`). Call it as diffusers' Flax UNet: NCHW sample, timesteps, context.
+  `target` is `jax.eval_shape` of the module's init (ShapeDtypeStructs); `weights` the file `load()` converts
+  (None when the folder has no weights, e.g. a config-only spec); `rename` the PyTorch->Flax key rule.
   """
-  path = _component_dir(folder, subfolder)
-  config_path = path / "config.json"
-  config = _read_json(config_path)
+  module: Any
+  target: Any
+  config: dict[str, Any]
+  path: pathlib.Path | None
+  weights: pathlib.Path | None
+  rename: Callable[..., Any]
+  ignore: tuple[str, ...] = ()
+
+  def convert(self, state_dict: Mapping[str, np.ndarray], target: Any = None, *, dtype=jnp.float32
+              ) -> dict[str, Any]:
+    """A PyTorch-named state dict -> params of `target` (default: the full abstract tree), strictly."""
+    return convert_state_dict(state_dict, self.target if target is None else target, self.rename,
+                              source=self.weights or "state dict", dtype=dtype, ignore=self.ignore)
+
+  def load(self, *, dtype=jnp.float32) -> dict[str, Any]:
+    """The params from `weights` (host numpy arrays)."""
+    if self.weights is None:
+      raise FileNotFoundError(f"{self.path}: no weights file")
+    return self.convert(read_state_dict(self.weights), dtype=dtype)
+
+
+def unet_module(config: Mapping[str, Any], *, dtype=jnp.float32, config_path: PathLike = "unet/config.json",
+                **module_kwargs: Any) -> Any:
+  """The Flax UNet (`sd_compat`'s UNet2DConditionModel) for a unet/config.json dict."""
+  config_path = pathlib.Path(config_path)
   _check_class(config, ("UNet2DConditionModel",), config_path)
   cls = sd_compat.diffusers_flax().UNet2DConditionModel
   kwargs = _module_kwargs(config, _flax_fields(cls), _UNET_PYTORCH_ONLY, config_path, "UNet2DConditionModel")
@@ -284,23 +307,12 @@ def load_unet(folder: PathLike, *, subfolder: str | None = "unet", dtype=jnp.flo
                              "UNet")
   if kwargs.get("sample_size") is None:
     kwargs["sample_size"] = 2 ** (len(kwargs.get("block_out_channels", (0,) * 4)) - 1)
-  module = cls(**{**kwargs, **module_kwargs}, dtype=dtype)
-  target = jax.eval_shape(module.init_weights, jax.random.PRNGKey(0))
-  weights = _weights_file(path, UNET_WEIGHTS, variant)
-  params = convert_state_dict(read_state_dict(weights), target, _diffusers_rename, source=weights, dtype=dtype)
-  return Component(module, params, config, path)
+  return cls(**{**kwargs, **module_kwargs}, dtype=dtype)
 
 
-def load_vae(folder: PathLike, *, subfolder: str | None = "vae", dtype=jnp.float32,
-             variant: str | None = None) -> Component:
-  """The VAE (diffusers' `FlaxAutoencoderKL`) and its params from `folder/subfolder`.
-
-  `module.apply(v, x_nchw, method=module.encode).latent_dist` (`.mean`, `.logvar` clamped to [-30, 20], `.std`;
-  NHWC) and `module.apply(v, latents, method=module.decode).sample` (NCHW), as in diffusers' Flax VAE.
-  """
-  path = _component_dir(folder, subfolder)
-  config_path = path / "config.json"
-  config = _read_json(config_path)
+def vae_module(config: Mapping[str, Any], *, dtype=jnp.float32, config_path: PathLike = "vae/config.json") -> Any:
+  """diffusers' FlaxAutoencoderKL for a vae/config.json dict."""
+  config_path = pathlib.Path(config_path)
   _check_class(config, ("AutoencoderKL",), config_path)
   cls = sd_compat.diffusers_flax().AutoencoderKL
   kwargs = _module_kwargs(config, _flax_fields(cls), _VAE_PYTORCH_ONLY, config_path, "AutoencoderKL")
@@ -308,24 +320,15 @@ def load_vae(folder: PathLike, *, subfolder: str | None = "vae", dtype=jnp.float
     if key in kwargs and kwargs[key] not in allowed:
       raise errors.ConfigError(f"{config_path}: {key}={kwargs[key]!r} is not implemented by the Flax AutoencoderKL "
                                f"(supported: {', '.join(map(repr, allowed))})")
-  module = cls(**kwargs, dtype=dtype)
-  target = jax.eval_shape(module.init_weights, jax.random.PRNGKey(0))
-  weights = _weights_file(path, VAE_WEIGHTS, variant)
-  params = convert_state_dict(read_state_dict(weights), target, _diffusers_rename, source=weights, dtype=dtype)
-  return Component(module, params, config, path)
+  return cls(**kwargs, dtype=dtype)
 
 
-def load_text_encoder(folder: PathLike, *, subfolder: str | None = "text_encoder", dtype=jnp.float32,
-                      variant: str | None = None) -> Component:
-  """The CLIP text encoder (`sd_compat.transformers_flax().CLIPTextEncoder`) and its params.
-
-  `module.apply({"params": params}, input_ids).last_hidden_state` is PyTorch's `text_encoder(input_ids)[0]`
-  (no attention mask, as SD pipelines call it).
-  """
-  path = _component_dir(folder, subfolder)
-  config_path = path / "config.json"
-  config = _read_json(config_path)
+def text_encoder_module(config: Mapping[str, Any], *, dtype=jnp.float32,
+                        config_path: PathLike = "text_encoder/config.json") -> Any:
+  """transformers' Flax CLIPTextEncoder for a text_encoder/config.json dict."""
+  config_path = pathlib.Path(config_path)
   t = sd_compat.transformers_flax()
+  config = copy.deepcopy(dict(config))  # transformers' from_dict adds keys to the dict it is given
   text_config = config.get("text_config", config) if config.get("model_type") == "clip" else config
   if text_config.get("model_type", "clip_text_model") != "clip_text_model":
     raise errors.ConfigError(f"{config_path}: model_type is {text_config.get('model_type')!r}, expected "
@@ -337,13 +340,96 @@ def load_text_encoder(folder: PathLike, *, subfolder: str | None = "text_encoder
   if clip_config.hidden_act not in t.ACT2FN:
     raise errors.ConfigError(f"{config_path}: hidden_act={clip_config.hidden_act!r} is not implemented by Flax "
                              f"CLIP (supported: {', '.join(sorted(t.ACT2FN))})")
-  module = t.CLIPTextEncoder(clip_config, dtype=dtype)
+  return t.CLIPTextEncoder(clip_config, dtype=dtype)
+
+
+def _unet_target(module):
+  return jax.eval_shape(module.init_weights, jax.random.PRNGKey(0))
+
+
+def _text_target(module):
   ids = jnp.zeros((1, 1), jnp.int32)
-  target = jax.eval_shape(lambda rng: module.init(rng, ids)["params"], jax.random.PRNGKey(0))
-  weights = _weights_file(path, TEXT_ENCODER_WEIGHTS, variant)
-  params = convert_state_dict(read_state_dict(weights), target, _transformers_rename, source=weights, dtype=dtype,
-                              ignore=_TEXT_ENCODER_BUFFERS)
-  return Component(module, params, config, path)
+  return jax.eval_shape(lambda rng: module.init(rng, ids)["params"], jax.random.PRNGKey(0))
+
+
+def unet_spec(folder: PathLike, *, subfolder: str | None = "unet", dtype=jnp.float32, variant: str | None = None,
+              **module_kwargs: Any) -> ComponentSpec:
+  """The UNet's module and abstract params from `folder/subfolder/config.json` (weights not read)."""
+  path = _component_dir(folder, subfolder)
+  config = _read_json(path / "config.json")
+  module = unet_module(config, dtype=dtype, config_path=path / "config.json", **module_kwargs)
+  return ComponentSpec(module, _unet_target(module), config, path, _weights_file(path, UNET_WEIGHTS, variant),
+                       _diffusers_rename)
+
+
+def vae_spec(folder: PathLike, *, subfolder: str | None = "vae", dtype=jnp.float32,
+             variant: str | None = None) -> ComponentSpec:
+  """The VAE's module and abstract params from `folder/subfolder/config.json` (weights not read)."""
+  path = _component_dir(folder, subfolder)
+  config = _read_json(path / "config.json")
+  module = vae_module(config, dtype=dtype, config_path=path / "config.json")
+  return ComponentSpec(module, _unet_target(module), config, path, _weights_file(path, VAE_WEIGHTS, variant),
+                       _diffusers_rename)
+
+
+def text_encoder_spec(folder: PathLike, *, subfolder: str | None = "text_encoder", dtype=jnp.float32,
+                      variant: str | None = None) -> ComponentSpec:
+  """The text encoder's module and abstract params from `folder/subfolder/config.json` (weights not read)."""
+  path = _component_dir(folder, subfolder)
+  config = _read_json(path / "config.json")
+  module = text_encoder_module(config, dtype=dtype, config_path=path / "config.json")
+  return ComponentSpec(module, _text_target(module), config, path,
+                       _weights_file(path, TEXT_ENCODER_WEIGHTS, variant), _transformers_rename,
+                       _TEXT_ENCODER_BUFFERS)
+
+
+def config_spec(kind: str, config: Mapping[str, Any], *, dtype=jnp.float32) -> ComponentSpec:
+  """A spec from a config dict alone (no folder, no weights): kind 'unet' | 'vae' | 'text_encoder'. For abstract
+  shapes (memory benchmarks) and for writing random families."""
+  if kind == "unet":
+    module = unet_module(config, dtype=dtype)
+    return ComponentSpec(module, _unet_target(module), dict(config), None, None, _diffusers_rename)
+  if kind == "vae":
+    module = vae_module(config, dtype=dtype)
+    return ComponentSpec(module, _unet_target(module), dict(config), None, None, _diffusers_rename)
+  if kind == "text_encoder":
+    module = text_encoder_module(config, dtype=dtype)
+    return ComponentSpec(module, _text_target(module), dict(config), None, None, _transformers_rename,
+                         _TEXT_ENCODER_BUFFERS)
+  raise ValueError(f"kind must be 'unet', 'vae' or 'text_encoder', got {kind!r}")
+
+
+def load_unet(folder: PathLike, *, subfolder: str | None = "unet", dtype=jnp.float32,
+              variant: str | None = None, **module_kwargs: Any) -> Component:
+  """The UNet (`sd_compat.diffusers_flax().UNet2DConditionModel`) and its params from `folder/subfolder`.
+
+  `module_kwargs` go to the module on top of config.json (e.g. `split_head_dim=True`,
+  `use_memory_efficient_attention=True`). Call it as diffusers' Flax UNet: NCHW sample, timesteps, context.
+  """
+  spec = unet_spec(folder, subfolder=subfolder, dtype=dtype, variant=variant, **module_kwargs)
+  return Component(spec.module, spec.load(dtype=dtype), spec.config, spec.path)
+
+
+def load_vae(folder: PathLike, *, subfolder: str | None = "vae", dtype=jnp.float32,
+             variant: str | None = None) -> Component:
+  """The VAE (diffusers' `FlaxAutoencoderKL`) and its params from `folder/subfolder`.
+
+  `module.apply(v, x_nchw, method=module.encode).latent_dist` (`.mean`, `.logvar` clamped to [-30, 20], `.std`;
+  NHWC) and `module.apply(v, latents, method=module.decode).sample` (NCHW), as in diffusers' Flax VAE.
+  """
+  spec = vae_spec(folder, subfolder=subfolder, dtype=dtype, variant=variant)
+  return Component(spec.module, spec.load(dtype=dtype), spec.config, spec.path)
+
+
+def load_text_encoder(folder: PathLike, *, subfolder: str | None = "text_encoder", dtype=jnp.float32,
+                      variant: str | None = None) -> Component:
+  """The CLIP text encoder (`sd_compat.transformers_flax().CLIPTextEncoder`) and its params.
+
+  `module.apply({"params": params}, input_ids).last_hidden_state` is PyTorch's `text_encoder(input_ids)[0]`
+  (no attention mask, as SD pipelines call it).
+  """
+  spec = text_encoder_spec(folder, subfolder=subfolder, dtype=dtype, variant=variant)
+  return Component(spec.module, spec.load(dtype=dtype), spec.config, spec.path)
 
 
 def load_tokenizer(folder: PathLike, *, subfolder: str | None = "tokenizer"):

@@ -39,7 +39,7 @@ converts by the repository's torch -> Flax naming rule.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -152,11 +152,17 @@ class _Blocks(nn.Module):
   precision: Any = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, taps: Sequence[int] = ()):
+    """x -> x after all blocks; with `taps`, (x, [x after the first k blocks for k in taps])."""
+    taps = tuple(int(k) for k in taps)
+    if any(k < 1 or k > self.layers for k in taps):
+      raise ValueError(f"block taps {taps} must lie in [1, {self.layers}] (a count of blocks)")
+    outs = {}
     for i in range(self.layers):
       x = ResidualAttentionBlock(self.width, self.heads, self.dtype, self.param_dtype,
                                  self.precision, name=str(i))(x)
-    return x
+      outs[i + 1] = x
+    return (x, [outs[k] for k in taps]) if taps else x
 
 
 class _Transformer(nn.Module):
@@ -168,9 +174,9 @@ class _Transformer(nn.Module):
   precision: Any = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, taps: Sequence[int] = ()):
     return _Blocks(self.width, self.layers, self.heads, self.dtype, self.param_dtype,
-                   self.precision, name="resblocks")(x)
+                   self.precision, name="resblocks")(x, taps)
 
 
 class VisionTransformer(nn.Module):
@@ -205,12 +211,18 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, pos_embedding: bool = False,
-               return_tokens: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+               return_tokens: bool = False, block_outputs: Sequence[int] = ()
+               ) -> jax.Array | tuple[Any, ...]:
     """x (B, H, W, 3) float in the caller's range (GEFU: [0, 1], not CLIP-normalised).
 
     Returns the (B, output_dim) embedding `ln_post(x[:, 0]) @ proj` (not L2-normalised) in float32
     (values rounded to `dtype`); with `return_tokens`, also `ln_post` of the patch tokens
     (B, gh * gw, width), the second output of GEFU's `forward` (unused by inference).
+
+    `block_outputs` (optional, e.g. (4, 8)): block counts k in [1, layers]; adds a last output, the
+    list of the residual streams after the first k blocks, (B, 1 + gh * gw, width) float32 each
+    (class token first, no `ln_post`): the intermediate taps of the vision-aided discriminator
+    (`models.vision_aided`). The embedding (and tokens) are unchanged by it.
     """
     p, w = self.patch_size, self.width
     if x.shape[1] < p or x.shape[2] < p:
@@ -231,16 +243,23 @@ class VisionTransformer(nn.Module):
       h = h + pos.astype(self.dtype)
     h = _layer_norm(h, "ln_pre", self.param_dtype)
     h = _Transformer(w, self.layers, self.num_heads, self.dtype, self.param_dtype, self.precision,
-                     name="transformer")(h)
+                     name="transformer")(h, tuple(block_outputs))
+    taps = None
+    if block_outputs:
+      h, taps = h
+      taps = [t.astype(jnp.float32) for t in taps]
     ln_post = nn.LayerNorm(epsilon=LN_EPS, dtype=jnp.float32, param_dtype=self.param_dtype,
                            use_fast_variance=False, name="ln_post")
     proj = self.param("proj", nn.initializers.normal(scale), (w, self.output_dim),
                       self.param_dtype)
     emb = ln_post(h[:, 0].astype(jnp.float32)).astype(self.dtype)
     emb = jnp.matmul(emb, proj.astype(self.dtype), precision=self.precision).astype(jnp.float32)
+    out = (emb,)
     if return_tokens:
-      return emb, ln_post(h[:, 1:].astype(jnp.float32)).astype(self.dtype).astype(jnp.float32)
-    return emb
+      out += (ln_post(h[:, 1:].astype(jnp.float32)).astype(self.dtype).astype(jnp.float32),)
+    if taps is not None:
+      out += (taps,)
+    return out if len(out) > 1 else emb
 
 
 def config_from_params(params: Mapping[str, Any]) -> dict[str, int]:

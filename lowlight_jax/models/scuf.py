@@ -386,9 +386,13 @@ class Generator:
     """`VAE_encode(x_t, direction)` -> {'posterior_mean', 'posterior_logvar', 'posterior_std', 'latent' (NCHW,
     float32), 'enc_skips' (list of NCHW float32)}."""
     _check_direction(direction)
+    return self.encode_with(params[f"vae_{direction}"], x_t, vae_noise=vae_noise)
+
+  def encode_with(self, vae_params: Mapping[str, Any], x_t: jax.Array, *,
+                  vae_noise: jax.Array | None = None) -> dict[str, Any]:
+    """`encode` with explicit VAE params (training: LoRA-merged per step)."""
     dtype = self.dtype
-    moments, acts = self.vae.apply({"params": params[f"vae_{direction}"]}, _nhwc(x_t).astype(dtype),
-                                   method=_encode_with_skips)
+    moments, acts = self.vae.apply({"params": vae_params}, _nhwc(x_t).astype(dtype), method=_encode_with_skips)
     mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
     logvar = jnp.clip(logvar, *LOGVAR_RANGE)
     std = jnp.exp(0.5 * logvar)
@@ -407,6 +411,14 @@ class Generator:
     z = _nhwc(prev_sample / np.float32(self.scaling_factor)).astype(self.dtype)
     out = self.vae.apply({"params": params[f"vae_{direction}"]}, z, enc_skips, kernels,
                          method=_decode_with_skips)
+    return _nchw(out.astype(jnp.float32))
+
+  def decode_with(self, vae_params: Mapping[str, Any], skip_kernels: list[jax.Array], prev_sample: jax.Array,
+                  enc_skips: list[jax.Array]) -> jax.Array:
+    """`decode` with explicit VAE params and (in, out) skip kernels (training: LoRA-merged per step; the
+    reflectance decoder) -> NCHW float32 before the clamp."""
+    z = _nhwc(prev_sample / np.float32(self.scaling_factor)).astype(self.vae.dtype)
+    out = self.vae.apply({"params": vae_params}, z, enc_skips, list(skip_kernels), method=_decode_with_skips)
     return _nchw(out.astype(jnp.float32))
 
   def context(self, params: Mapping[str, Any], text_emb: jax.Array, clip_embed: jax.Array

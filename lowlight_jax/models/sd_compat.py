@@ -41,6 +41,13 @@ Shims (each applied once, on first use):
   * `CLIPTextEncoder`: transformers' `FlaxCLIPTextModule` with `attention_mask` / `position_ids` optional
     (all ones / `arange`), as the PyTorch `CLIPTextModel` defaults them; SD pipelines pass neither.
 
+Rematerialisation (`remat_blocks(policy)`): diffusers' Flax UNet and VAE have no gradient checkpointing. While the
+context is active, the UNet's down / mid / up block classes and the VAE's encoder / decoder / mid block classes,
+looked up by name when the models' `setup` runs, are `flax.linen.remat` versions of themselves (same parameter
+names; `jax.checkpoint` per block with the given policy), so a backward pass keeps only block inputs and
+recomputes each block's internals when it reaches it. Use it around `apply` of a model being differentiated
+through (setup runs inside apply); nesting is fine.
+
 Not shimmed (not on the loading path; whoever needs it adds the shim here): `FlaxDDPMScheduler.step`
 (`jnp.clip(a_min=)`, rejected by current jax).
 """
@@ -184,6 +191,48 @@ def _torch_unet_semantics(classes, num_groups, norm_eps, skip_sizes, next_fun, a
   hidden_states = jnp.take(hidden_states, _nearest_indices(height, target[0]), axis=1)
   hidden_states = jnp.take(hidden_states, _nearest_indices(width, target[1]), axis=2)
   return module.conv(hidden_states)
+
+
+# Block classes `remat_blocks` wraps, by module: the names the UNet's / VAE's `setup` look up.
+_REMAT_BLOCKS = {
+    "diffusers.models.unets.unet_2d_condition_flax": (
+        "FlaxCrossAttnDownBlock2D", "FlaxDownBlock2D", "FlaxUNetMidBlock2DCrossAttn", "FlaxCrossAttnUpBlock2D",
+        "FlaxUpBlock2D"),
+    "diffusers.models.vae_flax": ("FlaxDownEncoderBlock2D", "FlaxUpDecoderBlock2D", "FlaxUNetMidBlock2D"),
+}
+
+
+@functools.cache
+def _remat_classes(policy) -> dict[tuple[str, str], type]:
+  import flax.linen as nn
+  out = {}
+  for module_name, names in _REMAT_BLOCKS.items():
+    module = sys.modules[module_name]
+    for name in names:
+      cls = getattr(module, name)
+      out[(module_name, name)] = (cls, nn.remat(cls, policy=policy))
+  return out
+
+
+@contextlib.contextmanager
+def remat_blocks(policy) -> Iterator[None]:
+  """While active, diffusers' Flax UNet / VAE blocks are built rematerialised with `policy` (a
+  `jax.checkpoint_policies` member; None: no-op). See the module doc."""
+  if policy is None:
+    yield
+    return
+  diffusers_flax()
+  classes = _remat_classes(policy)
+  saved = []
+  try:
+    for (module_name, name), (cls, remat_cls) in classes.items():
+      module = sys.modules[module_name]
+      saved.append((module, name, getattr(module, name)))
+      setattr(module, name, remat_cls)
+    yield
+  finally:
+    for module, name, value in reversed(saved):
+      setattr(module, name, value)
 
 
 @functools.cache

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+#: `flatten` pads the flat vector to a multiple of this, so that FSDP can split it over any mesh axis of a size
+#: dividing it (every power of two up to 4096).
+FLAT_MULTIPLE = 4096
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -26,7 +34,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
   """Builds one group's optimizer.
 
   Fields: optimizer ('adam' | 'adamw' | 'sgd'), lr, schedule, weight_decay, decoupled (bool: AdamW-style decay
-  vs. PyTorch's coupled L2 added to the gradient before Adam), clip_norm (0 = off), b1, b2, eps.
+  vs. PyTorch's coupled L2 added to the gradient before Adam), clip_norm (0 = off), b1, b2, eps, flatten (bool:
+  run the optimizer on one flat vector of the group's params, see `flattened`).
 
   The order matches PyTorch's `clip_grad_norm_` followed by `optimizer.step()`: clip the raw gradient, then add
   the coupled L2 term, then Adam.
@@ -51,4 +60,47 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Gr
   if wd and decoupled:
     parts.append(optax.add_decayed_weights(wd))
   parts.append(optax.scale_by_learning_rate(lr))
-  return optax.chain(*parts)
+  chain = optax.chain(*parts)
+  return flattened(chain) if cfg.get("flatten", False) else chain
+
+
+class FlatState(NamedTuple):
+  """`flattened`'s state: the inner optimizer's state over the flat, padded parameter vector."""
+  inner: Any
+
+
+def _ravel(tree: Any, padded: int) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  flat = jnp.concatenate([jnp.ravel(x) for x in leaves]) if leaves else jnp.zeros((0,), jnp.float32)
+  return jnp.pad(flat, (0, padded - flat.shape[0]))
+
+
+def _unravel(flat: jax.Array, like: Any) -> Any:
+  leaves, treedef = jax.tree.flatten(like)
+  out, start = [], 0
+  for leaf in leaves:
+    out.append(flat[start:start + leaf.size].reshape(leaf.shape).astype(leaf.dtype))
+    start += leaf.size
+  return jax.tree.unflatten(treedef, out)
+
+
+def flattened(inner: optax.GradientTransformation, multiple: int = FLAT_MULTIPLE) -> optax.GradientTransformation:
+  """`inner` applied to ONE vector: the group's params / gradients concatenated and zero-padded to a multiple of
+  `multiple`. The result is the same as per leaf for element-wise optimizers (Adam, AdamW, SGD, global-norm
+  clipping; the zero padding never moves), but the compiled step has one optimizer update instead of one per leaf
+  (a group of hundreds of small tensors, e.g. LoRA, otherwise adds tens of thousands of HLO ops per update).
+  The optimizer state is then a few (N_padded,) vectors, which the FSDP rule splits like any large tensor."""
+  def size(tree):
+    n = sum(x.size for x in jax.tree.leaves(tree))
+    return -(-max(n, 1) // multiple) * multiple
+
+  def init(params):
+    return FlatState(inner.init(_ravel(params, size(params))))
+
+  def update(updates, state, params=None):
+    n = size(updates)
+    flat_params = None if params is None else _ravel(params, n)
+    flat, inner_state = inner.update(_ravel(updates, n), state.inner, flat_params)
+    return _unravel(flat, updates), FlatState(inner_state)
+
+  return optax.GradientTransformation(init, update)

@@ -404,6 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           pending = None
         checkpointer.save(step, state, data_iter)
         last_saved = step
+        _export(method, workdir, step, state)
       if preemption.should_stop(checkpointer, step):
         if pending is not None:
           _check_finite(*pending)
@@ -426,6 +427,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         os.path.join(workdir, "final_metrics.json"),
         {"step": step, **last_scalars, **{f"eval/{k}": v for k, v in final_eval.items()}})
   return final_eval
+
+
+def _export(method: base.BaseMethod, workdir: str, step: int, state: TrainState) -> None:
+  """A method with `export(path, params, model_state)` also writes its weights in the authors' layout at every
+  checkpoint, to <workdir>/export/model_<step>.pkl (process 0; the trained params are gathered to the host, so
+  only methods whose TRAINED params are small define it)."""
+  if not hasattr(method, "export"):
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  host = multihost_utils.process_allgather({"params": state.params, "model_state": state.model_state}, tiled=True)
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, "export", f"model_{step}.pkl")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    method.export(path, host["params"], host["model_state"])
+    logging.info("exported step %d in the authors' layout: %s", step, path)
 
 
 def _check_finite(finite: jax.Array, step: int, metrics: dict) -> None:
