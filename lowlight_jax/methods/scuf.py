@@ -91,8 +91,6 @@ CLIP_SIZES = {  # VisionTransformer fields: the real ViT-B/32 and a tiny random 
     "ViT-B/32": dict(width=768, layers=12, patch_size=32, output_dim=512, input_resolution=224),
     "tiny": dict(width=64, layers=12, patch_size=32, output_dim=32, input_resolution=224),
 }
-# Which CLIP prompt each forward uses (train.py): 'r' = 1 - V of the source image, 'v' = V.
-_EMBED_R, _EMBED_V = "r", "v"
 
 
 def sd_turbo_folder(config: ml_collections.ConfigDict) -> str:
