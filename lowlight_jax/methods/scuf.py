@@ -234,7 +234,6 @@ class Method(base.BaseMethod):
 
   def init(self, rng, batch):
     keys = jax.random.split(rng, 12)
-    s = batch["low"].shape[1]
     frozen = {
         "unet": self.unet_spec.module.init_weights(keys[0]),
         "vae": self.vae_spec.module.init_weights(keys[1]),
@@ -257,7 +256,6 @@ class Method(base.BaseMethod):
     if self.ref_skip_frozen:
       model_state["skip_ref_kernels"] = {name: jnp.full((1, 1, cin, cout), 1e-5)
                                          for name, (cin, cout) in self._skip_shapes().items()}
-    del s
     return base.Variables(params=params, model_state=model_state, frozen=frozen)
 
   # -- the generator ----------------------------------------------------------------------------------------
@@ -604,6 +602,12 @@ class Method(base.BaseMethod):
     cfg = self.config
     if self.abstract:
       raise errors.ConfigError("abstract_sd_turbo: a shape-only method (benchmarks) has no weights to load")
+    if not cfg.get("smoke_family", False):  # random frozen towers only in smoke configs
+      for field, value in (("clip.weights", cfg.clip.weights), ("decomnet.weights", cfg.decomnet.weights),
+                           ("lpips.heads", cfg.lpips.heads), ("lpips.backbone", cfg.lpips.backbone)):
+        if not value:
+          raise errors.ConfigError(f"{field} is not set: SCUF training needs the user's weights for this frozen "
+                                   "network (see configs/scuf.py); only the smoke config runs with random ones")
     sources = []
     for name, spec in (("unet", self.unet_spec), ("vae", self.vae_spec), ("text_encoder", self.text_spec)):
       sources.append(base.WeightSource(
