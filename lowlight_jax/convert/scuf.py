@@ -198,16 +198,20 @@ def convert_vae_direction(state_dict: Mapping[str, np.ndarray], prefix: str, vae
   return merged, skips
 
 
-def _check_skip_shapes(skips: Mapping[str, Any], vae_params: Mapping[str, Any], source: str) -> None:
-  """skip_conv_{i+1} maps the input of encoder down block (n-1-i) to the input of decoder up block i."""
+def skip_conv_shapes(vae_params: Mapping[str, Any]) -> dict[str, tuple[int, int, int, int]]:
+  """{'skip_conv_i': (1, 1, in, out)} of a FlaxAutoencoderKL param tree (arrays or shapes): skip_conv_{i+1} maps
+  the input of encoder down block (n-1-i) to the input of decoder up block i (GEFU's `my_vae_decoder_fwd`)."""
   enc, dec = vae_params["encoder"], vae_params["decoder"]
-  n = len(skips)
+  n = len([k for k in dec if k.startswith("up_blocks_")])
   enc_in = [enc["conv_in"]["kernel"].shape[-1]] + [
-      enc["down_blocks_" + str(j)]["resnets_0"]["conv2"]["kernel"].shape[-1] for j in range(n - 1)]
+      enc[f"down_blocks_{j}"]["resnets_0"]["conv2"]["kernel"].shape[-1] for j in range(n - 1)]
   dec_in = [dec["conv_in"]["kernel"].shape[-1]] + [
-      dec["up_blocks_" + str(i)]["resnets_0"]["conv2"]["kernel"].shape[-1] for i in range(n - 1)]
-  for i, name in enumerate(scuf.skip_conv_names(n)):
-    want = (1, 1, enc_in[n - 1 - i], dec_in[i])
+      dec[f"up_blocks_{i}"]["resnets_0"]["conv2"]["kernel"].shape[-1] for i in range(n - 1)]
+  return {name: (1, 1, int(enc_in[n - 1 - i]), int(dec_in[i])) for i, name in enumerate(scuf.skip_conv_names(n))}
+
+
+def _check_skip_shapes(skips: Mapping[str, Any], vae_params: Mapping[str, Any], source: str) -> None:
+  for name, want in skip_conv_shapes(vae_params).items():
     if tuple(skips[name]["kernel"].shape) != want:
       got = skips[name]["kernel"].shape
       raise errors.WeightsError(f"{source}: decoder.{name} maps {got[2]} -> {got[3]} channels, the VAE needs "
@@ -321,6 +325,27 @@ def check_checkpoint(obj: Any, source: str) -> None:
                               f"{have or 'no keys'})")
 
 
+def vae_rank_and_state(ckpt: Mapping[str, Any], source: str) -> tuple[int, dict[str, np.ndarray]]:
+  """(rank_vae, sd_vae_dec as numpy) of a checked checkpoint dict; sd_vae_enc must hold the same keys and shapes.
+
+  The authors load sd_vae_enc, then sd_vae_dec (both strict, into the same two VAEs): dec's values win.
+  """
+  try:
+    rank = int(ckpt["rank_vae"])
+  except (TypeError, ValueError):
+    raise errors.WeightsError(f"{source}: rank_vae is {ckpt['rank_vae']!r}, not an integer") from None
+  enc = _arrays(ckpt["sd_vae_enc"], f"{source}['sd_vae_enc']")
+  dec = _arrays(ckpt["sd_vae_dec"], f"{source}['sd_vae_dec']")
+  if set(enc) != set(dec):
+    odd = sorted(set(enc) ^ set(dec))[0]
+    raise errors.WeightsError(f"{source}: sd_vae_enc and sd_vae_dec hold different keys (e.g. {odd!r})")
+  for key, value in enc.items():
+    if value.shape != dec[key].shape:
+      raise errors.WeightsError(f"{source}: {key!r} has shape {value.shape} in sd_vae_enc, {dec[key].shape} in "
+                                "sd_vae_dec")
+  return rank, dec
+
+
 def convert_checkpoint(ckpt: Mapping[str, Any], *, unet: sd_turbo.Component, vae: sd_turbo.Component,
                        source: str = "checkpoint", lora_alpha: float = PEFT_DEFAULT_LORA_ALPHA,
                        dtype=np.float32) -> tuple[dict[str, Any], Any, int]:
@@ -330,24 +355,11 @@ def convert_checkpoint(ckpt: Mapping[str, Any], *, unet: sd_turbo.Component, vae
   'ca_adapter'} of host numpy arrays.
   """
   check_checkpoint(ckpt, source)
-  try:
-    rank = int(ckpt["rank_vae"])
-  except (TypeError, ValueError):
-    raise errors.WeightsError(f"{source}: rank_vae is {ckpt['rank_vae']!r}, not an integer") from None
+  rank, dec = vae_rank_and_state(ckpt, source)
   targets = ckpt["vae_lora_target_modules"]
   if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
     raise errors.WeightsError(f"{source}: vae_lora_target_modules must be a list of names")
   targets = tuple(targets)
-  enc = _arrays(ckpt["sd_vae_enc"], f"{source}['sd_vae_enc']")
-  dec = _arrays(ckpt["sd_vae_dec"], f"{source}['sd_vae_dec']")
-  # The authors load sd_vae_enc, then sd_vae_dec (both strict, into the same two VAEs): dec's values win.
-  if set(enc) != set(dec):
-    odd = sorted(set(enc) ^ set(dec))[0]
-    raise errors.WeightsError(f"{source}: sd_vae_enc and sd_vae_dec hold different keys (e.g. {odd!r})")
-  for key, value in enc.items():
-    if value.shape != dec[key].shape:
-      raise errors.WeightsError(f"{source}: {key!r} has shape {value.shape} in sd_vae_enc, {dec[key].shape} in "
-                                "sd_vae_dec")
   unknown = [k for k in dec if not k.startswith(tuple(DIRECTION_PREFIXES.values()))]
   if unknown:
     raise errors.WeightsError(f"{source}['sd_vae_dec']: unexpected key {unknown[0]!r} (expected 'vae.*' and "

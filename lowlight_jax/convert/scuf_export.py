@@ -207,18 +207,6 @@ def vae_lora_layers(vae_params: Mapping[str, Any], targets: Iterable[str] = AUTH
 # ------------------------------------------------------------------------------------- shape helpers
 
 
-def _skip_shapes(vae_params: Mapping[str, Any]) -> dict[str, tuple[int, int, int, int]]:
-  """{'skip_conv_i': (1, 1, in, out)}: skip_conv_{i+1} maps the input of encoder down block n-1-i to the input
-  of decoder up block i (GEFU's `my_vae_decoder_fwd`; as `convert.scuf` checks)."""
-  enc, dec = vae_params["encoder"], vae_params["decoder"]
-  n = len([k for k in dec if k.startswith("up_blocks_")])
-  enc_in = [enc["conv_in"]["kernel"].shape[-1]] + [
-      enc[f"down_blocks_{j}"]["resnets_0"]["conv2"]["kernel"].shape[-1] for j in range(n - 1)]
-  dec_in = [dec["conv_in"]["kernel"].shape[-1]] + [
-      dec[f"up_blocks_{i}"]["resnets_0"]["conv2"]["kernel"].shape[-1] for i in range(n - 1)]
-  return {name: (1, 1, int(enc_in[n - 1 - i]), int(dec_in[i])) for i, name in enumerate(scuf.skip_conv_names(n))}
-
-
 def _f32(x: Any) -> np.ndarray:
   return np.asarray(x, dtype=np.float32)
 
@@ -461,7 +449,7 @@ def export_checkpoint(path: PathLike, trained: Mapping[str, Any], *, sd_turbo_fo
   flat_vae = traverse_util.flatten_dict(dict(vae.params))
   kernel_shapes = {layer: flat_vae[layer + ("kernel",)].shape for layer in layers}
   ref_layers = {layer: name for layer, name in layers.items() if layer[0] == "decoder"}
-  skip_shapes = _skip_shapes(vae.params)
+  skip_shapes = convert_scuf.skip_conv_shapes(vae.params)
   skip_targeted = all(convert_scuf._is_target(f"decoder.{name}", targets) for name in skip_shapes)
   if not skip_targeted and any(convert_scuf._is_target(f"decoder.{name}", targets) for name in skip_shapes):
     raise errors.ConfigError(f"targets ({', '.join(targets)}) LoRA some skip convs but not all")
@@ -523,7 +511,7 @@ def _read_direction(sd: Mapping[str, np.ndarray], prefix: str, vae_params: Mappi
     raise errors.WeightsError(f"{source}: no keys with this prefix")
   plain, lora, _ = convert_scuf._split_peft(sub, source)
   by_module = {name: layer for layer, name in layers.items()}
-  skip_shapes = _skip_shapes(vae_params)
+  skip_shapes = convert_scuf.skip_conv_shapes(vae_params)
   skip_modules = {f"decoder.{name}" for name in skip_shapes} if skip_targeted else set()
   for module in sorted(lora, key=_order_key):
     if module not in by_module and module not in skip_modules:
@@ -624,20 +612,8 @@ def trainable_from_checkpoint(path_or_dict: PathLike | Mapping[str, Any], *, vae
   if not has_ref and not allow_missing_ref:
     raise errors.WeightsError(f"{source}: missing key 'sd_vae_ref' (the reflectance decoder, which train.py saves; "
                               "allow_missing_ref=True reads the rest)")
-  try:
-    rank = int(ckpt["rank_vae"])
-  except (TypeError, ValueError):
-    raise errors.WeightsError(f"{source}: rank_vae is {ckpt['rank_vae']!r}, not an integer") from None
-  enc = convert_scuf._arrays(ckpt["sd_vae_enc"], f"{source}['sd_vae_enc']")
-  dec = convert_scuf._arrays(ckpt["sd_vae_dec"], f"{source}['sd_vae_dec']")
+  rank, dec = convert_scuf.vae_rank_and_state(ckpt, source)
   ref = convert_scuf._arrays(ckpt["sd_vae_ref"], f"{source}['sd_vae_ref']") if has_ref else {}
-  if set(enc) != set(dec):
-    odd = sorted(set(enc) ^ set(dec))[0]
-    raise errors.WeightsError(f"{source}: sd_vae_enc and sd_vae_dec hold different keys (e.g. {odd!r})")
-  for key, value in enc.items():
-    if value.shape != dec[key].shape:
-      raise errors.WeightsError(f"{source}: {key!r} has shape {value.shape} in sd_vae_enc, {dec[key].shape} in "
-                                "sd_vae_dec")
   for name, sd, prefixes in (("sd_vae_dec", dec, ("a2b", "b2a")), ("sd_vae_ref", ref, ("a2b", "b2a", "ref"))):
     # (an absent sd_vae_ref is an empty dict here)
     allowed = tuple(PREFIXES[d] for d in prefixes)
@@ -647,7 +623,7 @@ def trainable_from_checkpoint(path_or_dict: PathLike | Mapping[str, Any], *, vae
                                 f"{', '.join(repr(p + '*') for p in allowed)})")
 
   layers = vae_lora_layers(vae_params, targets)
-  skip_shapes = _skip_shapes(vae_params)
+  skip_shapes = convert_scuf.skip_conv_shapes(vae_params)
   skip_targeted = all(convert_scuf._is_target(f"decoder.{name}", targets) for name in skip_shapes)
   factor = float(PEFT_DEFAULT_LORA_ALPHA) / float(lora_alpha)
   kwargs = dict(rank=rank, factor=factor, skip_targeted=skip_targeted, check_base=check_base)

@@ -190,14 +190,9 @@ class Method(base.BaseMethod):
     return batch
 
   def _skip_shapes(self) -> dict[str, tuple[int, int]]:
-    """{skip_conv_i: (in, out)} from the VAE (see `convert.scuf._check_skip_shapes`)."""
-    flat = traverse_util.flatten_dict(dict(self.vae_spec.target))
-    enc = lambda *p: flat[("encoder",) + p + ("kernel",)].shape[-1]
-    dec = lambda *p: flat[("decoder",) + p + ("kernel",)].shape[-1]
-    n = len({p[1] for p in flat if p[0] == "decoder" and p[1].startswith("up_blocks_")})
-    enc_in = [enc("conv_in")] + [enc(f"down_blocks_{j}", "resnets_0", "conv2") for j in range(n - 1)]
-    dec_in = [dec("conv_in")] + [dec(f"up_blocks_{i}", "resnets_0", "conv2") for i in range(n - 1)]
-    return {name: (enc_in[n - 1 - i], dec_in[i]) for i, name in enumerate(scuf_model.skip_conv_names(n))}
+    """{skip_conv_i: (in, out)} of the VAE (`convert.scuf.skip_conv_shapes`)."""
+    from lowlight_jax.convert import scuf as convert_scuf  # pylint: disable=g-import-not-at-top
+    return {name: shape[2:] for name, shape in convert_scuf.skip_conv_shapes(self.vae_spec.target).items()}
 
   def _init_lora(self, rng, decoder_only: bool) -> dict:
     flat = {}

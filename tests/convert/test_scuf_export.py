@@ -218,7 +218,7 @@ def _random_tree(rng, vae_params, like, *, rank=4, skip_kernels=True):
 
   def skips(with_kernel):
     out = {}
-    for name, (_, _, c_in, c_out) in scuf_export._skip_shapes(vae_params).items():
+    for name, (_, _, c_in, c_out) in convert_scuf.skip_conv_shapes(vae_params).items():
       out[name] = {"lora_a": rng.standard_normal((1, 1, c_in, rank)).astype(np.float32),
                    "lora_b": rng.standard_normal((rank, c_out)).astype(np.float32) * 0.1}
       if with_kernel:
@@ -236,7 +236,7 @@ def test_random_tree_merges_as_merge_lora_tree(tmp_path, components, context, tr
   rng = np.random.default_rng(lora_alpha)
   tree = _random_tree(rng, vae.params, trained, skip_kernels=False)
   ref_kernels = {name: np.full((1, 1, c_in, c_out), 1e-5, np.float32)
-                 for name, (_, _, c_in, c_out) in scuf_export._skip_shapes(vae.params).items()}
+                 for name, (_, _, c_in, c_out) in convert_scuf.skip_conv_shapes(vae.params).items()}
   path = tmp_path / "random.pkl"
   scuf_export.export_checkpoint(path, tree, sd_turbo_folder=folder, lora_alpha=lora_alpha,
                                 skip_ref_kernels=ref_kernels)
