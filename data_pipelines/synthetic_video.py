@@ -18,10 +18,39 @@ truth real footage never has:
   * ground truth per video: the static background under the video's own lighting (PNG, noise-free)
     and a foreground mask for every frame (1 = vehicle/pedestrian pixel; DMGNIE's M is 1 - mask).
 
+Hard cases for background modelling (`SceneConfig` fields, all off by default, so that
+`SceneConfig()` renders exactly what earlier versions did; `HARD_CASES` turns them on, and the
+embedded default set `DEFAULT_SET` uses it, so that a plain per-pixel temporal median visibly fails
+on it):
+
+  * foreground that stops: a traffic light (`signal_cycle`, `signal_red`) with a stop line on each
+    side of an intersection in the middle of the frame; during red, vehicles stop before the line
+    and queue (car-following), and drive on at green. Parked vehicles (`parked_vehicles`) stand on
+    the parking strip along a curb (drawn over the road edge of a sidewalk) for a fraction
+    `parked_fraction` of the video (by default 60-80% of the frames, more than half: the case where
+    a temporal median returns the car); half of them are there from the first frame and drive off,
+    the others drive in mid-video and stay to the end. Stopped, queued and parked vehicles are
+    foreground in the masks for every frame they are visible, like moving ones.
+  * moving cloud shadows (day only; `cloud_shadow`, `cloud_coverage`, `cloud_speed`, `cloud_scale`):
+    a smooth low-frequency multiplicative darkening field (random plane waves roughly along the
+    drift, so that no shadow stands still, thresholded softly to the wanted coverage) drifting
+    across everything below the skyline, vehicles and pedestrians included. Shadows are NOT
+    foreground (masks stay 0), and the ground-truth background is the static background under the
+    base lighting WITHOUT shadows: a background model should not keep a passing shadow.
+  * camera jitter (`jitter`, `jitter_time`, `jitter_subpixel`): a global translation of the whole
+    rendered frame (background, foreground, shadows; sensor noise is added after it), an
+    Ornstein-Uhlenbeck process per axis (smooth over `jitter_time` seconds, or independent per
+    frame) clipped to +-`jitter` pixels, sub-pixel (bilinear) or whole pixels. The masks are shifted
+    with the frame (a pixel is foreground when any of its interpolation taps is, so mask = 0 is pure
+    background); uncovered borders repeat the edge pixels (frame and mask alike). The ground-truth
+    background is the un-jittered one: borders of ceil(`jitter`) pixels are unreliable.
+
 Rendering happens in linear light and is tone-mapped with a 1/2.2 power; no learned parts, no
 assets. Everything is streamed: each frame is rendered, encoded and forgotten, so videos of any
-length cost constant memory. The same (seed, camera) gives the same scene by day and by night;
-traffic and noise differ.
+length cost constant memory (the cost of a frame does not depend on the video's length; the
+renderer is told the length only to schedule the parked vehicles). The same (seed, camera) gives the
+same scene by day and by night (and the same stop lines and cloud field); traffic, parked vehicles,
+jitter and noise differ.
 
 Outputs of `write_video` (stem `cam{camera:02d}_{YYYYMMDD}T{HHMMSS}`; the wall-clock timestamp in
 the name is what `video.py` uses for its day/night split, and it is also stored as the MP4's
@@ -29,7 +58,8 @@ the name is what `video.py` uses for its day/night split, and it is also stored 
 
   {stem}.mp4             H.264 (libx264; MPEG-4 Part 2 if the build lacks it), yuv420p, a keyframe
                          every `keyframe_seconds`, constant frame rate.
-  {stem}_background.png  the static background as rendered under this video's lighting.
+  {stem}_background.png  the static background as rendered under this video's base lighting: no
+                         foreground, no cloud shadows, no jitter, no noise.
   {stem}_masks.npz       foreground masks, chunked packed bits (see `MaskWriter` / `read_masks`).
 
 Day videos start at 12:00:00 and night videos at 22:00:00 local time on 2024-06-01 (plus one minute
@@ -41,14 +71,17 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import fractions
+import hashlib
 import io
 import json
 import logging
+import math
 import os
 import pathlib
+import statistics
 import tempfile
 import zipfile
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import av
 import numpy as np
@@ -78,6 +111,29 @@ class SceneConfig:
     day_noise, night_noise: (a, b) of the Poisson-Gaussian sensor noise in linear light, variance
       a * x + b (night: the gain of a camera exposing for a dark scene).
     ambient_night: linear ambient light level at night (moonlight + sky glow), bluish.
+
+  Hard cases for background modelling (defaults: off; see `HARD_CASES` for the values of the default
+  set and the module docstring for the ground truth):
+    signal_cycle: length (seconds) of a traffic-light cycle; 0 = no traffic light, no stop lines.
+      A red phase starts at frame 0 and at every multiple of `signal_cycle` seconds.
+    signal_red: seconds of red per cycle (<= `signal_cycle`): vehicles that have not passed their
+      stop line stop before it and queue behind each other; at green they drive on.
+    parked_vehicles: vehicles on the parking strips along the two curbs (alternating upper and
+      lower curb, spread along the strip).
+    parked_fraction: (low, high): each parked vehicle stands at its spot for a uniform fraction of
+      the video's frames in this range; vehicles 0, 3, 4, 7, ... are there from frame 0 and then
+      drive off, the others drive in and stay to the last frame.
+    cloud_shadow: strength of the cloud shadows by day (the largest fractional darkening, in
+      [0, 1)); 0 = none. Ignored at night.
+    cloud_coverage: approximate fraction of the ground in shadow at any time, in (0, 1); also about
+      the fraction of the time a ground pixel spends in shadow once a few clouds have passed it
+      (keep it well below 0.5 for shadows that a temporal median should ignore).
+    cloud_speed: drift speed of the shadow field, in frame widths per second.
+    cloud_scale: typical size (wavelength) of the clouds, in frame widths.
+    jitter: camera jitter amplitude in pixels (each axis clipped to +-jitter); 0 = a still camera.
+    jitter_time: correlation time of the jitter in seconds (an Ornstein-Uhlenbeck process: a smooth
+      sway); 0 = independent offsets every frame.
+    jitter_subpixel: sub-pixel (bilinear) offsets; False rounds them to whole pixels.
   """
 
   width: int = 640
@@ -89,12 +145,55 @@ class SceneConfig:
   day_noise: tuple[float, float] = (2e-4, 1e-6)
   night_noise: tuple[float, float] = (2e-3, 2e-5)
   ambient_night: float = 0.012
+  signal_cycle: float = 0.0
+  signal_red: float = 0.0
+  parked_vehicles: int = 0
+  parked_fraction: tuple[float, float] = (0.6, 0.8)
+  cloud_shadow: float = 0.0
+  cloud_coverage: float = 0.3
+  cloud_speed: float = 0.08
+  cloud_scale: float = 0.8
+  jitter: float = 0.0
+  jitter_time: float = 0.5
+  jitter_subpixel: bool = True
 
   def __post_init__(self):
     if self.width < 16 or self.height < 16 or self.width % 2 or self.height % 2:
       raise ValueError(f'width and height must be even and >= 16, got {self.width}x{self.height}')
     if not self.fps > 0:
       raise ValueError(f'fps must be positive, got {self.fps}')
+    if not 0 <= self.signal_red <= self.signal_cycle:
+      raise ValueError(f'need 0 <= signal_red <= signal_cycle, got {self.signal_red}, '
+                       f'{self.signal_cycle}')
+    if self.parked_vehicles < 0:
+      raise ValueError(f'parked_vehicles must be >= 0, got {self.parked_vehicles}')
+    lo, hi = self.parked_fraction
+    if not 0 < lo <= hi <= 1:
+      raise ValueError(f'parked_fraction must satisfy 0 < low <= high <= 1, got {(lo, hi)}')
+    if not 0 <= self.cloud_shadow < 1:
+      raise ValueError(f'cloud_shadow must be in [0, 1), got {self.cloud_shadow}')
+    if not 0 < self.cloud_coverage < 1:
+      raise ValueError(f'cloud_coverage must be in (0, 1), got {self.cloud_coverage}')
+    if self.cloud_speed < 0 or not self.cloud_scale > 0:
+      raise ValueError(f'need cloud_speed >= 0 and cloud_scale > 0, got {self.cloud_speed}, '
+                       f'{self.cloud_scale}')
+    if not 0 <= self.jitter <= min(self.width, self.height) / 8 or self.jitter_time < 0:
+      raise ValueError(f'need 0 <= jitter <= min(width, height) / 8 and jitter_time >= 0, got '
+                       f'{self.jitter}, {self.jitter_time}')
+
+
+# The hard cases switched on (`dataclasses.replace(cfg, **HARD_CASES)`); the default set uses them.
+# A 30 s red phase in a 50 s cycle (red from frame 0: in a 1-minute video the light is red 40 s, and
+# the head of each queue stands at its stop line for most of that); two parked vehicles (one per
+# curb, one leaving, one arriving), each at its spot for 60-80% of the frames; day-time cloud
+# shadows darkening by up to 45% over ~30% of the ground, drifting one frame width in 12.5 s (in the
+# 1-minute videos every ground pixel is shadowed for 20-40% of the frames: transient); a camera
+# swaying by up to 0.5 px (sub-pixel, correlation time 0.5 s; at the default set's 160x90 that is
+# 2 px of a 640x360 frame, and it already blurs a temporal median of the window grids visibly).
+HARD_CASES: dict[str, Any] = dict(signal_cycle=50.0, signal_red=30.0, parked_vehicles=2,
+                                  parked_fraction=(0.6, 0.8), cloud_shadow=0.45,
+                                  cloud_coverage=0.3, cloud_speed=0.08, cloud_scale=0.8,
+                                  jitter=0.5, jitter_time=0.5, jitter_subpixel=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,6 +210,7 @@ class _Layout:
   lamp_light: np.ndarray  # HxWx1 light from street lamps (night), before the lamp colour.
   lanes: list[tuple[int, int]]  # (top, bottom) rows of each lane; lanes 0-1 go left, 2-3 right.
   sidewalks: list[tuple[int, int]]  # (top, bottom) rows of the upper and lower sidewalk.
+  sky: np.ndarray  # HxW bool: open sky (cloud shadows fall on everything else).
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
@@ -130,7 +230,9 @@ def _build_layout(width: int, height: int, rng: np.random.Generator) -> _Layout:
 
   # Sky: pale blue gradient (it reflects nothing, but the daylight multiplies it like the rest).
   t = np.linspace(0, 1, max(bld_base, 1), dtype=np.float32)[:, None, None]
-  albedo[:bld_base] = (1 - t) * np.array([.45, .6, .85], np.float32) + t * np.array([.7, .78, .85])
+  sky_colour = ((1 - t) * np.array([.45, .6, .85], np.float32) +
+                t * np.array([.7, .78, .85])).astype(np.float32)
+  albedo[:bld_base] = sky_colour
 
   # Buildings: a row of blocks with window grids (lit at night at random).
   x = 0
@@ -199,8 +301,25 @@ def _build_layout(width: int, height: int, rng: np.random.Generator) -> _Layout:
     lamp_light += pool
     # Soft halo around the lamp head (scattering in the air).
     lamp_light += .3 * np.exp(-(((xx - lx) / (.03 * w)) ** 2 + ((yy - head_y) / (.05 * h)) ** 2))
+  sky = np.zeros((h, w), bool)
+  sky[:bld_base] = np.all(albedo[:bld_base] == sky_colour, axis=-1)  # Nothing was drawn over it.
   return _Layout(albedo=np.clip(albedo, 0, 1), emissive_night=emissive,
-                 lamp_light=lamp_light[..., None], lanes=lanes, sidewalks=walks)
+                 lamp_light=lamp_light[..., None], lanes=lanes, sidewalks=walks, sky=sky)
+
+
+def _stop_lines(width: int) -> tuple[int, int]:
+  """Columns of the two stop lines: leftward traffic stops right of the first (its left edge at or
+  after it), rightward traffic left of the second; the intersection lies between them."""
+  return int(round(.58 * width)), int(round(.42 * width))
+
+
+def _draw_stop_lines(layout: _Layout, width: int) -> None:
+  """White stop bars across the lanes of each direction (only drawn when there is a signal)."""
+  bar = max(1, width // 160)
+  left_x, right_x = _stop_lines(width)
+  lanes = layout.lanes
+  layout.albedo[lanes[0][0]:lanes[1][1], left_x - bar:left_x] = .75
+  layout.albedo[lanes[2][0]:lanes[3][1], right_x:right_x + bar] = .75
 
 
 _DAYLIGHT = np.array([1.0, .98, .93], np.float32)
@@ -280,9 +399,21 @@ class _Traffic:
     self.p_vehicle = min(.9, cfg.vehicle_rate * dt)
     self.p_ped = min(.9, cfg.pedestrian_rate * dt)
     self.gap = max(2, cfg.width // 60)
+    # Stop positions: a leftward vehicle's left edge stays >= stop[0], a rightward vehicle's right
+    # edge <= stop[1], a small gap before the bars.
+    left_x, right_x = _stop_lines(cfg.width)
+    margin = max(1, self.gap // 2)
+    self.stop = (left_x + margin, right_x - margin)
+    warmup = int(cfg.fps * 8)
+    self.frame = -warmup  # The frame the current positions belong to (0 = first video frame).
     # Start mid-stream: run the simulation for the time a slow vehicle needs to cross.
-    for _ in range(int(cfg.fps * 8)):
+    for _ in range(warmup):
       self.step()
+
+  def red(self, frame: int) -> bool:
+    """Whether the light is red at `frame` (red phases start at frame 0, every `signal_cycle` s)."""
+    cfg = self.cfg
+    return cfg.signal_red > 0 and (frame / cfg.fps) % cfg.signal_cycle < cfg.signal_red
 
   def _spawn(self, vehicle: bool, stream: int) -> None:
     cfg, w = self.cfg, self.cfg.width
@@ -323,6 +454,7 @@ class _Traffic:
         by_lane.setdefault(o.lane, []).append(o)
       else:
         o.x += o.speed
+    red = self.red(self.frame + 1)
     for lane, cars in by_lane.items():
       leftward = lane < 2
       # Leaders first: the one furthest along the direction of travel.
@@ -333,8 +465,167 @@ class _Traffic:
           lead = cars[i - 1]
           nx = max(nx, lead.x + lead.width + self.gap) if leftward else min(
               nx, lead.x - o.width - self.gap)
+        if red:  # Vehicles that have not passed their stop line stop before it (no amber).
+          if leftward and o.x >= self.stop[0]:
+            nx = max(nx, self.stop[0])
+          elif not leftward and o.x + o.width <= self.stop[1]:
+            nx = min(nx, self.stop[1] - o.width)
         o.x = nx
     self.objects = [o for o in self.objects if -o.width - 1 < o.x < w + 1]
+    self.frame += 1
+
+
+@dataclasses.dataclass
+class _Parked:
+  """A vehicle on a curb's parking strip: at `spot` in frames [arrive, leave), driving otherwise."""
+
+  obj: _Object
+  spot: float  # Left edge at the parking spot.
+  step: float  # Signed pixels per frame while driving in or off.
+  arrive: float  # First frame at the spot (-inf: there from the start).
+  leave: float  # First frame driving off (+inf: stays to the end).
+
+  def x_at(self, frame: int) -> float:
+    if frame < self.arrive:
+      return self.spot - self.step * (self.arrive - frame)
+    if frame >= self.leave:
+      return self.spot + self.step * (frame - self.leave)
+    return self.spot
+
+
+def _parked_vehicles(cfg: SceneConfig, layout: _Layout, rng: np.random.Generator,
+                     num_frames: int) -> list[_Parked]:
+  """`cfg.parked_vehicles` vehicles alternating between the upper curb (facing left, like lane 0)
+  and the lower one (facing right, like lane 3), each in its own slot along the strip."""
+  w = cfg.width
+  lane_h = layout.lanes[0][1] - layout.lanes[0][0]
+  out = []
+  per_strip = [(cfg.parked_vehicles + 1 - s) // 2 for s in (0, 1)]
+  for i in range(cfg.parked_vehicles):
+    strip, slot = i % 2, i // 2
+    albedo, alpha = _vehicle_sprite(rng, lane_h, w)
+    oh, ow = alpha.shape
+    top, bot = layout.sidewalks[strip]
+    # Upper curb: wheels on the sidewalk's road edge; lower curb: roof at the road edge.
+    y = bot - oh if strip == 0 else top
+    slot_w = w / per_strip[strip]
+    lo = slot * slot_w
+    spot = float(int(lo + rng.uniform(0, max(0.0, slot_w - ow))))
+    step = rng.uniform(.08, .15) * w / cfg.fps * (-1 if strip == 0 else 1)
+    stay = int(round(rng.uniform(*cfg.parked_fraction) * num_frames))
+    leaves = i % 4 in (0, 3)
+    arrive, leave = (-math.inf, stay) if leaves else (num_frames - stay, math.inf)
+    obj = _Object(x=spot, y=y, speed=0.0, albedo=albedo, alpha=alpha, vehicle=True, lane=-1 - strip)
+    out.append(_Parked(obj=obj, spot=spot, step=step, arrive=arrive, leave=leave))
+  return out
+
+
+class _CloudShadows:
+  """A drifting multiplicative shadow field: `factor(frame)` is HxW in (0, 1], 1 in the open sky.
+
+  The field is a sum of plane waves (wavelengths 0.6-1.5 `cloud_scale` frame widths, directions
+  within 45 degrees of the drift, equal amplitudes: smooth, low-frequency, roughly Gaussian with
+  unit variance), softly thresholded at the (1 - coverage) quantile and translated at the drift
+  velocity. It is evaluated on a coarse grid (cells of 1/16 of a cloud) and upsampled bilinearly,
+  so a frame costs about one HxW multiply.
+  """
+
+  MODES = 12
+
+  def __init__(self, cfg: SceneConfig, layout: _Layout, rng: np.random.Generator):
+    h, w = cfg.height, cfg.width
+    self.size = (w, h)
+    self.strength = cfg.cloud_shadow
+    cell = max(1.0, w * cfg.cloud_scale / 16)
+    gw, gh = max(2, math.ceil(w / cell)), max(2, math.ceil(h / cell))
+    # Fine-pixel coordinates of the coarse samples, as PIL's bilinear resize maps them.
+    xs = (np.arange(gw) + .5) * w / gw - .5
+    ys = (np.arange(gh) + .5) * h / gh - .5
+    # Drift: mostly along the road, either way; pixels per frame.
+    heading = rng.uniform(-.4, .4) + np.pi * (rng.random() < .5)
+    v = cfg.cloud_speed * w / cfg.fps
+    vx, vy = v * np.cos(heading), v * np.sin(heading)
+    # Wave vectors within 45 degrees of the drift, so every wave moves past (a wave parallel to the
+    # drift would be a shadow standing still); equal amplitudes, unit variance for random phases.
+    wavelength = cfg.cloud_scale * w * rng.uniform(.6, 1.5, self.MODES)
+    angle = heading + rng.uniform(-np.pi / 4, np.pi / 4, self.MODES)
+    kx, ky = 2 * np.pi / wavelength * np.cos(angle), 2 * np.pi / wavelength * np.sin(angle)
+    amp = np.full(self.MODES, np.sqrt(2 / self.MODES))
+    phase = rng.uniform(0, 2 * np.pi, self.MODES)
+    self._spatial = (kx[:, None, None] * xs[None, None, :] + ky[:, None, None] * ys[None, :, None]
+                     + phase[:, None, None])  # MODES x gh x gw.
+    self._omega = -(kx * vx + ky * vy)  # Phase change per frame.
+    self._amp = amp[:, None, None]
+    self.threshold = statistics.NormalDist().inv_cdf(1 - cfg.cloud_coverage)
+    self._ground = (~layout.sky).astype(np.float32)
+
+  def factor(self, frame: int) -> np.ndarray:
+    field = np.sum(self._amp * np.cos(self._spatial + self._omega[:, None, None] * frame), axis=0)
+    d = np.clip(field - self.threshold + .5, 0, 1)  # A soft edge one standard deviation wide.
+    d = d * d * (3 - 2 * d)  # Smoothstep.
+    dark = Image.fromarray(d.astype(np.float32) * np.float32(self.strength))
+    dark = np.asarray(dark.resize(self.size, Image.Resampling.BILINEAR))
+    return 1 - dark * self._ground
+
+
+class _Jitter:
+  """Per-frame camera offsets (dx, dy) in pixels: an Ornstein-Uhlenbeck process per axis with
+  stationary std `jitter` / 2 and correlation time `jitter_time`, clipped to +-`jitter`."""
+
+  def __init__(self, cfg: SceneConfig, rng: np.random.Generator):
+    self.rng, self.amp, self.subpixel = rng, cfg.jitter, cfg.jitter_subpixel
+    self.rho = math.exp(-1 / (cfg.fps * cfg.jitter_time)) if cfg.jitter_time > 0 else 0.0
+    self.sigma = cfg.jitter / 2
+    self.state = rng.normal(0, self.sigma, 2)
+
+  def next(self) -> tuple[float, float]:
+    """The offset of the current frame; then advances."""
+    d = np.clip(self.state, -self.amp, self.amp)
+    if not self.subpixel:
+      d = np.round(d)
+    self.state = (self.rho * self.state +
+                  math.sqrt(1 - self.rho ** 2) * self.rng.normal(0, self.sigma, 2))
+    return float(d[0]), float(d[1])
+
+
+def _int_shift(a: np.ndarray, k: int, axis: int, out: np.ndarray) -> None:
+  """out[i] = a[clip(i - k)] along `axis` (0 or 1): a shift by k pixels, edge pixels repeated."""
+  n = a.shape[axis]
+  k = max(-n, min(n, k))
+  at = (lambda s: (s,)) if axis == 0 else (lambda s: (slice(None), s))
+  if k >= 0:
+    out[at(slice(k, None))] = a[at(slice(0, n - k))]
+    out[at(slice(0, k))] = a[at(slice(0, 1))]
+  else:
+    out[at(slice(0, n + k))] = a[at(slice(-k, None))]
+    out[at(slice(n + k, None))] = a[at(slice(n - 1, n))]
+
+
+def _shift_axis(a: np.ndarray, d: float, axis: int) -> np.ndarray:
+  """out[i] = a[i - d] along `axis`: linear interpolation for fractional d (bool arrays: OR of the
+  two taps), edge pixels repeated where the shift uncovers the border."""
+  if d == 0:
+    return a
+  i = math.floor(d)
+  f = d - i
+  out = np.empty_like(a)
+  _int_shift(a, i, axis, out)
+  if f > 0:
+    other = np.empty_like(a)
+    _int_shift(a, i + 1, axis, other)
+    if a.dtype == bool:
+      out |= other
+    else:  # out + f * (other - out), in place.
+      other -= out
+      other *= np.asarray(f, a.dtype)
+      out += other
+  return out
+
+
+def shift_image(a: np.ndarray, dx: float, dy: float) -> np.ndarray:
+  """Translates an HxW[xC] image by (dx, dy) pixels (content moves right and down for positive
+  values), the way camera jitter moves a frame; bool masks keep every pixel any tap covers."""
+  return _shift_axis(_shift_axis(a, dx, 1), dy, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,17 +652,22 @@ class SceneRenderer:
   """Renders the frames of one (camera, lighting) scene; frames come out as uint8 HxWx3 sRGB.
 
   `next_frame()` returns (frame, foreground mask); the background image is `background_uint8`.
+  `num_frames` is the length of the video, which only the parked vehicles' schedule needs (their
+  stays are fractions of it); None: one minute. Random streams: layout (seed, camera); traffic,
+  noise, parked vehicles and jitter (seed, camera, day/night); clouds (seed, camera). Each hard case
+  has its own stream, so switching one on or off leaves the others' frames as they were.
   """
 
-  def __init__(self, cfg: SceneConfig, *, seed: int, camera: int):
+  def __init__(self, cfg: SceneConfig, *, seed: int, camera: int, num_frames: int | None = None):
     self.cfg = cfg
     h, w = cfg.height, cfg.width
-    layout_rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, camera, 0])))
-    self.layout = _build_layout(w, h, layout_rng)
-    traffic_rng = np.random.Generator(
-        np.random.PCG64(np.random.SeedSequence([seed, camera, 1, int(cfg.night)])))
-    self.noise_rng = np.random.Generator(
-        np.random.PCG64(np.random.SeedSequence([seed, camera, 2, int(cfg.night)])))
+    stream = lambda *key: np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, camera,
+                                                                                       *key])))
+    self.layout = _build_layout(w, h, stream(0))
+    if cfg.signal_cycle > 0 and cfg.signal_red > 0:
+      _draw_stop_lines(self.layout, w)
+    traffic_rng = stream(1, int(cfg.night))
+    self.noise_rng = stream(2, int(cfg.night))
     if cfg.night:
       self.light = (cfg.ambient_night * _AMBIENT_COLOUR + self.layout.lamp_light * _LAMP_COLOUR)
       self.base = self.layout.albedo * self.light + self.layout.emissive_night
@@ -383,6 +679,13 @@ class SceneRenderer:
     self.base = self.base.astype(np.float32)
     self.light = np.ascontiguousarray(self.light, dtype=np.float32)
     self.traffic = _Traffic(cfg, self.layout, traffic_rng)
+    self.frame = 0
+    self.num_frames = num_frames if num_frames is not None else int(round(60 * cfg.fps))
+    self.parked = _parked_vehicles(cfg, self.layout, stream(3, int(cfg.night)), self.num_frames)
+    self.clouds = (_CloudShadows(cfg, self.layout, stream(5))
+                   if cfg.cloud_shadow > 0 and not cfg.night else None)
+    self.jitter = _Jitter(cfg, stream(4, int(cfg.night))) if cfg.jitter > 0 else None
+    self.offset = (0.0, 0.0)  # Camera offset (dx, dy) of the frame `next_frame` returned last.
     # Headlight beam (a long, flat ellipse on the road ahead) and glare (a small saturating blob).
     bh, bw = max(2, h // 8), max(4, w // 5)
     beam = _gaussian_sprite(bh, bw, bh / 3, bw / 2.2, bh / 2, 0)
@@ -396,8 +699,24 @@ class SceneRenderer:
 
   @property
   def background_uint8(self) -> np.ndarray:
-    """The static background under this scene's lighting, noise-free, as uint8 sRGB."""
+    """The static background under this scene's base lighting, as uint8 sRGB: the ground truth.
+
+    No foreground (moving, stopped or parked), no cloud shadows, no camera jitter, no noise.
+    """
     return _to_uint8(self.base)
+
+  def _paint(self, img: np.ndarray, mask: np.ndarray, o: _Object, x0: int) -> bool:
+    """Draws object `o` with its left edge at column x0 and marks it in `mask`; False if unseen."""
+    h, w = mask.shape
+    box = _clip_box(x0, o.y, o.alpha.shape[0], o.alpha.shape[1], h, w)
+    if box is None:
+      return False
+    (fy, fx), (sy, sx) = box
+    solid = o.solid[sy, sx]
+    lit = o.albedo[sy, sx] * self.light[fy, fx] if self.cfg.night else o.lit_day[sy, sx]
+    np.copyto(img[fy, fx], lit, where=solid)
+    mask[fy, fx] |= solid[..., 0]
+    return True
 
   def _add(self, img: np.ndarray, sprite: np.ndarray, x0: int, y0: int,
            albedo: np.ndarray | None = None) -> None:
@@ -416,18 +735,12 @@ class SceneRenderer:
     h, w = cfg.height, cfg.width
     img = self.base.copy()
     mask = np.zeros((h, w), bool)
+    for p in self.parked:  # Behind the pedestrians on the sidewalks; lights off.
+      self._paint(img, mask, p.obj, int(round(p.x_at(self.frame))))
     beams = []
     for o in self.traffic.objects:
       x0 = int(round(o.x))
-      box = _clip_box(x0, o.y, o.alpha.shape[0], o.alpha.shape[1], h, w)
-      if box is None:
-        continue
-      (fy, fx), (sy, sx) = box
-      solid = o.solid[sy, sx]
-      lit = o.albedo[sy, sx] * self.light[fy, fx] if cfg.night else o.lit_day[sy, sx]
-      np.copyto(img[fy, fx], lit, where=solid)
-      mask[fy, fx] |= solid[..., 0]
-      if cfg.night and o.vehicle:
+      if self._paint(img, mask, o, x0) and cfg.night and o.vehicle:
         beams.append((o, x0))
     for o, x0 in beams:
       oh, ow = o.alpha.shape
@@ -444,7 +757,14 @@ class SceneRenderer:
       self._add(img, self._glare, front - g // 2, lamp_y - g // 2)
       t = self._tail.shape[0]
       self._add(img, self._tail, back - t // 2, lamp_y - t // 2)
+    if self.clouds is not None:  # Shadows fall on the scene (foreground included), not the masks.
+      img *= self.clouds.factor(self.frame)[..., None]
+    if self.jitter is not None:  # The camera moves: everything in the frame, masks alike.
+      self.offset = self.jitter.next()
+      img = shift_image(img, *self.offset)
+      mask = shift_image(mask, *self.offset)
     self.traffic.step()
+    self.frame += 1
     a, b = self.noise
     noise = self.noise_rng.standard_normal(img.shape, dtype=np.float32)
     img += np.sqrt(a * np.clip(img, 0, None) + b) * noise
@@ -567,8 +887,8 @@ def write_video(out_dir: str | os.PathLike, cfg: SceneConfig, *, num_frames: int
 
   Args:
     out_dir: destination folder (created if missing).
-    cfg: scene size, frame rate, day or night.
-    num_frames: length of the video in frames.
+    cfg: scene size, frame rate, day or night, hard cases.
+    num_frames: length of the video in frames (parked vehicles stay for fractions of it).
     seed, camera: the scene geometry depends on (seed, camera); traffic and noise also on day/night.
     keyframe_seconds: GOP length. Short GOPs make the random access of `video.py` cheap (a seek
       decodes at most one GOP) at a small cost in file size.
@@ -582,7 +902,7 @@ def write_video(out_dir: str | os.PathLike, cfg: SceneConfig, *, num_frames: int
   paths = WrittenVideo(video=out_dir / f'{stem}.mp4', background=out_dir / f'{stem}_background.png',
                        masks=out_dir / f'{stem}_masks.npz', num_frames=num_frames, camera=camera,
                        night=cfg.night)
-  renderer = SceneRenderer(cfg, seed=seed, camera=camera)
+  renderer = SceneRenderer(cfg, seed=seed, camera=camera, num_frames=num_frames)
   imageio.write_png_atomic(paths.background, renderer.background_uint8)
 
   tmp_video = out_dir / f'.{stem}.mp4.tmp'
@@ -594,8 +914,11 @@ def write_video(out_dir: str | os.PathLike, cfg: SceneConfig, *, num_frames: int
     with av.open(os.fspath(tmp_video), 'w', format='mp4') as container:
       start = (NIGHT_START if cfg.night else DAY_START) + datetime.timedelta(minutes=camera)
       container.metadata['creation_time'] = start.strftime('%Y-%m-%dT%H:%M:%S.000000Z')
-      container.metadata['comment'] = json.dumps(dict(generator='lowlight-jax synthetic_video',
-                                                      seed=seed, camera=camera, night=cfg.night))
+      comment = dict(generator='lowlight-jax synthetic_video', seed=seed, camera=camera,
+                     night=cfg.night)
+      if scene := _scene_overrides(cfg):
+        comment['scene'] = scene
+      container.metadata['comment'] = json.dumps(comment)
       stream = container.add_stream(codec, rate=rate)
       stream.width, stream.height, stream.pix_fmt = cfg.width, cfg.height, 'yuv420p'
       gop = max(1, int(round(keyframe_seconds * cfg.fps)))
@@ -624,39 +947,58 @@ def write_video(out_dir: str | os.PathLike, cfg: SceneConfig, *, num_frames: int
   return paths
 
 
+def _scene_overrides(cfg: SceneConfig) -> dict[str, Any]:
+  """The fields of `cfg` that differ from the defaults, except size, rate and lighting (JSON)."""
+  default = SceneConfig(width=cfg.width, height=cfg.height, fps=cfg.fps, night=cfg.night)
+  return {f.name: (list(v) if isinstance(v, tuple) else v) for f in dataclasses.fields(cfg)
+          if (v := getattr(cfg, f.name)) != getattr(default, f.name)}
+
+
 def write_videos(out_dir: str | os.PathLike, *, minutes: float, fps: float, width: int, height: int,
                  night: Sequence[bool] = (False,), seed: int = 0, cameras: int = 1,
-                 **kwargs) -> list[WrittenVideo]:
-  """`write_video` for every camera and lighting; also writes `manifest.json` describing the set."""
+                 scene: Mapping[str, Any] | None = None, **kwargs) -> list[WrittenVideo]:
+  """`write_video` for every camera and lighting; also writes `manifest.json` describing the set.
+
+  `scene`: further `SceneConfig` fields for every video (e.g. `HARD_CASES`); None: the defaults.
+  """
   num_frames = max(1, int(round(minutes * 60 * fps)))
+  scene = dict(scene or {})
   written = []
   for camera in range(cameras):
     for is_night in night:
-      cfg = SceneConfig(width=width, height=height, fps=fps, night=is_night)
+      cfg = SceneConfig(width=width, height=height, fps=fps, night=is_night, **scene)
       written.append(write_video(out_dir, cfg, num_frames=num_frames, seed=seed, camera=camera,
                                  **kwargs))
   manifest = dict(seed=seed, fps=fps, width=width, height=height, num_frames=num_frames,
+                  scene={k: list(v) if isinstance(v, tuple) else v for k, v in scene.items()},
                   videos=[dict(video=v.video.name, background=v.background.name, masks=v.masks.name,
                                camera=v.camera, night=v.night) for v in written])
   atomic_io.write_text_atomic(pathlib.Path(out_dir) / 'manifest.json', json.dumps(manifest, indent=2))
   return written
 
 
-# The embedded default: small day + night videos of two cameras, generated on first use.
+# The embedded default: small day + night videos of two cameras, generated on first use, with the
+# hard cases on (stopped and parked vehicles, cloud shadows by day, camera jitter).
 DEFAULT_SET = dict(minutes=1.0, fps=10.0, width=160, height=90, night=(False, True), seed=0,
-                   cameras=2)
+                   cameras=2, scene=HARD_CASES)
+# Bump when the rendering of an unchanged DEFAULT_SET changes, so stale caches are not reused.
+RENDER_VERSION = 2
 
 
 def default_video_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
   """Folder of the embedded default videos (`DEFAULT_SET`), rendering them on first use (~seconds).
 
-  Lives under `cache_dir`, else `$LOWLIGHT_JAX_CACHE`, else `~/.cache/lowlight_jax`. Rendered into a
-  temporary folder and renamed, so concurrent first uses never see a partial set.
+  Lives under `cache_dir`, else `$LOWLIGHT_JAX_CACHE`, else `~/.cache/lowlight_jax`, in a folder
+  named after `RENDER_VERSION`, the main settings and a hash of all of `DEFAULT_SET` (its scene
+  included).
+  Rendered into a temporary folder and renamed, so concurrent first uses never see a partial set.
   """
   base = pathlib.Path(cache_dir or os.environ.get('LOWLIGHT_JAX_CACHE')
                       or pathlib.Path.home() / '.cache' / 'lowlight_jax')
-  tag = 'synthetic_video_v1_' + '_'.join(f'{k}{v}' for k, v in sorted(DEFAULT_SET.items())
-                                         if k != 'night').replace('.', 'p')
+  digest = hashlib.sha256(json.dumps(DEFAULT_SET, sort_keys=True, default=repr).encode())
+  tag = (f'synthetic_video_v{RENDER_VERSION}_' +
+         '_'.join(f'{k}{v}' for k, v in sorted(DEFAULT_SET.items()) if k not in ('night', 'scene'))
+         .replace('.', 'p') + f'_{digest.hexdigest()[:10]}')
   target = base / tag
   if (target / 'manifest.json').is_file():
     return target
@@ -673,8 +1015,8 @@ def default_video_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Pat
 
 
 def render_frames(cfg: SceneConfig, num_frames: int, seed: int = 0,
-                         camera: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                  camera: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """The (frame, mask) stream `write_video` encodes, without encoding (for tests and notebooks)."""
-  renderer = SceneRenderer(cfg, seed=seed, camera=camera)
+  renderer = SceneRenderer(cfg, seed=seed, camera=camera, num_frames=num_frames)
   for _ in range(num_frames):
     yield renderer.next_frame()

@@ -1,5 +1,6 @@
 """Synthetic surveillance videos: outputs, reproducibility, ground truth, lighting, CLI, default."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -9,6 +10,7 @@ import sys
 import av
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from lowlight_jax.io import imageio
 from data_pipelines import synthetic_video
@@ -129,3 +131,230 @@ def test_default_set_is_rendered_once_into_the_cache(tmp_path, monkeypatch):
                       lambda *a, **k: pytest.fail("re-rendered an existing default set"))
   assert synthetic_video.default_video_dir(tmp_path) == first
   assert [p.name for p in tmp_path.iterdir()] == [first.name]  # No temporary folders left.
+
+
+# ---------------------------------------------------------------------------------------------
+# Hard cases for background modelling: stopped and parked vehicles, cloud shadows, camera jitter.
+# ---------------------------------------------------------------------------------------------
+
+HARD_OFF = dict(signal_cycle=0.0, signal_red=0.0, parked_vehicles=0, cloud_shadow=0.0, jitter=0.0)
+
+
+def _render(cfg, num_frames, seed=0, camera=0):
+  """(renderer, uint8 frames [T, H, W, 3], bool masks [T, H, W], camera offsets [T, 2])."""
+  r = synthetic_video.SceneRenderer(cfg, seed=seed, camera=camera, num_frames=num_frames)
+  frames, masks, offsets = [], [], []
+  for _ in range(num_frames):
+    f, m = r.next_frame()
+    frames.append(f)
+    masks.append(m)
+    offsets.append(r.offset)
+  return r, np.stack(frames), np.stack(masks), np.array(offsets)
+
+
+def _blob_centroids(mask, border=3):
+  """Centroids (row, col) of the connected blobs of `mask` lying `border` pixels inside it."""
+  labels, n = ndimage.label(mask)
+  out = []
+  for k, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+    if (rows.start >= border and cols.start >= border and rows.stop <= mask.shape[0] - border
+        and cols.stop <= mask.shape[1] - border):
+      out.append(np.argwhere(labels == k).mean(0))
+  return out
+
+
+def test_hard_cases_are_off_by_default_and_on_in_the_default_set():
+  cfg = synthetic_video.SceneConfig()
+  assert {k: getattr(cfg, k) for k in HARD_OFF} == HARD_OFF
+  assert synthetic_video.DEFAULT_SET["scene"] == synthetic_video.HARD_CASES
+  hard = synthetic_video.SceneConfig(**synthetic_video.HARD_CASES)
+  assert hard.signal_red > 0 and hard.parked_vehicles > 0 and hard.cloud_shadow > 0
+  assert hard.jitter > 0 and min(hard.parked_fraction) > 0.5
+  for bad in (dict(signal_cycle=10, signal_red=11), dict(parked_fraction=(0.8, 0.6)),
+              dict(cloud_shadow=1.0), dict(cloud_coverage=0.0), dict(jitter=-1),
+              dict(width=32, height=16, jitter=3)):
+    with pytest.raises(ValueError):
+      synthetic_video.SceneConfig(**bad)
+
+
+def test_parked_vehicles_defeat_the_temporal_median_but_not_the_masked_median():
+  n = 150
+  cfg = synthetic_video.SceneConfig(width=160, height=90, fps=10, parked_vehicles=2,
+                                    parked_fraction=(0.7, 0.7))
+  r, frames, masks, _ = _render(cfg, n)
+  background = r.background_uint8.astype(np.float32)
+  # The background never shows the parked vehicles (nor does the background of the plain scene
+  # differ from it: parked vehicles are foreground only).
+  plain = synthetic_video.SceneRenderer(synthetic_video.SceneConfig(width=160, height=90, fps=10),
+                                        seed=0, camera=0)
+  np.testing.assert_array_equal(r.background_uint8, plain.background_uint8)
+  cover = masks.mean(0)
+  parked = cover > 0.5  # Foreground in more than half the frames: the parked vehicles.
+  (upper_top, upper_bot), (lower_top, _) = r.layout.sidewalks
+  rows = np.arange(cfg.height)[:, None]
+  leaving = parked & (rows < upper_bot)  # Vehicle 0: upper curb, there from frame 0, drives off.
+  arriving = parked & (rows >= lower_top)  # Vehicle 1: lower curb, drives in and stays.
+  assert leaving.sum() >= 20 and arriving.sum() >= 20 and (leaving | arriving).sum() == parked.sum()
+  assert masks[0][leaving].all() and not masks[-1][leaving].any()
+  assert not masks[0][arriving].any() and masks[-1][arriving].all()
+  assert cover[parked].max() < 0.9  # They do come and go.
+  f = frames.astype(np.float32)
+  median = np.median(f[:, parked], axis=0)  # [P, 3]
+  assert np.abs(median - background[parked]).mean() > 15  # The median returns the vehicles.
+  masked = np.where(masks[:, parked, None], np.nan, f[:, parked])
+  masked_median = np.nanmedian(masked, axis=0)  # Over the frames where the pixel is background.
+  error = np.abs(masked_median - background[parked])
+  assert error.mean() < 1.0 and error.max() <= 4
+
+
+def test_traffic_light_stops_vehicles_before_the_stop_line_during_red():
+  fps, red, n = 10, 10.0, 200  # Red for frames [0, 100), green for [100, 200).
+  cfg = synthetic_video.SceneConfig(width=160, height=90, fps=fps, signal_cycle=2 * red,
+                                    signal_red=red, vehicle_rate=0.5)
+  r = synthetic_video.SceneRenderer(cfg, seed=0, camera=0, num_frames=n)
+  stop_left, stop_right = r.traffic.stop
+  waiting = lambda: {id(o) for o in r.traffic.objects if o.vehicle and (
+      o.x >= stop_left if o.lane < 2 else o.x + o.width <= stop_right)}
+  masks, before_line = [], None
+  for t in range(n):
+    if t == 5:
+      before_line = waiting()
+    if t == 99:  # Nobody who was before the line at the start of red has crossed it.
+      assert before_line and before_line <= waiting()
+    masks.append(r.next_frame()[1])
+  masks = np.stack(masks)
+
+  def occupancy(m):
+    """Per lane: (fraction of red frames 40-99 / late green frames 150-199 with a vehicle on the
+    pixels just before the stop line, longest run of such frames)."""
+    out = []
+    for lane, (top, bot) in enumerate(r.layout.lanes):
+      col = stop_left + 1 if lane < 2 else stop_right - 2
+      occ = m[:, top:bot, col].any(1)
+      run = longest = 0
+      for o in occ:
+        run = run + 1 if o else 0
+        longest = max(longest, run)
+      out.append((occ[40:100].mean(), occ[150:200].mean(), longest))
+    return np.array(out)
+
+  with_signal = occupancy(masks)
+  assert with_signal[:, 0].mean() > 0.85 and with_signal[:, 1].mean() < 0.5
+  assert with_signal[:, 2].max() >= 0.6 * red * fps  # Stopped for most of the red phase.
+  free = dataclasses.replace(cfg, signal_cycle=0.0, signal_red=0.0)
+  _, _, free_masks, _ = _render(free, n)
+  assert occupancy(free_masks)[:, 2].max() < 0.3 * red * fps
+  # Stop bars are part of the static background only when there is a signal.
+  plain = synthetic_video.SceneRenderer(free, seed=0, camera=0).background_uint8
+  changed = np.any(r.background_uint8 != plain, axis=-1)
+  assert changed.any() and set(np.nonzero(changed.any(0))[0]) <= set(
+      range(stop_right - 3, stop_right + 3)) | set(range(stop_left - 8, stop_left))
+
+
+def test_cloud_shadows_darken_a_drifting_region_and_are_not_foreground():
+  n = 60
+  cfg = synthetic_video.SceneConfig(width=160, height=90, fps=10, vehicle_rate=0.0,
+                                    pedestrian_rate=0.0, day_noise=(0.0, 0.0), cloud_shadow=0.5,
+                                    cloud_coverage=0.4, cloud_speed=0.1)
+  r, frames, masks, _ = _render(cfg, n)
+  # Ground truth: the background without shadows (the same as without clouds at all).
+  free = dataclasses.replace(cfg, cloud_shadow=0.0)
+  free_background = synthetic_video.SceneRenderer(free, seed=0, camera=0).background_uint8
+  np.testing.assert_array_equal(r.background_uint8, free_background)
+  assert not masks.any()  # Shadows are not foreground.
+  linear = lambda u8: (u8.astype(np.float64) / 255) ** 2.2
+  bg = linear(r.background_uint8).mean(-1)
+  ratio = linear(frames).mean(-1) / np.maximum(bg, 1e-3)  # [T, H, W] shadow factor.
+  ground = ~r.layout.sky & (bg > 0.02)
+  assert ratio[:, r.layout.sky].min() > 0.99  # The open sky is never shadowed ...
+  assert ratio[:, ground].max() < 1.03 and ratio[:, ground].min() > 0.45  # ... the ground darkens,
+  dark = (ratio < 0.9) & ground  # by up to cloud_shadow.
+  fraction = dark[:, ground].mean(1)
+  assert 0.05 < fraction.mean() < 0.8
+  # The shadows move: the shadowed region of the first frame is not that of the last one.
+  first, last = dark[0], dark[-1]
+  assert (first & last).sum() < 0.5 * (first | last).sum()
+  # The field is smooth (low frequency): a shadow's edge (0.5 deep) spreads over > 5 pixels.
+  for t in (0, n // 2):
+    factor = r.clouds.factor(t)
+    for axis in (0, 1):
+      step = np.abs(np.diff(factor, axis=axis))
+      both = ground[1:] & ground[:-1] if axis == 0 else ground[:, 1:] & ground[:, :-1]
+      assert step[both].max() < 0.1
+  # Night videos have no cloud shadows.
+  night = dataclasses.replace(cfg, night=True)
+  night_free = dataclasses.replace(free, night=True)
+  a = [f for f, _ in synthetic_video.render_frames(night, 5)]
+  b = [f for f, _ in synthetic_video.render_frames(night_free, 5)]
+  np.testing.assert_array_equal(a, b)
+
+
+def test_camera_jitter_moves_frames_and_masks_together():
+  n = 30
+  still = synthetic_video.SceneConfig(width=160, height=90, fps=10, vehicle_rate=0.6,
+                                      day_noise=(0.0, 0.0))
+  _, f0, m0, off0 = _render(still, n)
+  assert not off0.any()
+  # Whole-pixel jitter, independent per frame: frames and masks are exact shifts of the still ones.
+  shaky = dataclasses.replace(still, jitter=2.0, jitter_time=0.0, jitter_subpixel=False)
+  r, f1, m1, off1 = _render(shaky, n)
+  np.testing.assert_array_equal(r.background_uint8, synthetic_video.SceneRenderer(
+      still, seed=0, camera=0).background_uint8)  # The ground truth is the un-jittered view.
+  assert np.all(off1 == np.round(off1)) and np.abs(off1).max() <= 2
+  assert len({tuple(o) for o in off1}) >= 5 and np.abs(off1).max() == 2
+  moved = 0
+  for t, (dx, dy) in enumerate(off1):
+    np.testing.assert_array_equal(f1[t], synthetic_video.shift_image(f0[t], dx, dy))
+    np.testing.assert_array_equal(m1[t], synthetic_video.shift_image(m0[t], dx, dy))
+    if dx or dy:
+      # Objects away from the borders: each mask blob's centroid moves with the frame's content.
+      after = _blob_centroids(m1[t], border=0)
+      for c in _blob_centroids(m0[t]):
+        assert any(np.allclose(c + (dy, dx), d) for d in after)
+        moved += 1
+  assert moved >= 10
+  # Sub-pixel, smooth sway: masks follow the bilinear shift of the still masks (a pixel is
+  # foreground when any interpolation tap is), frames follow it up to rounding; offsets change
+  # smoothly from frame to frame (more slowly than independent offsets would).
+  sway = dataclasses.replace(still, jitter=1.0, jitter_time=0.5)
+  _, f2, m2, off2 = _render(sway, n)
+  assert np.abs(off2).max() <= 1 and np.any(off2 != np.round(off2))
+  linear = lambda u8: (u8.astype(np.float32) / 255) ** 2.2
+  for t, (dx, dy) in enumerate(off2):
+    np.testing.assert_array_equal(m2[t], synthetic_video.shift_image(m0[t], dx, dy))
+    expected = synthetic_video._to_uint8(synthetic_video.shift_image(linear(f0[t]), dx, dy))
+    assert np.abs(f2[t].astype(int) - expected).max() <= 2
+  _, _, _, off3 = _render(dataclasses.replace(sway, jitter_time=0.0), n)
+  assert np.abs(np.diff(off2, axis=0)).mean() < 0.7 * np.abs(np.diff(off3, axis=0)).mean()
+  # Amplitude 0: no jitter, whatever the other jitter settings.
+  _, f4, m4, off4 = _render(dataclasses.replace(shaky, jitter=0.0), n)
+  assert not off4.any()
+  np.testing.assert_array_equal(f4, f0)
+  np.testing.assert_array_equal(m4, m0)
+
+
+def test_hard_cases_are_deterministic_per_seed_and_camera():
+  cfg = synthetic_video.SceneConfig(width=64, height=36, fps=10, **synthetic_video.HARD_CASES)
+  a = _render(cfg, 25, seed=7, camera=1)
+  b = _render(cfg, 25, seed=7, camera=1)
+  for x, y in zip(a[1:], b[1:]):
+    np.testing.assert_array_equal(x, y)
+  for other in (dict(seed=8, camera=1), dict(seed=7, camera=2)):
+    c = _render(cfg, 25, **other)
+    assert not np.array_equal(a[1], c[1])
+  # Night videos with the hard cases render (no cloud shadows at night).
+  night = _render(dataclasses.replace(cfg, night=True), 5, seed=7, camera=1)
+  assert night[0].clouds is None and night[1].shape == (5, 36, 64, 3)
+
+
+def test_default_set_cache_is_keyed_by_version_and_scene(tmp_path, monkeypatch):
+  small = dict(minutes=0.02, fps=10.0, width=32, height=16, night=(False, True), seed=0, cameras=1,
+               scene=synthetic_video.HARD_CASES)
+  monkeypatch.setattr(synthetic_video, "DEFAULT_SET", small)
+  hard = synthetic_video.default_video_dir(tmp_path)
+  assert hard.name.startswith(f"synthetic_video_v{synthetic_video.RENDER_VERSION}_")
+  manifest = json.loads((hard / "manifest.json").read_text())
+  assert manifest["scene"]["parked_vehicles"] == synthetic_video.HARD_CASES["parked_vehicles"]
+  monkeypatch.setattr(synthetic_video, "DEFAULT_SET", {**small, "scene": {}})
+  plain = synthetic_video.default_video_dir(tmp_path)
+  assert plain != hard and len(list(plain.glob("*.mp4"))) == 2
