@@ -97,3 +97,18 @@ def test_discriminator_state_checkpoints_and_resumes_bitwise(toy, tmp_path):
   assert d_leaves and any(np.any(x != 0) for x in d_leaves)
   for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
     np.testing.assert_array_equal(x, y)
+
+
+def test_step_memory_plan_only_gives_the_same_buffer_plan(toy):
+  """`memory.step_memory` (the scuf_memory benchmark's rows) on abstract shapes, and its `plan_only` compile (LLVM
+  optimisation off, for CPU benchmark rows) reads the same buffer assignment as the full compile."""
+  from lowlight_jax.train import memory  # pylint: disable=g-import-not-at-top
+  shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in _batch().items()}
+  full = memory.step_memory(_config(), jax.devices(), shapes)
+  plan = memory.step_memory(_config(), jax.devices(), shapes, plan_only=True)
+  for key in ("per_device_gb", "arguments_gb", "outputs_gb", "temp_gb", "trained_params", "frozen_params"):
+    assert plan[key] == full[key], key
+  assert full["arguments_gb"] > 0 and full["trained_params"] > 0
+  # 8 devices: the batch is split, so the per-device batch argument shrinks with it.
+  one = memory.step_memory(_config(), jax.devices()[:1], shapes, plan_only=True)
+  assert one["arguments_gb"] > full["arguments_gb"]
