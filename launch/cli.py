@@ -26,6 +26,7 @@ DISTRIBUTION = "lowlight-jax"
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("launch.train", "train a method from a config (resumes from the workdir)"),
     "enhance": ("launch.enhance", "enhance an image or folder with a run or released weights"),
+    "background": ("launch.background", "a camera's static background from a video (SegBMN run, median or RPCA)"),
     "evaluate": ("launch.evaluate", "score a folder of outputs (PSNR/SSIM/LPIPS/NIQE/BRISQUE/segmentation)"),
     "convert": ("launch.convert_weights", "convert released PyTorch weights (no torch needed)"),
     "assets": ("launch.assets", "fetch or list the metric assets (NIQE/BRISQUE/LPIPS parameters)"),

@@ -72,7 +72,7 @@ def test_config_names_resolve_to_the_packaged_files(tmp_path):
   assert _config.resolve_spec("configs/sgz.py:smoke") == ("configs/sgz.py", "smoke")
   from configs import sgz
   assert _config.load_config("sgz:smoke").to_dict() == sgz.get_config("smoke").to_dict()
-  with pytest.raises(errors.ConfigError, match=r"unknown config 'sgzz'; known: scl_lle, scuf, sgz"):
+  with pytest.raises(errors.ConfigError, match=r"unknown config 'sgzz'; known: dmgnie, scl_lle, scuf, sgz"):
     _config.resolve_spec("sgzz:smoke")
   with pytest.raises(errors.ConfigError, match=r"config file configs/nope.py not found"):
     _config.resolve_spec("configs/nope.py")
@@ -102,7 +102,7 @@ def test_config_name_works_outside_the_clone(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--config", "configs/nope.py"], "config file configs/nope.py not found"),
-    (["--config", "nope:smoke"], "unknown config 'nope'; known: scl_lle, scuf, sgz"),
+    (["--config", "nope:smoke"], "unknown config 'nope'; known: dmgnie, scl_lle, scuf, sgz"),
     (["--config", "sgz:smoke", "--config.loss_weights.tvv=3"],
      "--config.loss_weights.tvv: unknown config field 'loss_weights.tvv'"),
     (["--config", "sgz:bogus"], "get_config('bogus')"),
