@@ -32,6 +32,9 @@ _NIGHT = flags.DEFINE_bool("night", False, "Render the night version (default: d
 _BOTH = flags.DEFINE_bool("both", False, "Render day AND night videos of every camera.")
 _SEED = flags.DEFINE_integer("seed", 0, "Scene and traffic seed.")
 _CAMERAS = flags.DEFINE_integer("cameras", 1, "Number of cameras (different scenes).")
+_HARD = flags.DEFINE_bool("hard_cases", False, "Render the background-modelling hard cases of the default set "
+                          "(queueing and parked vehicles, day-time cloud shadows, camera jitter: "
+                          "synthetic_video.HARD_CASES).")
 _PRESET = flags.DEFINE_string("preset", "veryfast",
                               "libx264 speed preset (ultrafast for long test videos).")
 flags.mark_flags_as_required(["out"])
@@ -62,7 +65,8 @@ def main(argv):
   night = (False, True) if _BOTH.value else (_NIGHT.value,)
   written = synthetic_video.write_videos(
       _OUT.value, minutes=_MINUTES.value, fps=_FPS.value, width=width, height=height, night=night,
-      seed=_SEED.value, cameras=_CAMERAS.value, preset=_PRESET.value)
+      seed=_SEED.value, cameras=_CAMERAS.value, preset=_PRESET.value,
+      scene=synthetic_video.HARD_CASES if _HARD.value else None)
   print(json.dumps({"videos": [str(v.video) for v in written],
                     "frames_per_video": written[0].num_frames if written else 0}))
 

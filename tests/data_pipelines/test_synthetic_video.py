@@ -120,6 +120,13 @@ def test_cli_writes_day_and_night_videos_the_video_source_splits(tmp_path):
   assert night.cameras == ["cam00", "cam01"]
   assert {pathlib.Path(night.videos[s.video].path).name for s in night.segments} == {
       "cam00_20240601T220000.mp4", "cam01_20240601T220100.mp4"}
+  assert manifest["scene"] == {}
+  hard = tmp_path / "hard"
+  subprocess.run([sys.executable, "-m", "launch.make_synthetic_video", "--out", os.fspath(hard), "--minutes", "0.05",
+                  "--fps", "10", "--size", "32x16", "--hard_cases", "--preset", "ultrafast"],
+                 cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+  assert json.loads((hard / "manifest.json").read_text())["scene"]["parked_vehicles"] == (
+      synthetic_video.HARD_CASES["parked_vehicles"])
 
 
 def test_default_set_is_rendered_once_into_the_cache(tmp_path, monkeypatch):
