@@ -91,6 +91,10 @@ def _segbmn(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       downsample="maxpool",  # UNet's.
       upsample="bilinear",  # Bilinear + 3x3 conv: no checkerboard artefacts in the produced image.
       pad_mode="edge",  # Padding to multiples of 8 copies real pixels and labels.
+      # D_BG refines the pixel-level Eq. 2 (the masked mean of the K frames) instead of decoding from scratch:
+      # ours, not the paper's (models/segbmn.py: a short training reproduces the mean only blurred); False is
+      # the paper's plain decoder.
+      image_skip=True,
   ))
 
   c.masks = ml_collections.ConfigDict(dict(

@@ -127,6 +127,7 @@ class Method(base.BaseMethod):
     self.net = segbmn_model.SegBMN(
         features=tuple(m.features), mask_resize=m.mask_resize, weighting=m.weighting,
         empty_fill=m.empty_fill, downsample=m.downsample, upsample=m.upsample, pad_mode=m.pad_mode,
+        image_skip=m.get("image_skip", False),
         # Any `config.remat` policy rematerialises every conv block (SegBMN's own `remat`); K frames share one
         # backward pass, so activations, not parameters, fill the memory.
         remat=self.policy.remat != "none", dtype=self.policy.compute_dtype)
@@ -156,6 +157,9 @@ class Method(base.BaseMethod):
     # per-leaf initialisers compile for tens of seconds on CPU. The paper gives no initialisation.
     params = init_lib.random_variables(self.net, net_rng, frames,
                                        jnp.ones(frames.shape[:-1] + (1,), jnp.float32))["params"]
+    if self.net.image_skip:  # D_BG starts at the pixel-level masked mean (its zero head, see models/segbmn.py).
+      head = params["decoder_bg"]["head"]
+      params["decoder_bg"]["head"] = {**head, "kernel": jnp.zeros_like(head["kernel"])}
     frozen = {}
     if self.use_segmenter:
       frozen["segmenter"] = init_lib.random_variables(self.segmenter, seg_rng, frames[:, 0])

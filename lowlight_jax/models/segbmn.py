@@ -43,6 +43,9 @@ WEIGHTINGS = ("paper", "mean")
 EMPTY_FILLS = ("mean", "zero")
 DOWNSAMPLES = ("maxpool", "avgpool", "conv")
 UPSAMPLES = ("bilinear", "transpose")
+#: `image_skip`'s base image is clipped to [BASE_EPS, 1 - BASE_EPS] before its logit (finite at 0 and 1; 1e-3 is
+#: a quarter of one 8-bit level).
+BASE_EPS = 1e-3
 
 
 def _check(name: str, value: str, allowed: Sequence[str]) -> None:
@@ -184,7 +187,9 @@ class SegBMNDecoder(nn.Module):
   precision: Any = None
 
   @nn.compact
-  def __call__(self, feats: Sequence[jax.Array]) -> jax.Array:
+  def __call__(self, feats: Sequence[jax.Array], base: jax.Array | None = None) -> jax.Array:
+    """`base` (N, H, W, 3) in [0, 1], optional: the output is sigmoid(logit(base) + head) with a zero-initialised
+    head, i.e. exactly `base` at initialisation, refined by training (`SegBMN.image_skip`)."""
     _check("upsample", self.upsample, UPSAMPLES)
     if len(feats) != len(self.features):
       raise ValueError(f"need {len(self.features)} feature maps, got {len(feats)}")
@@ -202,8 +207,13 @@ class SegBMNDecoder(nn.Module):
                              precision=self.precision, name=f"up{l + 1}")(x)
       x = jnp.concatenate([feats[l].astype(self.dtype), x], axis=-1)
       x = block(c, self.activation, self.dtype, self.precision, name=f"stage{l + 1}")(x)
-    y = nn.Conv(3, (1, 1), dtype=self.dtype, precision=self.precision, name="head")(x)
-    return nn.sigmoid(y.astype(jnp.float32))
+    init = nn.initializers.zeros_init() if base is not None else nn.linear.default_kernel_init
+    y = nn.Conv(3, (1, 1), dtype=self.dtype, precision=self.precision, kernel_init=init, name="head")(x)
+    y = y.astype(jnp.float32)
+    if base is not None:
+      b = jnp.clip(base.astype(jnp.float32), BASE_EPS, 1.0 - BASE_EPS)
+      y = y + jnp.log(b) - jnp.log1p(-b)
+    return nn.sigmoid(y)
 
 
 class SegBMN(nn.Module):
@@ -230,6 +240,12 @@ class SegBMN(nn.Module):
     pad_mode: `jnp.pad` mode for padding H, W up to multiples of 2**(L-1) at the bottom / right
       ('edge', default: padded rows copy real pixels and their mask labels, so no artificial
       border enters the statistics; outputs are cropped back to H, W).
+    image_skip: D_BG refines the image-level Eq. 2 (the masked aggregate of the K frames' pixels, computed
+      with the full-resolution masks like the features): its output is sigmoid(logit(aggregate) + head) with a
+      zero-initialised head, so a new network starts at the masked mean and learns corrections (shadow edges,
+      mis-masked pixels, noise). Ours, not the paper's (its D_BG decodes the aggregated features alone, which
+      a short training reproduces only blurred); False gives the paper's decoder. D_idt has no such skip (it
+      would make the reconstruction trivial and teach the encoder nothing).
     remat: rematerialise every conv block (`nn.remat`) to trade compute for activation memory
       (K frames share one backward pass); parameters are identical either way.
     dtype: compute dtype (params stay float32; Eq. 2 and the sigmoid run in float32).
@@ -245,6 +261,7 @@ class SegBMN(nn.Module):
   upsample: str = "bilinear"
   activation: Callable[[jax.Array], jax.Array] = nn.relu
   pad_mode: str = "edge"
+  image_skip: bool = False
   remat: bool = False
   dtype: Any = jnp.float32
   precision: Any = None
@@ -284,7 +301,11 @@ class SegBMN(nn.Module):
                          weighting=self.weighting, empty_fill=self.empty_fill).astype(self.dtype)
         for f, ml in zip(feats, mask_levels)]
 
-    background = SegBMNDecoder(upsample=self.upsample, name="decoder_bg", **common)(aggregated)
+    base = None
+    if self.image_skip:
+      base = masked_aggregate(frames.astype(jnp.float32), mask_levels[0], eps=self.eps, weighting=self.weighting,
+                              empty_fill=self.empty_fill)
+    background = SegBMNDecoder(upsample=self.upsample, name="decoder_bg", **common)(aggregated, base)
     identity = SegBMNDecoder(upsample=self.upsample, name="decoder_idt", **common)(feats)
     identity = identity.reshape(b, k, hp, wp, 3)
     return {"background": background[:, :h, :w], "identity": identity[:, :, :h, :w]}

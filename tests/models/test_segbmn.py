@@ -176,3 +176,18 @@ def test_default_parameter_count_and_bad_options():
     jax.eval_shape(segbmn.SegBMN(mask_resize="bilinear").init, jax.random.key(0), frames, masks)
   with pytest.raises(ValueError):
     jax.eval_shape(model.init, jax.random.key(0), frames, masks[..., 0])
+
+
+def test_image_skip_starts_at_the_pixel_level_masked_mean_and_trains():
+  model = segbmn.SegBMN(features=SMALL, image_skip=True)
+  frames, masks = _data()
+  variables = model.init(jax.random.key(1), frames, masks)  # flax's init: the skip head's kernel is zero
+  assert not np.any(np.asarray(variables["params"]["decoder_bg"]["head"]["kernel"]))
+  out = jax.jit(model.apply)(variables, frames, masks)
+  expected = segbmn.masked_aggregate(frames, masks)  # binary masks: the masked mean of the K frames' pixels
+  expected = np.clip(np.asarray(expected), segbmn.BASE_EPS, 1 - segbmn.BASE_EPS)
+  np.testing.assert_allclose(out["background"], expected, atol=1e-5)
+  # The head learns: its gradient is non-zero at the start, and after one step the output moves.
+  grads = jax.grad(lambda p: jnp.mean(jnp.abs(model.apply({"params": p}, frames, masks)["background"] - 0.5)))(
+      variables["params"])
+  assert np.any(np.asarray(grads["decoder_bg"]["head"]["kernel"]))
