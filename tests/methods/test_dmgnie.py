@@ -1,0 +1,236 @@
+"""DMGNIE stage 2 through launch.train's loop (`trainer.train_and_evaluate`) on its smoke config, 8 fake devices:
+every Eq. 10 term and both discriminator terms logged at every logged step, checkpoints, a resume from the step-2
+checkpoint that ends bitwise equal to the uninterrupted run, every trained part changing; inference with a camera's
+background; the background store's one-line errors; the day/night source; the paired crop."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+
+from configs import dmgnie as dmgnie_config
+from data_pipelines import pipeline
+from lowlight_jax import errors
+from lowlight_jax.io import backgrounds
+from lowlight_jax.methods import dmgnie
+from lowlight_jax.train import checkpoint as ckpt_lib
+from lowlight_jax.train import trainer
+
+TERMS = ("generator/loss", "generator/loss_gan_g", "generator/loss_gan_f", "generator/loss_cycle",
+         "generator/loss_cycle_x", "generator/loss_cycle_y", "generator/loss_fgmap", "generator/fgmap_kl",
+         "generator/fgmap_entropy_proj", "generator/fgmap_entropy_self_y", "generator/fgmap_entropy_self_bg",
+         "generator/fgmap_tv", "generator/loss_nce", *(f"generator/loss_nce_l{i}" for i in range(5)),
+         "generator/grad_norm", "discriminator/loss", "discriminator/loss_d_g", "discriminator/loss_d_f",
+         "discriminator/grad_norm")
+
+
+def _config(arg="enhance,smoke,steps=4"):
+  config = dmgnie_config.get_config(arg)
+  config.checkpoint_every = 2
+  config.progress_bar = False
+  return config
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  """The uninterrupted 4-step smoke run (checkpoints at steps 2 and 4)."""
+  workdir = tmp_path_factory.mktemp("dmgnie") / "full"
+  trainer.train_and_evaluate(_config(), str(workdir))
+  return workdir
+
+
+def test_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(smoke_run, tmp_path):
+  checkpointer = ckpt_lib.Checkpointer(str(smoke_run))
+  assert checkpointer.all_steps() == [2, 4]
+  checkpointer.close()
+  resumed = tmp_path / "resumed"
+  shutil.copytree(smoke_run, resumed)
+  shutil.rmtree(resumed / "checkpoints" / "4")
+  trainer.train_and_evaluate(_config(), str(resumed))
+
+  a, b = (jax.device_get(trainer.restore_train_state(_config(), str(d))) for d in (smoke_run, resumed))
+  mid = jax.device_get(trainer.restore_train_state(_config(), str(smoke_run), 2))
+  assert int(a.step) == int(b.step) == 4 and set(a.params) == {"generator", "discriminator"}
+  # Every trained part moved between the checkpoints: G and F (GAN, cycle, NCE), the projectors f / f_BG (Eq. 4),
+  # the PatchNCE MLPs (Eqs. 5-8), both discriminators.
+  parts = [("generator", k) for k in ("G", "F", "localizer", "projector")] + [("discriminator", "D_G"),
+                                                                            ("discriminator", "D_F")]
+  for group, part in parts:
+    assert any(np.any(x != y) for x, y in zip(jax.tree.leaves(mid.params[group][part]),
+                                              jax.tree.leaves(a.params[group][part]))), (group, part)
+  for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
+    np.testing.assert_array_equal(x, y)
+
+  events = event_accumulator.EventAccumulator(str(smoke_run))
+  events.Reload()
+  for term in TERMS:
+    values = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(f"train/{term}")]
+    assert len(values) == 2 and all(np.isfinite(values)), term  # Logged at steps 2 and 4.
+  first = lambda term: float(tensor_util.make_ndarray(events.Tensors(f"train/{term}")[0].tensor_proto))
+  # Near-chance discriminators at the start (log-GAN: ln 2 ~ 0.69 per D); the InfoNCE of unit vectors lies in
+  # (0, ln(1 + N e^(2 / tau))) (N = 16 negatives, tau = 0.07).
+  assert 0.3 < first("discriminator/loss_d_g") < 1.2 and 0.3 < first("discriminator/loss_d_f") < 1.2
+  assert 0.0 < first("generator/loss_nce") < np.log1p(16 * np.exp(2 / 0.07))
+
+
+def test_inference_uses_the_cameras_background(smoke_run):
+  config = _config()
+  config.inference.camera = "cam00"  # Inference mode: that camera's background only (the median fallback here).
+  setup = trainer.restore_for_inference(config, str(smoke_run))
+  assert set(setup.frozen) == {"backgrounds"} and setup.frozen["backgrounds"]["images"].shape == (1, 48, 64, 3)
+  enhance = trainer.make_enhance_fn(setup)(setup.state, setup.frozen)
+  night = np.random.default_rng(0).random((2, 48, 64, 3)).astype(np.float32) * 0.2
+  out = np.asarray(enhance(night)["enhanced"])
+  assert out.shape == night.shape and np.all((out >= 0) & (out <= 1))
+  method = setup.method
+  with pytest.raises(errors.InputError, match=r"camera 'cam00': its background is 48x64 \(HxW\) but the image is "
+                                              r"46x62; .*inference\.resize_background=True"):
+    jax.eval_shape(method.enhance, setup.state.params, {}, setup.frozen, jnp.zeros((1, 46, 62, 3)))
+  config.inference.resize_background = True  # Resized to the image; odd sizes are padded to multiples of 4.
+  got = jax.eval_shape(method.enhance, setup.state.params, {}, setup.frozen, jnp.zeros((1, 46, 62, 3)))
+  assert got["enhanced"].shape == (1, 46, 62, 3)
+  with pytest.raises(errors.ConfigError, match=r"set inference\.camera to one of cam00, cam01"):
+    jax.eval_shape(dmgnie.Method(_config()).enhance, setup.state.params, {}, setup.frozen, jnp.zeros((1, 48, 64, 3)))
+
+
+def test_gradients_reach_only_the_parts_each_term_trains():
+  """Eq. 4 trains f / f_BG only (Y' detached); the InfoNCE trains G's encoder and the PatchNCE MLPs, never f / f_BG
+  (D_X is stop-gradient)."""
+  method = dmgnie.Method(_config())
+  variables = method.init(jax.random.key(0), method.example_batch())
+  gp, dp, frozen = variables["params"]["generator"], variables["params"]["discriminator"], variables["frozen"]
+  rng = np.random.default_rng(0)
+  x, bg, y = (jnp.asarray(rng.random((2, 32, 32, 3)), jnp.float32) for _ in range(3))
+
+  loss = method._generator_loss  # pylint: disable=protected-access
+
+  @jax.jit
+  def grads(p):
+    term = lambda name: jax.grad(lambda q: loss(q, dp, frozen, x, bg, y, bg, jax.random.key(1))[1][0][name])(p)
+    return term("loss_fgmap"), term("loss_nce")
+
+  norms = lambda tree: {k: float(sum(jnp.sum(jnp.abs(v)) for v in jax.tree.leaves(tree[k]))) for k in tree}
+  fgmap, nce = (norms(g) for g in grads(gp))
+  assert fgmap["localizer"] > 0 and fgmap["G"] == fgmap["F"] == fgmap["projector"] == 0, fgmap
+  assert nce["G"] > 0 and nce["projector"] > 0 and nce["F"] == nce["localizer"] == 0, nce
+
+
+def _store_source(config):
+  method = dmgnie.Method(config)
+  (source,) = [s for s in method.weight_sources() if s.target == ("frozen", "backgrounds")]
+  return method, source
+
+
+def test_backgrounds_come_from_the_store_in_camera_order(tmp_path):
+  config = _config()
+  config.backgrounds.store = str(tmp_path / "store")
+  config.backgrounds.fallback = "none"
+  rng = np.random.default_rng(1)
+  images = {cam: rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for cam in ("cam01", "cam00")}
+  for cam, image in images.items():
+    backgrounds.save(config.backgrounds.store, cam, image)
+  method, source = _store_source(config)
+  assert method.cameras == ("cam00", "cam01")  # The video index's sorted camera names = the batches' camera ids.
+  got = source.convert(None)["images"]
+  np.testing.assert_array_equal(np.round(got * 255).astype(np.uint8), np.stack([images["cam00"], images["cam01"]]))
+  # Inference on a camera the run never saw (the paper tests on other intersections): at its stored size.
+  backgrounds.save(config.backgrounds.store, "cam07", np.zeros((40, 52, 3), np.uint8))
+  config.inference.camera = "cam07"
+  method, source = _store_source(config)
+  assert method.background_shape() == (1, 40, 52, 3) and source.convert(None)["images"].shape == (1, 40, 52, 3)
+  assert all(s.target != ("frozen", "vgg") for s in method.weight_sources())  # Inference reads no VGG.
+
+
+def test_missing_camera_background_is_one_line_naming_camera_and_store(tmp_path):
+  config = _config()
+  store = tmp_path / "store"
+  config.backgrounds.store = str(store)
+  backgrounds.save(store, "cam00", np.zeros((48, 64, 3), np.uint8))
+  _, source = _store_source(config)
+  with pytest.raises(backgrounds.BackgroundStoreError,
+                     match=rf"^no background for camera 'cam01' in store {store} \(it has cam00\)") as raised:
+    source.convert(None)
+  assert "\n" not in str(raised.value)
+
+
+def test_wrong_size_background_is_one_line_naming_file_and_sizes(tmp_path):
+  config = _config()
+  store = tmp_path / "store"
+  config.backgrounds.store = str(store)
+  for cam in ("cam00", "cam01"):
+    backgrounds.save(store, cam, np.zeros((40, 40, 3), np.uint8))
+  _, source = _store_source(config)
+  with pytest.raises(backgrounds.BackgroundStoreError,
+                     match=rf"^background {store}/cam00\.png is 40x40 \(HxW\) but 48x64 is needed") as raised:
+    source.convert(None)
+  assert "\n" not in str(raised.value)
+
+
+def test_config_errors_name_the_field(tmp_path, monkeypatch):
+  config = _config()
+  config.backgrounds.fallback = "none"  # No store and no fallback: a real run refuses to start.
+  _, source = _store_source(config)
+  with pytest.raises(errors.ConfigError, match=r"^backgrounds\.store is not set") as raised:
+    source.convert(None)
+  assert "\n" not in str(raised.value)
+  # No VGG-16 weights anywhere and random weights not allowed.
+  monkeypatch.setenv("LOWLIGHT_ASSETS", str(tmp_path / "empty_assets"))
+  config = _config()
+  config.localizer.allow_random_weights = False
+  with pytest.raises(errors.ConfigError, match=r"^localizer\.weights is not set .*launch\.assets fetch") as raised:
+    dmgnie.Method(config).weight_sources()
+  assert "\n" not in str(raised.value)
+  config.localizer.allow_random_weights = True  # Smoke: the tower stays random.
+  assert [s.target for s in dmgnie.Method(config).weight_sources()] == [("frozen", "backgrounds")]
+  config = _config()
+  config.data.video.height = 0
+  with pytest.raises(errors.ConfigError, match=r"^data\.video\.height/width are 0"):
+    dmgnie.Method(config).background_shape()
+
+
+def test_day_night_source_zips_night_and_day_frames_and_restores():
+  config = _config()
+  loader = pipeline.make_train_loader(config.data, batch_size=4, seed=0, shard_index=0, shard_count=1)
+  it = iter(loader)
+  batch = next(it)
+  assert set(batch) == {"low", "low_camera", "high", "high_camera"}
+  assert batch["low"].shape == batch["high"].shape == (4, 48, 64, 3) and batch["low_camera"].dtype == np.int32
+  assert batch["low"].mean() < 0.5 * batch["high"].mean()  # Night frames are dark, day frames are not.
+  state = it.get_state()
+  want = next(it)
+  it.set_state(state)
+  got = next(it)
+  for key in want:
+    np.testing.assert_array_equal(want[key], got[key])
+
+
+def test_crop_and_flip_keep_frame_and_background_aligned():
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.random((6, 12, 16, 3)), jnp.float32)
+  bgs = images + 10.0  # Any misalignment would break the constant difference.
+  x, bg = dmgnie.crop_and_flip(jax.random.key(3), images, bgs, (8, 8), True)
+  assert x.shape == bg.shape == (6, 8, 8, 3)
+  np.testing.assert_allclose(np.asarray(bg - x), 10.0, atol=1e-5)
+  # Windows and flips vary over the batch, and every window is a crop of its own image.
+  crops = {np.asarray(x[i]).tobytes() for i in range(6)}
+  assert len(crops) > 1
+  for i in range(6):
+    src = np.asarray(images[i])
+    found = any(np.array_equal(np.asarray(x[i]), w) for oy in range(5) for ox in range(9)
+                for w in (src[oy:oy + 8, ox:ox + 8], src[oy:oy + 8, ox:ox + 8][:, ::-1]))
+    assert found, i
+
+
+def test_config_stages():
+  assert dmgnie_config.get_config("enhance").method == "dmgnie"
+  assert dmgnie_config.get_config().method == "dmgnie_segbmn"  # Stage 1 stays the default.
+  c = dmgnie_config.get_config("enhance")
+  assert (c.loss.cycle, c.loss.fgmap, c.loss.nce, c.loss.gan_mode) == (10.0, 1.0, 1.0, "log")
+  assert (c.optim.generator.lr, c.optim.generator.b1, c.optim.generator.b2) == (2e-4, 0.5, 0.999)
+  assert c.backgrounds.fallback == "none" and c.augment.crop == 256
+  with pytest.raises(ValueError, match="one stage"):
+    dmgnie_config.get_config("segbmn,enhance")
