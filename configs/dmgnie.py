@@ -16,11 +16,12 @@ Args (comma separated, e.g. `configs/dmgnie.py:segbmn,demo`):
           used by tests; motion masks (no mask files, no weights).
   demo    a CPU-sized stage 1 on the default synthetic videos (`data_pipelines.synthetic_video`, 160x90, two
           cameras, the hard cases on): native-size frames, K=8, a width-8 UNet, 2 clips per step, 600 steps at
-          lr 2e-3 (cosine), motion masks. Measured 10 min 29 s end to end (compile included) on 2 cores shared
-          with other jobs (load ~4). It does NOT beat the temporal median there (PSNR vs the ground truth, 32
-          frames: cam00 23.91 vs 24.77 dB, cam01 24.89 vs 26.28 dB): the masked mean that Eq. 2 computes from
-          motion masks is only ~0.3 dB above the median on these videos, and the 600-step network reproduces it
-          at ~30 dB PSNR (its blur costs ~1 dB).
+          lr 2e-3 (cosine), motion masks, D_BG refining the pixel-level masked mean (`model.image_skip`).
+          Measured (2 cores shared with other jobs, load ~4-6; 10-11 min alone) 18 min 57 s end to end, and PSNR
+          against the ground-truth background over 32 frames (`launch.background --eval_gt`): cam00 25.27 dB
+          (median 24.77, masked median knowing the true foreground 27.30), cam01 26.68 dB (median 26.28, oracle
+          27.71). Without `image_skip` the same run stays below the median (23.91 / 24.89 dB): a short training
+          reproduces the aggregated features only blurred.
   steps=N override the number of steps.
   With `enhance`: smoke = widths 8 (ngf, ndf, 2 resnet blocks), 48x64 frames cropped to 32x32, batch 8, 4 steps,
           median backgrounds computed at build, random VGG allowed; demo = see `_enhance`.
