@@ -17,7 +17,7 @@ Args (comma separated, e.g. `configs/dmgnie.py:segbmn,demo`):
   demo    a CPU-sized stage 1 on the default synthetic videos (`data_pipelines.synthetic_video`, 160x90, two
           cameras, the hard cases on): native-size frames, K=8, a width-8 UNet, 2 clips per step, 600 steps at
           lr 2e-3 (cosine), motion masks, D_BG refining the pixel-level masked mean (`model.image_skip`).
-          Measured (2 cores shared with other jobs, load ~4-6; 10-11 min alone) 18 min 57 s end to end, and PSNR
+          Measured on 2 cores shared with other jobs (load ~4-6): 18 min 57 s end to end (compile included), and PSNR
           against the ground-truth background over 32 frames (`launch.background --eval_gt`): cam00 25.27 dB
           (median 24.77, masked median knowing the true foreground 27.30), cam01 26.68 dB (median 26.28, oracle
           27.71). Without `image_skip` the same run stays below the median (23.91 / 24.89 dB): a short training
