@@ -81,6 +81,8 @@ _KEEP = flags.DEFINE_bool("keep_size", False, "Released mode: keep full input si
                           "(videos always keep their size).")
 flags.DEFINE_alias("keep-size", "keep_size")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to restore (default: newest).")
+_CAMERA = flags.DEFINE_string("camera", None, "DMGNIE runs: the camera whose stored background guides every input "
+                              "(default: each input's own camera, from its name, e.g. cam03_20240601T220000.mp4).")
 _VIDEO_BATCH = flags.DEFINE_integer("video_batch", 8, "Video frames enhanced per call (one compiled shape; "
                                     "memory holds about this many frames).", lower_bound=1)
 flags.DEFINE_alias("video-batch", "video_batch")
@@ -94,7 +96,7 @@ flags.mark_flags_as_required(["input", "output"])
 SOME_FAILED_EXIT = 1
 
 
-def _run_enhancer(workdir: str, step, scale_factor):
+def _run_enhancer(workdir: str, step, scale_factor, camera: str | None = None):
   import jax
   from lowlight_jax.inference import batch_enhance
   from lowlight_jax.train import evaluation, trainer
@@ -102,6 +104,8 @@ def _run_enhancer(workdir: str, step, scale_factor):
   config = _common.load_run_config(workdir)
   if scale_factor is not None:
     config.inference.scale_factor = scale_factor
+  if camera is not None:
+    config.inference.camera = camera
   setup = trainer.restore_for_inference(config, workdir, step)
   fn = trainer.make_enhance_fn(setup)(setup.state, setup.frozen)
   batch_fn = lambda batch: evaluation.quantize(jax.device_get(fn(batch)["enhanced"]))
@@ -182,6 +186,27 @@ def _scuf_enhancer(weights: str, sd_turbo: str, clip_image: str, direction: str,
                 "multiples of 8)")
 
 
+def _run_dmgnie(plan):
+  """A DMGNIE run: the inputs of each camera (`--camera`, else each input's own, from its name) are enhanced with
+  that camera's stored background, one restored enhancer per camera."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from data_pipelines import video  # pylint: disable=g-import-not-at-top
+  from lowlight_jax.inference import batch_enhance  # pylint: disable=g-import-not-at-top
+
+  groups: dict[str, list] = {}
+  for job in plan.jobs:
+    groups.setdefault(_CAMERA.value or video.camera_name(job.src), []).append(job)
+  total = None
+  for camera, jobs in groups.items():
+    print(f"  camera {camera}: {len(jobs)} input(s)")
+    enhancer = _run_enhancer(_WORKDIR.value, _STEP.value, _SCALE.value, camera)
+    part = batch_enhance.run_plan(enhancer, dataclasses.replace(plan, jobs=jobs, skipped=[]),
+                                  video_batch=_VIDEO_BATCH.value, progress=_PROGRESS.value)
+    total = part if total is None else dataclasses.replace(
+        total, **{f.name: getattr(total, f.name) + getattr(part, f.name) for f in dataclasses.fields(total)})
+  return dataclasses.replace(total, skipped=[job.src for job in plan.skipped])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -229,7 +254,9 @@ def main(argv):
     print(f"nothing to do: all {len(plan.skipped)} output(s) exist in {_OUTPUT.value}")
     return
 
-  if _WORKDIR.value is not None:
+  if _WORKDIR.value is not None and _common.load_run_config(_WORKDIR.value).method == "dmgnie":
+    report = _run_dmgnie(plan)
+  elif _WORKDIR.value is not None:
     enhancer = _run_enhancer(_WORKDIR.value, _STEP.value, _SCALE.value)
   elif scuf:
     enhancer = _scuf_enhancer(_WEIGHTS.value, _SD_TURBO.value, _CLIP_IMAGE.value, _DIRECTION.value, _PROMPT.value,
@@ -238,7 +265,8 @@ def main(argv):
     enhancer = _released_skf_enhancer(_METHOD.value, _WEIGHTS.value, _SEG_WEIGHTS.value, _SEG_VARIANT.value)
   else:
     enhancer = _released_enhancer(_METHOD.value, _WEIGHTS.value, _SCALE.value, _KEEP.value)
-  report = batch_enhance.run_plan(enhancer, plan, video_batch=_VIDEO_BATCH.value, progress=_PROGRESS.value)
+  if not (_WORKDIR.value is not None and _common.load_run_config(_WORKDIR.value).method == "dmgnie"):
+    report = batch_enhance.run_plan(enhancer, plan, video_batch=_VIDEO_BATCH.value, progress=_PROGRESS.value)
 
   written = [f"{len(report.written) - report.videos} image(s)"] if len(report.written) > report.videos else []
   if report.videos:

@@ -234,3 +234,28 @@ def test_config_stages():
   assert c.backgrounds.fallback == "none" and c.augment.crop == 256
   with pytest.raises(ValueError, match="one stage"):
     dmgnie_config.get_config("segbmn,enhance")
+
+
+def test_launch_enhance_finds_each_inputs_camera_background(smoke_run, tmp_path, run_module):
+  """`launch.enhance --workdir` on night frames named by the video convention: each input is enhanced with its own
+  camera's background (one restored enhancer per camera); `--camera` forces one camera for every input."""
+  from lowlight_jax.io import imageio  # pylint: disable=g-import-not-at-top
+  inputs = tmp_path / "night"
+  inputs.mkdir()
+  rng = np.random.default_rng(0)
+  for name in ("cam00_20240601T220000.png", "cam01_20240601T220100.png"):
+    imageio.write_png_atomic(inputs / name, (rng.random((48, 64, 3)) * 50).astype(np.uint8))
+  own, forced = tmp_path / "own", tmp_path / "forced"
+  result = run_module(["launch.enhance", "--workdir", str(smoke_run), "--input", str(inputs), "--output", str(own),
+                       "--noprogress"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "camera cam00: 1 input(s)" in result.stdout and "camera cam01: 1 input(s)" in result.stdout
+  assert "wrote 2 image(s)" in result.stdout
+  result = run_module(["launch.enhance", "--workdir", str(smoke_run), "--input", str(inputs), "--output", str(forced),
+                       "--camera", "cam00", "--noprogress"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "camera cam00: 2 input(s)" in result.stdout
+  name = "cam00_20240601T220000.png"
+  np.testing.assert_array_equal(imageio.read_image(own / name), imageio.read_image(forced / name))
+  other = "cam01_20240601T220100.png"  # The same night frame with the other camera's background differs.
+  assert not np.array_equal(imageio.read_image(own / other), imageio.read_image(forced / other))
