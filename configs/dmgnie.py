@@ -215,6 +215,7 @@ def _enhance(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       ngf=64, n_blocks=9,  # CycleGAN's resnet_9blocks generator (for 256 px crops).
       ndf=64, n_layers_d=3,  # The 70x70 PatchGAN.
       nce_layers=(0, 4, 8, 12, 16),  # CUT's --nce_layers: the paper's best setting uses 5 scales (models/cyclegan.py).
+      background_prior=True,  # G sees night (+) Y_BG (the paper); False: night only (ablation "w/o scene prior").
   ))
   c.localizer = ml_collections.ConfigDict(dict(
       encoder_layer="relu3_3",  # H/4, the resolution of G's deepest taps; mid-level features.
@@ -236,6 +237,8 @@ def _enhance(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       proj_features=256,  # CUT's --netF_nc.
       queries="input",  # Anchors from X's features (the paper); 'output' takes them from G(X)'s (CUT).
       detach_keys=True,  # Positives and negatives without gradient (CUT's feat_k.detach()).
+      anchors="foreground",  # Anchors ~ D_X (the paper); 'uniform': CUT's random patches (ablation "w/o FG map").
+      num_scales=0,  # 0: every nce_layer; k: the first k (the paper's S1..S5 scale ablation, shallowest first).
   ))
   c.loss = ml_collections.ConfigDict(dict(
       gan_mode="log",  # Eq. 9 as written (sigmoid cross-entropy); 'lsgan' is CycleGAN's / CUT's default.
@@ -257,9 +260,10 @@ def _enhance(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   ))
 
   # Adam at 2e-4 with betas (0.5, 0.999) for both groups: CycleGAN's and CUT's defaults (the paper defers its
-  # settings to an appendix we do not have). CycleGAN keeps the rate constant for half the run and then decays it
-  # linearly to 0; the trainer's schedules have no linear decay yet (constant here; see the method report).
-  opt = dict(optimizer="adam", lr=2e-4, b1=0.5, b2=0.999, schedule="constant", weight_decay=0.0, clip_norm=0.0)
+  # settings to an appendix we do not have), with CycleGAN's schedule: constant for the first half of the run,
+  # then linearly to 0 (its n_epochs = n_epochs_decay = 100, per step here).
+  opt = dict(optimizer="adam", lr=2e-4, b1=0.5, b2=0.999, schedule="linear_decay", decay_start=0.5,
+             weight_decay=0.0, clip_norm=0.0)
   c.optim = ml_collections.ConfigDict(dict(generator=dict(opt), discriminator=dict(opt)))
 
   # No paired targets: the trainer's periodic evaluation (PSNR/SSIM against references) does not apply; the paper

@@ -658,8 +658,13 @@ class SceneRenderer:
   has its own stream, so switching one on or off leaves the others' frames as they were.
   """
 
-  def __init__(self, cfg: SceneConfig, *, seed: int, camera: int, num_frames: int | None = None):
+  def __init__(self, cfg: SceneConfig, *, seed: int, camera: int, num_frames: int | None = None,
+               daylit: bool = False):
     self.cfg = cfg
+    # `daylit` (a night scene's reference): the night video's random streams (same traffic, parked vehicles and
+    # jitter, frame for frame) under daylight, without headlights, clouds or sensor noise.
+    self.daylit = daylit and cfg.night
+    self.lit_night = cfg.night and not self.daylit
     h, w = cfg.height, cfg.width
     stream = lambda *key: np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, camera,
                                                                                        *key])))
@@ -668,7 +673,7 @@ class SceneRenderer:
       _draw_stop_lines(self.layout, w)
     traffic_rng = stream(1, int(cfg.night))
     self.noise_rng = stream(2, int(cfg.night))
-    if cfg.night:
+    if self.lit_night:
       self.light = (cfg.ambient_night * _AMBIENT_COLOUR + self.layout.lamp_light * _LAMP_COLOUR)
       self.base = self.layout.albedo * self.light + self.layout.emissive_night
       self.noise = cfg.night_noise
@@ -713,7 +718,7 @@ class SceneRenderer:
       return False
     (fy, fx), (sy, sx) = box
     solid = o.solid[sy, sx]
-    lit = o.albedo[sy, sx] * self.light[fy, fx] if self.cfg.night else o.lit_day[sy, sx]
+    lit = o.albedo[sy, sx] * self.light[fy, fx] if self.lit_night else o.lit_day[sy, sx]
     np.copyto(img[fy, fx], lit, where=solid)
     mask[fy, fx] |= solid[..., 0]
     return True
@@ -740,7 +745,7 @@ class SceneRenderer:
     beams = []
     for o in self.traffic.objects:
       x0 = int(round(o.x))
-      if self._paint(img, mask, o, x0) and cfg.night and o.vehicle:
+      if self._paint(img, mask, o, x0) and self.lit_night and o.vehicle:
         beams.append((o, x0))
     for o, x0 in beams:
       oh, ow = o.alpha.shape
@@ -765,9 +770,10 @@ class SceneRenderer:
       mask = shift_image(mask, *self.offset)
     self.traffic.step()
     self.frame += 1
-    a, b = self.noise
-    noise = self.noise_rng.standard_normal(img.shape, dtype=np.float32)
-    img += np.sqrt(a * np.clip(img, 0, None) + b) * noise
+    if not self.daylit:
+      a, b = self.noise
+      noise = self.noise_rng.standard_normal(img.shape, dtype=np.float32)
+      img += np.sqrt(a * np.clip(img, 0, None) + b) * noise
     return _to_uint8(img), mask
 
 
@@ -1014,9 +1020,57 @@ def default_video_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Pat
   return target
 
 
-def render_frames(cfg: SceneConfig, num_frames: int, seed: int = 0,
-                  camera: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """The (frame, mask) stream `write_video` encodes, without encoding (for tests and notebooks)."""
-  renderer = SceneRenderer(cfg, seed=seed, camera=camera, num_frames=num_frames)
+def render_frames(cfg: SceneConfig, num_frames: int, seed: int = 0, camera: int = 0, *,
+                  daylit: bool = False, video_frames: int | None = None
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """The (frame, mask) stream `write_video` encodes, without encoding (for tests and notebooks).
+
+  `daylit` renders a night scene's day-lit reference (`SceneRenderer`); `video_frames` is the length of the video
+  the frames belong to (the parked vehicles' schedule; default `num_frames`).
+  """
+  renderer = SceneRenderer(cfg, seed=seed, camera=camera, num_frames=video_frames or num_frames, daylit=daylit)
   for _ in range(num_frames):
     yield renderer.next_frame()
+
+
+def generator_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
+  """What `write_video` stored in an MP4's `comment` tag ({'seed', 'camera', 'night', 'scene'?} plus the stream's
+  width, height, fps and num_frames), or None for a video this generator did not write."""
+  try:
+    with av.open(os.fspath(path)) as container:
+      comment = container.metadata.get('comment')
+      stream = container.streams.video[0]
+      size = dict(width=stream.codec_context.width, height=stream.codec_context.height,
+                  fps=float(stream.average_rate or stream.base_rate), num_frames=int(stream.frames))
+  except (av.error.FFmpegError, IndexError, OSError):
+    return None
+  try:
+    meta = json.loads(comment) if comment else None
+  except json.JSONDecodeError:
+    return None
+  if not isinstance(meta, dict) or meta.get('generator') != 'lowlight-jax synthetic_video':
+    return None
+  return {**meta, **size}
+
+
+def daylit_reference(path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray | None:
+  """Frames `indices` of a synthetic NIGHT video re-rendered under daylight (`SceneRenderer(daylit=True)`: the
+  same vehicles, pedestrians and camera offsets, frame for frame, lit by day, clean): uint8 (N, H, W, 3), the
+  reference a night-to-day enhancement of those frames is scored against. None for a day video or a video this
+  generator did not write (no reference exists)."""
+  meta = generator_metadata(path)
+  if meta is None or not meta.get('night'):
+    return None
+  scene = {k: tuple(v) if isinstance(v, list) else v for k, v in (meta.get('scene') or {}).items()}
+  cfg = SceneConfig(width=meta['width'], height=meta['height'], fps=meta['fps'], night=True, **scene)
+  wanted = {int(i): None for i in indices}
+  if not wanted:
+    return np.zeros((0, cfg.height, cfg.width, 3), np.uint8)
+  if min(wanted) < 0 or max(wanted) >= meta['num_frames']:
+    raise IndexError(f'frames {sorted(wanted)} out of range [0, {meta["num_frames"]}) in {os.fspath(path)!r}')
+  frames = render_frames(cfg, max(wanted) + 1, seed=meta['seed'], camera=meta['camera'], daylit=True,
+                         video_frames=meta['num_frames'])
+  for i, (frame, _) in enumerate(frames):
+    if i in wanted:
+      wanted[i] = frame
+  return np.stack([wanted[int(i)] for i in indices])

@@ -4,8 +4,10 @@ r"""A fixed camera's static background from a video: DMGNIE stage 1 (SegBMN) or 
       [--frames N] [--store DIR] [--size WxH] [--masks run|ground_truth|motion] [--step S]
       [--reference BG_gt.png | --eval_gt]
 
-Samples N frames spread over the whole video (the centres of N equal strata; decoded with
-`data_pipelines.video`, one forward seek per frame) and computes the background:
+Samples N frames spread over the video's DAYTIME frames (the daytime memory; by the project's day/night rule:
+the wall-clock timestamp in the file name or container against 7h-19h, else the median luma; `--split all` takes
+every frame), the centres of N equal strata, decoded with `data_pipelines.video` (one forward seek per frame), and
+computes the background:
   median  the per-pixel temporal median (`ops.background.temporal_median`; the default without --workdir);
   rpca    the median over frames of the low-rank part of Robust PCA (`ops.background.rpca`, inexact ALM);
   segbmn  the SegBMN of a run of `launch.train --config configs/dmgnie.py:segbmn` (its newest checkpoint, or
@@ -21,8 +23,8 @@ are written atomically. With --reference (a ground-truth background PNG) or --ev
 (`train.evaluation.image_metrics`).
 
 Prints one JSON line: {"camera", "method", "frames", "height", "width", "out", "store" [, "psnr", "ssim",
-"reference"]}. A video with no readable frame, a missing run or checkpoint, a reference of another size: one
-error line naming it (exit 2).
+"reference"]}. A video with no readable frame or no daytime frame, a missing run or checkpoint, a reference of
+another size: one error line naming it (exit 2).
 
 Frames are used at the video's size unless --size; SegBMN is fully convolutional, but it is best used at the
 scale it was trained at (the run's data.video.height/width, or the native size when those are 0).
@@ -44,7 +46,9 @@ _METHOD = flags.DEFINE_enum("method", None, METHODS, "Background model (default:
                             "median).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "segbmn: a run directory of configs/dmgnie.py:segbmn.")
 _STEP = flags.DEFINE_integer("step", None, "segbmn: checkpoint step (default: newest).")
-_FRAMES = flags.DEFINE_integer("frames", 32, "Frames sampled over the whole video.", lower_bound=1)
+_FRAMES = flags.DEFINE_integer("frames", 32, "Frames sampled over the video's daytime frames.", lower_bound=1)
+_SPLIT = flags.DEFINE_enum("split", "day", ["day", "all"],
+                           "day: only the daytime frames (the daytime memory); all: every frame.")
 _SIZE = flags.DEFINE_string("size", None, "WIDTHxHEIGHT to decode frames at (default: the video's size).")
 _MASKS = flags.DEFINE_enum("masks", "run", ["run", "ground_truth", "motion"],
                            "segbmn: mask source ('run': the run's masks.source).")
@@ -147,9 +151,12 @@ def main(argv):
   ref = imageio.read_image(reference) if reference else None
 
   try:
-    frames, indices = dmgnie_segbmn.sample_frames(video, _FRAMES.value, size=size)
+    frames, indices = dmgnie_segbmn.sample_frames(video, _FRAMES.value, size=size, split=_SPLIT.value)
   except video_lib.VideoDecodeError as e:
     raise errors.InputError(f"--video {video}: no readable frames ({e.reason})") from e
+  except dmgnie_segbmn.NoFramesOfSplitError as e:
+    raise errors.InputError(f"--video {e}; camera {camera}'s background is its daytime memory: give its day "
+                            "footage (or --split all)") from e
   h, w = frames.shape[1:3]
   if ref is not None and ref.shape[:2] != (h, w):
     raise errors.InputError(f"reference {reference} is {ref.shape[0]}x{ref.shape[1]} (HxW) but the frames are "

@@ -253,8 +253,13 @@ def main(argv):
   if not plan.jobs:
     print(f"nothing to do: all {len(plan.skipped)} output(s) exist in {_OUTPUT.value}")
     return
+  # The run's config is read after the output checks (a bad --output is refused before the run is read).
+  dmgnie = _WORKDIR.value is not None and _common.load_run_config(_WORKDIR.value).method == "dmgnie"
+  if _CAMERA.value is not None and not dmgnie:
+    raise app.UsageError("--camera is for --workdir runs of DMGNIE (method 'dmgnie'), whose inputs need their "
+                         "camera's background")
 
-  if _WORKDIR.value is not None and _common.load_run_config(_WORKDIR.value).method == "dmgnie":
+  if dmgnie:
     report = _run_dmgnie(plan)
   elif _WORKDIR.value is not None:
     enhancer = _run_enhancer(_WORKDIR.value, _STEP.value, _SCALE.value)
@@ -265,7 +270,7 @@ def main(argv):
     enhancer = _released_skf_enhancer(_METHOD.value, _WEIGHTS.value, _SEG_WEIGHTS.value, _SEG_VARIANT.value)
   else:
     enhancer = _released_enhancer(_METHOD.value, _WEIGHTS.value, _SCALE.value, _KEEP.value)
-  if not (_WORKDIR.value is not None and _common.load_run_config(_WORKDIR.value).method == "dmgnie"):
+  if not dmgnie:
     report = batch_enhance.run_plan(enhancer, plan, video_batch=_VIDEO_BATCH.value, progress=_PROGRESS.value)
 
   written = [f"{len(report.written) - report.videos} image(s)"] if len(report.written) > report.videos else []

@@ -26,6 +26,17 @@ at full size with the run's own inference (`trainer.make_enhance_fn`), writes th
 settings when it trained on embedded data); `--data FOLDER` is a paired folder with `low/` and
 `high/` subfolders matched by file stem (the run's `data.low_dir` / `data.high_dir` names).
 
+DMGNIE runs (night-to-day, per camera): `--data night_videos` takes `--frames` frames spread over each night video
+of the run's video folder (`night_videos:ROOT` another folder of the same cameras), decoded at the run's frame
+size, and enhances each with its camera's background (the run's `backgrounds.store`, or its median fallback).
+`reference/` holds each frame's day-lit reference where one exists (the synthetic videos: the same frame
+re-rendered under daylight, `synthetic_video.daylit_reference`); without references only the no-reference metrics
+are scored. FID compares the enhanced frames with `--frames` day frames of each of the same cameras (`day/`), as
+the paper scores night-to-day translation (BRISQUE, NIQE, FID, LPIPS):
+
+  python -m launch.evaluate --workdir RUN --data night_videos --metrics lpips,niqe,brisque,fid \
+      --fid_weights pt_inception-2015-12-05-6726825d.pth --out REPORT.json --html REPORT.html
+
 Several `--workdir NAME=RUN` flags compare runs: each is enhanced and scored as above (its PNGs under
 `--out_dir/NAME`), the low-light inputs are scored against the same references, and the JSON report is
 `{"data", "metrics", "input": {"mean", "set"}, "runs": {NAME: run report}}`, printed as one table (the
@@ -46,7 +57,9 @@ _WORKDIR = flags.DEFINE_multi_string("workdir", None,
                                       "Run mode: a run directory written by launch.train; repeat as NAME=RUN "
                                       "to compare runs side by side.")
 _DATA = flags.DEFINE_string("data", "embedded_test",
-                            "Run mode: 'embedded_test' or a paired FOLDER with low/ and high/.")
+                            "Run mode: 'embedded_test', a paired FOLDER with low/ and high/, or (DMGNIE runs) "
+                            "'night_videos' / 'night_videos:ROOT'.")
+_FRAMES = flags.DEFINE_integer("frames", 8, "--data night_videos: frames per night (and day) video.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None,
                                "Run mode: keep the enhanced/, reference/ and input/ PNGs here.")
 flags.DEFINE_alias("out-dir", "out_dir")
@@ -92,11 +105,70 @@ def _run_data_config(config, data: str):
   return cfg
 
 
-def enhance_run(workdir: str, data: str, out_dir: str, step: int | None = None) -> dict[str, str]:
+NIGHT_VIDEOS = "night_videos"
+
+
+def _output_dirs(out_dir: str, keys=(("pred", "enhanced"), ("ref", "reference"), ("inputs", "input"))
+                 ) -> dict[str, str]:
+  dirs = {k: os.path.join(out_dir, sub) for k, sub in keys}
+  for d in dirs.values():
+    if os.path.isdir(d) and os.listdir(d):
+      raise errors.OutputError(f"--out_dir: {d} is not empty (stale images would be scored); choose a new "
+                               "--out_dir")
+  return dirs
+
+
+def enhance_night_videos(workdir: str, data: str, out_dir: str, step: int | None = None, frames: int = 8
+                         ) -> dict[str, str | None]:
+  """`--data night_videos[:ROOT]` for a DMGNIE run (module docstring): writes enhanced/, input/, reference/ (where
+  day-lit references exist) and day/ PNGs; returns them keyed 'pred', 'inputs', 'ref' and 'day' (None when empty)."""
+  import jax
+  from lowlight_jax.io import imageio
+  from lowlight_jax.methods import dmgnie
+  from lowlight_jax.train import evaluation
+  from lowlight_jax.train import trainer
+
+  config = _common.load_run_config(workdir)
+  if config.method != "dmgnie":
+    raise errors.InputError(f"--data {data}: night videos are scored for DMGNIE runs (camera backgrounds); "
+                            f"{workdir} is a {config.method} run")
+  root = data.partition(":")[2] or None
+  if root is not None and not os.path.isdir(root):
+    raise errors.InputError(f"--data {data}: {root} is not a folder")
+  dirs = _output_dirs(out_dir, (("pred", "enhanced"), ("ref", "reference"), ("inputs", "input"), ("day", "day")))
+  test = dmgnie.night_test_frames(config, root, frames_per_video=frames)
+  cameras = sorted({e["camera"] for e in test})
+  day = dmgnie.day_test_frames(config, root, frames_per_video=frames, cameras=cameras)
+  for d in dirs.values():
+    os.makedirs(d, exist_ok=True)
+  write = lambda key, name, img: imageio.write_png_atomic(os.path.join(dirs[key], f"{name}.png"),
+                                                          evaluation.quantize(img))
+  for camera in cameras:
+    cam_config = _common.load_run_config(workdir)
+    cam_config.inference.camera = camera
+    setup = trainer.restore_for_inference(cam_config, workdir, step)
+    enhance = trainer.make_enhance_fn(setup)(setup.state, setup.frozen)
+    for element in (e for e in test if e["camera"] == camera):
+      write("pred", element["name"], jax.device_get(enhance(element["low"][None])["enhanced"][0]))
+      write("inputs", element["name"], element["low"])
+      if element["high"] is not None:
+        write("ref", element["name"], element["high"])
+  for element in day:
+    write("day", element["name"], element["image"])
+  print(f"enhanced {len(test)} night frame(s) of {len(cameras)} camera(s) with {workdir}; "
+        f"{sum(e['high'] is not None for e in test)} with a day-lit reference; {len(day)} day frame(s) for FID")
+  return {k: (d if os.listdir(d) else None) for k, d in dirs.items()}
+
+
+def enhance_run(workdir: str, data: str, out_dir: str, step: int | None = None, frames: int = 8
+                ) -> dict[str, str | None]:
   """Enhances `data`'s test images with a run; writes enhanced/, reference/ and input/ PNGs.
 
-  Returns the three folders keyed 'pred', 'ref' and 'inputs'. They must be new or empty.
+  Returns the three folders keyed 'pred', 'ref' and 'inputs' (and 'day' for `--data night_videos`, whose 'ref'
+  may be None). They must be new or empty.
   """
+  if data == NIGHT_VIDEOS or data.startswith(NIGHT_VIDEOS + ":"):
+    return enhance_night_videos(workdir, data, out_dir, step, frames)
   import jax
   import numpy as np
   from data_pipelines import pipeline
@@ -105,12 +177,7 @@ def enhance_run(workdir: str, data: str, out_dir: str, step: int | None = None) 
   from lowlight_jax.train import trainer
 
   config = _common.load_run_config(workdir)
-  dirs = {k: os.path.join(out_dir, sub) for k, sub in
-          (("pred", "enhanced"), ("ref", "reference"), ("inputs", "input"))}
-  for d in dirs.values():
-    if os.path.isdir(d) and os.listdir(d):
-      raise errors.OutputError(f"--out_dir: {d} is not empty (stale images would be scored); choose a new "
-                               "--out_dir")
+  dirs = _output_dirs(out_dir)
   eval_set = pipeline.make_eval_set(_run_data_config(config, data), split="test")
   if not eval_set:
     raise errors.InputError(f"--data: no images to evaluate in {data!r}")
@@ -147,23 +214,39 @@ def parse_workdirs(items: list[str]) -> list[tuple[str, str]]:
   return out
 
 
-def compare_runs(runs: list[tuple[str, str]], data: str, out_dir: str, step: int | None, evaluate_kwargs: dict
-                 ) -> dict:
+def scoring_kwargs(dirs: dict, evaluate_kwargs: dict) -> dict:
+  """`evaluate_kwargs` for the folders `enhance_run` wrote: FID against `day/` where there is one, and without
+  references (night videos of real cameras) only the no-reference and set-level metrics."""
+  from lowlight_jax.metrics import evaluate
+
+  out = dict(evaluate_kwargs)
+  if dirs.get("day"):
+    out["fid_ref_dir"] = dirs["day"]
+  if dirs.get("ref") is None and "day" in dirs:
+    dropped = [m for m in out["metrics"] if m in evaluate.FULL_REFERENCE]
+    if dropped:
+      print(f"no day-lit references for these frames: {', '.join(dropped)} not scored")
+    out["metrics"] = [m for m in out["metrics"] if m not in evaluate.FULL_REFERENCE]
+  return out
+
+
+def compare_runs(runs: list[tuple[str, str]], data: str, out_dir: str, step: int | None, evaluate_kwargs: dict,
+                 frames: int = 8) -> dict:
   """Enhances and scores every run on the same images, and the inputs against the same references."""
   from lowlight_jax.metrics import evaluate
 
   reports, images, first = {}, None, None
   for name, workdir in runs:
-    dirs = enhance_run(workdir, data, os.path.join(out_dir, name), step)
-    names = sorted(os.listdir(dirs["ref"]))
+    dirs = enhance_run(workdir, data, os.path.join(out_dir, name), step, frames)
+    names = sorted(os.listdir(dirs["inputs"]))
     if images is not None and names != images:
       raise errors.InputError(f"--workdir {name}={workdir} enhanced other images than {runs[0][0]} (different "
                               "data settings); compare runs on a shared --data FOLDER")
     images, first = names, first or dirs
     reports[name] = evaluate.evaluate_folders(dirs["pred"], dirs["ref"], input_dir=dirs["inputs"],
-                                              **evaluate_kwargs)
-  inputs = evaluate.evaluate_folders(first["inputs"], first["ref"], **evaluate_kwargs)
-  return {"data": data, "metrics": list(evaluate_kwargs["metrics"]),
+                                              **scoring_kwargs(dirs, evaluate_kwargs))
+  inputs = evaluate.evaluate_folders(first["inputs"], first["ref"], **scoring_kwargs(first, evaluate_kwargs))
+  return {"data": data, "metrics": list(scoring_kwargs(first, evaluate_kwargs)["metrics"]),
           "input": {"mean": inputs["mean"], "set": inputs["set"]}, "runs": reports}
 
 
@@ -232,7 +315,7 @@ def main(argv):
     kwargs = dict(metrics=_METRICS.value, protocol=evaluate.Protocol(crop_border=_CROP.value, channel=_CHANNEL.value),
                   fid_weights=_FID_WEIGHTS.value, progress=_PROGRESS.value)
     with tempfile.TemporaryDirectory(prefix="lowlight_eval_") as tmp:
-      report = compare_runs(runs, _DATA.value, _OUT_DIR.value or tmp, _STEP.value, kwargs)
+      report = compare_runs(runs, _DATA.value, _OUT_DIR.value or tmp, _STEP.value, kwargs, _FRAMES.value)
     atomic_io.write_json_atomic(_OUT.value, report)
     _print_table(report)
     print(f"wrote {_OUT.value}")
@@ -242,14 +325,15 @@ def main(argv):
   # (launch._common.run).
   with tempfile.TemporaryDirectory(prefix="lowlight_eval_") as tmp:
     if workdirs:
-      dirs = enhance_run(parse_workdirs(workdirs)[0][1], _DATA.value, _OUT_DIR.value or tmp, _STEP.value)
+      dirs = enhance_run(parse_workdirs(workdirs)[0][1], _DATA.value, _OUT_DIR.value or tmp, _STEP.value,
+                         _FRAMES.value)
     else:
       dirs = {"pred": _PRED.value, "ref": _REF.value, "inputs": _INPUTS.value}
-    report = evaluate.evaluate_folders(
-        dirs["pred"], dirs["ref"], metrics=_METRICS.value, input_dir=dirs["inputs"],
-        protocol=evaluate.Protocol(crop_border=_CROP.value, channel=_CHANNEL.value),
-        out_json=_OUT.value, out_html=_HTML.value, fid_weights=_FID_WEIGHTS.value,
-        grid_limit=_GRID.value, progress=_PROGRESS.value)
+    kwargs = scoring_kwargs(dirs, dict(
+        metrics=_METRICS.value, protocol=evaluate.Protocol(crop_border=_CROP.value, channel=_CHANNEL.value),
+        fid_weights=_FID_WEIGHTS.value, progress=_PROGRESS.value))
+    report = evaluate.evaluate_folders(dirs["pred"], dirs["ref"], input_dir=dirs["inputs"], out_json=_OUT.value,
+                                       out_html=_HTML.value, grid_limit=_GRID.value, **kwargs)
   means = ", ".join(f"{k}={v:.4f}" for k, v in report["mean"].items() if v is not None)
   sets = ", ".join(f"{k}={v:.4f}" for k, v in report["set"].items() if v is not None)
   print(f"{len(report['images'])} image(s): {means}{'; ' + sets if sets else ''}")

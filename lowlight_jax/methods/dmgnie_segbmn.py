@@ -273,10 +273,18 @@ def frame_indices(num_frames: int, count: int) -> list[int]:
   return sorted({min(num_frames - 1, int((i + 0.5) * num_frames / count)) for i in range(count)})
 
 
-def sample_frames(path: str | os.PathLike, count: int, *, size: tuple[int, int] | None = None
-                  ) -> tuple[np.ndarray, list[int]]:
+class NoFramesOfSplitError(ValueError):
+  """A video has no frame of the asked split (e.g. no daytime frame for a daytime background)."""
+
+
+def sample_frames(path: str | os.PathLike, count: int, *, size: tuple[int, int] | None = None,
+                  split: str = "all", options: Any = None) -> tuple[np.ndarray, list[int]]:
   """`count` frames spread over the whole video (`frame_indices`), decoded with `data_pipelines.video`
   (container index, one forward seek per frame at most), as float32 (N, H, W, 3) in [0, 1].
+
+  `split` 'day' / 'night' spreads them over that split's frames only, by the project's rule (`VideoIndex`: the
+  wall-clock timestamp against `day_hours`, else the median luma; `options`, a `VideoOptions`, sets them), and
+  raises `NoFramesOfSplitError` naming the file when it has none.
 
   `size` = (height, width) resizes in the decoder (area). Frames that fail to decode are skipped with a
   warning. Raises `data_pipelines.video.VideoDecodeError` (naming the file) when the video cannot be
@@ -288,10 +296,22 @@ def sample_frames(path: str | os.PathLike, count: int, *, size: tuple[int, int] 
   from data_pipelines import video as video_lib  # pylint: disable=g-import-not-at-top (grain, av)
   path = os.fspath(path)
   info = video_lib.probe_video(path)
+  if split == "all":
+    wanted = frame_indices(info.num_frames, count)
+  else:
+    opts = dataclasses.replace(options or video_lib.VideoOptions(), split=split, size=None)
+    index = video_lib.VideoIndex([path], opts)
+    allowed = [f for seg in index.segments for f in range(seg.start, seg.end)]
+    if not allowed:
+      rule = (f"{'night' if split == 'day' else 'day'} by its timestamp (day = {opts.day_hours[0]:g}h to "
+              f"{opts.day_hours[1]:g}h)" if info.wall_time(0.0) is not None else
+              f"{'dark' if split == 'day' else 'bright'} (median luma vs {opts.luma_threshold:g}; no timestamp)")
+      raise NoFramesOfSplitError(f"{path}: no {'daytime' if split == 'day' else 'night'} frames (the video is {rule})")
+    wanted = [allowed[i] for i in frame_indices(len(allowed), count)]
   decoder = video_lib.FrameDecoder(info, size=size)
   frames, kept, failures = [], [], []
   try:
-    for index in frame_indices(info.num_frames, count):
+    for index in wanted:
       try:
         frames.append(video_lib.to_float(decoder.read_frame(index)))
         kept.append(index)
@@ -362,7 +382,7 @@ def evaluate_videos(method: Method, params: PyTree, frozen: PyTree, videos: Sequ
     reference = ground_truth_paths(video)["background"]
     if reference is None:
       continue
-    frames, _ = sample_frames(video, num_frames)
+    frames, _ = sample_frames(video, num_frames, split="day")  # As `launch.background` samples them.
     ref = imageio.read_image(reference)
     bg = np.asarray(jax.device_get(fn(params, frozen, jnp.asarray(frames)[None])))[0]
     rec = background_metrics(bg, ref)

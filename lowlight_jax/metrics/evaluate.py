@@ -9,7 +9,8 @@ report), writes the JSON report atomically and, if asked, an HTML report with a 
 input / output / reference crops embedded as base64 JPEG thumbnails.
 
 Report layout (JSON):
-  {"pred_dir", "ref_dir", "input_dir", "metrics": [...], "protocol": {...},
+  {"pred_dir", "ref_dir", "input_dir", "metrics": [...], "fid_ref_dir" (what FID compared with; null without fid),
+   "protocol": {...},
    "mean": {metric: value}, "count": {metric: number of images averaged},
    "images": {stem: {"pred": path, "ref": path | null, metric: value, ...,
                      "error": msg (only on failure)}},
@@ -199,7 +200,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike | N
                      out_json: str | os.PathLike | None = None,
                      out_html: str | os.PathLike | None = None,
                      fid_weights: str | os.PathLike | None = None, grid_limit: int = 24,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, fid_ref_dir: str | os.PathLike | None = None) -> dict[str, Any]:
   """Scores every image of `pred_dir` and returns (and optionally writes) the report described
   above.
 
@@ -215,12 +216,14 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike | N
     fid_weights: pt_inception-2015-12-05 .pth weights, required for 'fid'.
     grid_limit: images shown in the HTML grid.
     progress: show a tqdm progress bar.
+    fid_ref_dir: the images FID compares the predictions with (default: every image of `ref_dir`), e.g. day frames
+      of the same cameras for night-to-day enhancement, whose references are not a distribution to match.
   """
   metrics = list(dict.fromkeys(metrics))
   unknown = [m for m in metrics if m not in METRICS]
   if unknown:
     raise errors_lib.ConfigError(f'unknown metrics {unknown}; choose from {list(METRICS)}')
-  needs_ref = [m for m in metrics if m in FULL_REFERENCE + SET_LEVEL]
+  needs_ref = [m for m in metrics if m in FULL_REFERENCE or (m in SET_LEVEL and fid_ref_dir is None)]
   if needs_ref and ref_dir is None:
     raise errors_lib.ConfigError(f'metrics {needs_ref} need reference images (--ref)')
   if 'fid' in metrics and fid_weights is None:
@@ -285,7 +288,10 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike | N
   set_values: dict[str, Any] = {}
   if fid_model is not None:
     from lowlight_jax.metrics import fid  # pylint: disable=g-import-not-at-top
-    for name, path in tqdm.tqdm(refs.items(), desc='fid refs', unit='img', disable=not progress):
+    fid_refs = refs if fid_ref_dir is None else list_images(fid_ref_dir)
+    if not fid_refs:
+      raise errors_lib.InputError(f'fid: no image files in {fid_ref_dir if fid_ref_dir is not None else ref_dir}')
+    for name, path in tqdm.tqdm(fid_refs.items(), desc='fid refs', unit='img', disable=not progress):
       try:
         ref_feats.append(fid_model(read_rgb8(path)))
       except ValueError as e:
@@ -300,6 +306,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike | N
   report = {
       'pred_dir': str(pred_dir), 'ref_dir': None if ref_dir is None else str(ref_dir),
       'input_dir': None if input_dir is None else str(input_dir), 'metrics': metrics,
+      'fid_ref_dir': str(fid_ref_dir if fid_ref_dir is not None else ref_dir) if fid_model is not None else None,
       'protocol': {'data_range': 255, 'crop_border': protocol.crop_border,
                    'psnr_ssim_channel': protocol.channel,
                    'niqe_brisque': 'official MATLAB: rgb2gray of the 8-bit image',

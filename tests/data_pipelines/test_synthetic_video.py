@@ -365,3 +365,30 @@ def test_default_set_cache_is_keyed_by_version_and_scene(tmp_path, monkeypatch):
   monkeypatch.setattr(synthetic_video, "DEFAULT_SET", {**small, "scene": {}})
   plain = synthetic_video.default_video_dir(tmp_path)
   assert plain != hard and len(list(plain.glob("*.mp4"))) == 2
+
+
+def test_daylit_reference_is_the_night_frame_under_daylight(tmp_path):
+  """A night video's reference: the same objects at the same places (identical masks, camera jitter included), lit
+  by day, clean (where nothing covers the scene: the day background exactly); read back from the MP4's generator
+  tag. A day video has none."""
+  scene = dict(width=64, height=48, fps=10, vehicle_rate=0.6, parked_vehicles=2)
+  n = 30
+  for jitter in (0.5, 0.0):
+    cfg = synthetic_video.SceneConfig(night=True, jitter=jitter, **scene)
+    night = list(synthetic_video.render_frames(cfg, n, seed=2, camera=1))
+    lit = list(synthetic_video.render_frames(cfg, n, seed=2, camera=1, daylit=True))
+    assert sum(m.sum() for _, m in night) > 0
+    for (nf, nm), (df, dm) in zip(night, lit):
+      np.testing.assert_array_equal(nm, dm)
+      assert df.mean() > 2 * nf.mean()
+  day = synthetic_video.SceneConfig(night=False, **scene)
+  day_bg = synthetic_video.SceneRenderer(day, seed=2, camera=1).background_uint8
+  for frame, mask in lit:
+    np.testing.assert_array_equal(frame[~mask], day_bg[~mask])
+  written = synthetic_video.write_video(tmp_path, cfg, num_frames=n, seed=2, camera=1, preset="ultrafast")
+  ref = synthetic_video.daylit_reference(written.video, [17, 3])
+  np.testing.assert_array_equal(ref, np.stack([lit[17][0], lit[3][0]]))
+  day_video = synthetic_video.write_video(tmp_path, day, num_frames=4, seed=2, camera=1, preset="ultrafast")
+  assert synthetic_video.daylit_reference(day_video.video, [0]) is None
+  with pytest.raises(IndexError, match="out of range"):
+    synthetic_video.daylit_reference(written.video, [n])

@@ -54,10 +54,14 @@ def test_median_and_rpca_backgrounds_are_written_stored_and_scored(video, tmp_pa
   assert rpca["method"] == "rpca" and rpca["store"] is None and rpca["psnr"] > 25
 
 
-@pytest.mark.parametrize("case", ["not_a_video", "no_run", "no_checkpoint"])
+@pytest.mark.parametrize("case", ["not_a_video", "night_video", "no_run", "no_checkpoint"])
 def test_bad_inputs_are_one_error_line_naming_them(case, video, tmp_path, run_module):
   args, needle = ["--video", str(video.video), "--out", str(tmp_path / "bg.png")], None
-  if case == "not_a_video":
+  if case == "night_video":  # No daytime frame (22:00 by its name): no daytime memory to extract.
+    cfg = synthetic_video.SceneConfig(width=32, height=24, fps=10.0, night=True)
+    night = synthetic_video.write_video(tmp_path, cfg, num_frames=10, seed=3, camera=2).video
+    args[1], needle = str(night), f"--video {night}: no daytime frames (the video is night by its timestamp"
+  elif case == "not_a_video":
     bad = tmp_path / "cam05_20240601T120000.mp4"
     bad.write_bytes(b"these bytes are not a video")
     args[1], needle = str(bad), f"--video {bad}: no readable frames"

@@ -120,3 +120,12 @@ def test_tiny_and_broken_images_fail_by_name_the_rest_is_written(tmp_path, run_m
   assert len(failed) == 2
   assert any("b_tiny.png" in line and "1x1" in line and "--keep-size" in line for line in failed)
   assert any("broken.jpg" in line for line in failed)
+
+
+def test_camera_flag_is_refused_for_methods_without_backgrounds(tmp_path, run_module, not_weights):
+  src = tmp_path / "in"
+  _photos(src)
+  result = run_module(["launch.enhance", "--method", "sgz", "--weights", not_weights, "--input", str(src),
+                       "--output", str(tmp_path / "out"), "--camera", "cam00"])
+  _refused(result, "--camera", "DMGNIE")
+  assert not (tmp_path / "out").exists()

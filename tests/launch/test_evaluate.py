@@ -178,6 +178,13 @@ def test_fid_is_a_set_level_value(folders, monkeypatch):
                                feats(folders["ref"], ["broken", "img0", "img1", "img2"]))
   assert report["set"]["fid"] == pytest.approx(want, rel=1e-9)
   assert report["mean"] == {} and [e["name"] for e in report["errors"]] == ["broken"]
+  # Night-to-day (DMGNIE): FID against another distribution (day frames), no references needed.
+  report = evaluate.evaluate_folders(folders["pred"], None, metrics=["fid"], fid_weights="w.pth",
+                                     fid_ref_dir=folders["inputs"], progress=False)
+  inputs = np.stack([np.asarray(Image.open(folders["inputs"] / f"img{i}.jpg").convert("RGB")).reshape(-1, 3).mean(0)
+                     for i in range(3)])
+  want = fid.fid_from_features(feats(folders["pred"], ["extra", "img0", "img1", "img2"]), inputs)
+  assert report["set"]["fid"] == pytest.approx(want, rel=1e-9) and report["fid_ref_dir"] == str(folders["inputs"])
 
 
 # --- Run mode: `--workdir RUN --data {embedded_test,FOLDER}` ------------------------------------

@@ -1,10 +1,12 @@
 """The SKF methods through launch.train's loop (`trainer.train_and_evaluate`) on their smoke configs, 8 fake
 devices: every loss term logged to TensorBoard at every logged step, checkpoints, and a resume from the step-2
 checkpoint that ends bitwise equal to the uninterrupted run. The `skf_resume_check` fixture gives each method's test
-file the check (one file per method, so the test runner's workers share them out)."""
+file the check (one file per method, so the test runner's workers share them out); `run_checks` gives every method's
+smoke-run test the resume and TensorBoard checks."""
 
 import importlib
 import shutil
+import types
 
 import jax
 import numpy as np
@@ -36,39 +38,60 @@ def _config(method):
   return config
 
 
-def check_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(method, tmp_path):
-  full, resumed = tmp_path / "full", tmp_path / "resumed"
-  trainer.train_and_evaluate(_config(method), str(full))
+def resume_from_step_2(make_config, full, tmp_path):
+  """The finished 4-step run `full` (checkpoints at 2 and 4), interrupted after its step-2 checkpoint (a copy without
+  checkpoints/4) and resumed with `make_config()`: asserts the resumed run ends bitwise equal (params, optimizer and
+  model state) and returns (the uninterrupted run's final state, its step-2 state)."""
   checkpointer = ckpt_lib.Checkpointer(str(full))
   assert checkpointer.all_steps() == [2, 4]
   checkpointer.close()
-  # The same run interrupted after its step-2 checkpoint, then resumed.
+  resumed = tmp_path / "resumed"
   shutil.copytree(full, resumed)
   shutil.rmtree(resumed / "checkpoints" / "4")
-  trainer.train_and_evaluate(_config(method), str(resumed))
-
-  a, b = (jax.device_get(trainer.restore_train_state(_config(method), str(d))) for d in (full, resumed))
+  trainer.train_and_evaluate(make_config(), str(resumed))
+  a, b = (jax.device_get(trainer.restore_train_state(make_config(), str(d))) for d in (full, resumed))
+  mid = jax.device_get(trainer.restore_train_state(make_config(), str(full), 2))
   assert int(a.step) == int(b.step) == 4
+  for x, y in zip(jax.tree.leaves((a.params, a.opt_state, a.model_state)),
+                  jax.tree.leaves((b.params, b.opt_state, b.model_state))):
+    np.testing.assert_array_equal(x, y)
+  return a, mid
+
+
+def logged_terms(workdir, terms, count=2):
+  """{term: values} of `train/<term>` in the run's TensorBoard events, each logged `count` times and finite."""
+  events = event_accumulator.EventAccumulator(str(workdir))
+  events.Reload()
+  out = {}
+  for term in terms:
+    values = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(f"train/{term}")]
+    assert len(values) == count and all(np.isfinite(values)), (term, values)
+    out[term] = values
+  return out
+
+
+@pytest.fixture
+def run_checks():
+  """`resume_from_step_2` and `logged_terms`, for the methods' smoke-run tests."""
+  return types.SimpleNamespace(resume_from_step_2=resume_from_step_2, logged_terms=logged_terms)
+
+
+def check_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(method, tmp_path):
+  full = tmp_path / "full"
+  trainer.train_and_evaluate(_config(method), str(full))
+  a, mid = resume_from_step_2(lambda: _config(method), full, tmp_path)
   # Every group trained between the checkpoints (DRBN: the generator/discriminator step of one shared forward).
-  mid = jax.device_get(trainer.restore_train_state(_config(method), str(full), 2))
   assert set(a.params) == set(GROUPS[method])
   for group in GROUPS[method]:
     assert any(np.any(x != y) for x, y in zip(jax.tree.leaves(mid.params[group]), jax.tree.leaves(a.params[group])))
   assert int(a.opt_state["enhancer"][0].count) == 4
   if method == "skf_drbn":  # D was re-created before the 4th update: its Adam state has seen one update.
     assert int(a.opt_state["discriminator"][0].count) == 1
-  for x, y in zip(jax.tree.leaves((a.params, a.opt_state, a.model_state)),
-                  jax.tree.leaves((b.params, b.opt_state, b.model_state))):
-    np.testing.assert_array_equal(x, y)
-
-  events = event_accumulator.EventAccumulator(str(full))
-  events.Reload()
-  for term in TERMS[method]:
-    values = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(f"train/{term}")]
-    assert len(values) == 2 and all(np.isfinite(values)), term  # Logged at steps 2 and 4.
+  logged_terms(full, TERMS[method])  # Logged at steps 2 and 4.
   # Random-init sanity (the He-normal HRNet, see skf_common.init_hrnet): no exploding first updates.
-  grad_norms = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors("train/enhancer/grad_norm")]
-  assert max(grad_norms) < 1e4 if method == "skf_drbn" else all(np.isfinite(grad_norms))
+  grad_norms = logged_terms(full, ["enhancer/grad_norm"])["enhancer/grad_norm"]
+  if method == "skf_drbn":
+    assert max(grad_norms) < 1e4
 
 
 @pytest.fixture

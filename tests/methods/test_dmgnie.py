@@ -3,21 +3,18 @@ every Eq. 10 term and both discriminator terms logged at every logged step, chec
 checkpoint that ends bitwise equal to the uninterrupted run, every trained part changing; inference with a camera's
 background; the background store's one-line errors; the day/night source; the paired crop."""
 
-import shutil
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.util import tensor_util
 
 from configs import dmgnie as dmgnie_config
 from data_pipelines import pipeline
 from lowlight_jax import errors
 from lowlight_jax.io import backgrounds
 from lowlight_jax.methods import dmgnie
-from lowlight_jax.train import checkpoint as ckpt_lib
 from lowlight_jax.train import trainer
 
 TERMS = ("generator/loss", "generator/loss_gan_g", "generator/loss_gan_f", "generator/loss_cycle",
@@ -43,18 +40,9 @@ def smoke_run(tmp_path_factory):
   return workdir
 
 
-def test_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(smoke_run, tmp_path):
-  checkpointer = ckpt_lib.Checkpointer(str(smoke_run))
-  assert checkpointer.all_steps() == [2, 4]
-  checkpointer.close()
-  resumed = tmp_path / "resumed"
-  shutil.copytree(smoke_run, resumed)
-  shutil.rmtree(resumed / "checkpoints" / "4")
-  trainer.train_and_evaluate(_config(), str(resumed))
-
-  a, b = (jax.device_get(trainer.restore_train_state(_config(), str(d))) for d in (smoke_run, resumed))
-  mid = jax.device_get(trainer.restore_train_state(_config(), str(smoke_run), 2))
-  assert int(a.step) == int(b.step) == 4 and set(a.params) == {"generator", "discriminator"}
+def test_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(smoke_run, tmp_path, run_checks):
+  a, mid = run_checks.resume_from_step_2(_config, smoke_run, tmp_path)  # tests/methods/conftest.py
+  assert set(a.params) == {"generator", "discriminator"}
   # Every trained part moved between the checkpoints: G and F (GAN, cycle, NCE), the projectors f / f_BG (Eq. 4),
   # the PatchNCE MLPs (Eqs. 5-8), both discriminators.
   parts = [("generator", k) for k in ("G", "F", "localizer", "projector")] + [("discriminator", "D_G"),
@@ -62,15 +50,8 @@ def test_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(smoke_run, tm
   for group, part in parts:
     assert any(np.any(x != y) for x, y in zip(jax.tree.leaves(mid.params[group][part]),
                                               jax.tree.leaves(a.params[group][part]))), (group, part)
-  for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
-    np.testing.assert_array_equal(x, y)
-
-  events = event_accumulator.EventAccumulator(str(smoke_run))
-  events.Reload()
-  for term in TERMS:
-    values = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(f"train/{term}")]
-    assert len(values) == 2 and all(np.isfinite(values)), term  # Logged at steps 2 and 4.
-  first = lambda term: float(tensor_util.make_ndarray(events.Tensors(f"train/{term}")[0].tensor_proto))
+  values = run_checks.logged_terms(smoke_run, TERMS)  # Logged at steps 2 and 4.
+  first = lambda term: values[term][0]
   # Near-chance discriminators at the start (log-GAN: ln 2 ~ 0.69 per D); the InfoNCE of unit vectors lies in
   # (0, ln(1 + N e^(2 / tau))) (N = 16 negatives, tau = 0.07).
   assert 0.3 < first("discriminator/loss_d_g") < 1.2 and 0.3 < first("discriminator/loss_d_f") < 1.2
@@ -117,6 +98,41 @@ def test_gradients_reach_only_the_parts_each_term_trains():
   fgmap, nce = (norms(g) for g in grads(gp))
   assert fgmap["localizer"] > 0 and fgmap["G"] == fgmap["F"] == fgmap["projector"] == 0, fgmap
   assert nce["G"] > 0 and nce["projector"] > 0 and nce["F"] == nce["localizer"] == 0, nce
+
+
+def test_ablation_sweep_variants_build_what_they_ablate():
+  """configs/sweeps/dmgnie_ablation.py on the smoke config: every field exists, and each variant's networks and
+  Eq. 10 terms are the ablated ones (traced, not compiled)."""
+  from launch import _config as launch_config
+  from launch import sweep
+  variants = launch_config.load_sweep("dmgnie_ablation", flag="--sweep")
+  assert len(variants) == 8 and variants[0] == {}
+  sweep.check_fields("configs/dmgnie.py:enhance,smoke", variants)
+  d_proj = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 6)), jnp.float32)
+  for overrides in variants:
+    config = _config()
+    for field, value in overrides.items():
+      group, name = field.split(".")
+      config[group][name] = value
+    method = dmgnie.Method(config)
+    params = jax.eval_shape(lambda k, m=method: m.init(k, m.example_batch())["params"], jax.random.key(0))
+    frozen = jax.eval_shape(lambda k, m=method: m.init(k, m.example_batch())["frozen"], jax.random.key(0))
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    _, (metrics, _) = jax.eval_shape(
+        lambda p, f, x, m=method: m._generator_loss(p["generator"], p["discriminator"], f, x, x, x, x,  # pylint: disable=protected-access
+                                                    jax.random.key(1)), params, frozen, x)
+    scales = overrides.get("flgcl.num_scales", 5)
+    g_in = params["generator"]["G"]["model"]["1"]["kernel"].shape[2]
+    assert g_in == (3 if overrides.get("model.background_prior") is False else 6), (overrides, g_in)
+    assert len(params["generator"]["projector"]) == scales
+    assert sorted(k for k in metrics if k.startswith("loss_nce_l")) == [f"loss_nce_l{i}" for i in range(scales)]
+    anchors = np.asarray(method.anchor_distribution(d_proj))
+    np.testing.assert_allclose(anchors.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    assert np.ptp(anchors) == 0 if overrides.get("flgcl.anchors") == "uniform" else np.ptp(anchors) > 0.01
+  config = _config()
+  config.flgcl.num_scales = 6
+  with pytest.raises(errors.ConfigError, match=r"^flgcl\.num_scales=6"):
+    dmgnie.Method(config)
 
 
 def _store_source(config):
@@ -259,3 +275,37 @@ def test_launch_enhance_finds_each_inputs_camera_background(smoke_run, tmp_path,
   np.testing.assert_array_equal(imageio.read_image(own / name), imageio.read_image(forced / name))
   other = "cam01_20240601T220100.png"  # The same night frame with the other camera's background differs.
   assert not np.array_equal(imageio.read_image(own / other), imageio.read_image(forced / other))
+
+
+def test_launch_evaluate_scores_night_frames_against_their_daylit_references(smoke_run, tmp_path, run_module):
+  """`launch.evaluate --data night_videos`: frames of every night video, each enhanced with its camera's background,
+  scored against the day-lit re-rendering of the same frame; day frames of the same cameras kept for FID."""
+  import json  # pylint: disable=g-import-not-at-top
+  from data_pipelines import synthetic_video  # pylint: disable=g-import-not-at-top
+  from lowlight_jax.io import imageio  # pylint: disable=g-import-not-at-top
+  out, keep = tmp_path / "report.json", tmp_path / "images"
+  result = run_module(["launch.evaluate", "--workdir", str(smoke_run), "--data", "night_videos", "--frames", "2",
+                       "--metrics", "psnr,ssim", "--out", str(out), "--out_dir", str(keep), "--noprogress"],
+                      timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(out.read_text())
+  names = sorted(report["images"])
+  assert len(names) == 4 and {n[:5] for n in names} == {"cam00", "cam01"}, names  # 2 cameras x 2 frames.
+  assert all(report["images"][n]["psnr"] is not None for n in names) and report["count"]["psnr"] == 4
+  assert len(os.listdir(keep / "day")) == 4
+  # The reference of cam00's first frame is the day-lit re-rendering of that frame at the run's frame size.
+  name = names[0]
+  stem, index = name.rsplit("_f", 1)
+  video = synthetic_video.default_video_dir() / f"{stem}.mp4"
+  want = dmgnie._resize_area(synthetic_video.daylit_reference(video, [int(index)])[0], (48, 64))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(np.round(imageio.read_image(keep / "reference" / f"{name}.png") * 255), want)
+  night = imageio.read_image(keep / "input" / f"{name}.png")
+  assert night.shape == (48, 64, 3) and night.mean() < 0.5 * want.mean() / 255
+  # A run of another method is refused by name (before any checkpoint is read).
+  other = tmp_path / "segbmn_run"
+  other.mkdir()
+  (other / "config.json").write_text(dmgnie_config.get_config("segbmn,smoke").to_json())
+  result = run_module(["launch.evaluate", "--workdir", str(other), "--data", "night_videos", "--out",
+                       str(tmp_path / "r.json")], timeout=300)
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert f"{other} is a dmgnie_segbmn run" in result.stderr.strip().splitlines()[-1]

@@ -2,20 +2,16 @@
 devices: both Eq. 3 terms logged at every logged step, checkpoints, a resume from the step-2 checkpoint that ends
 bitwise equal to the uninterrupted run; the three mask sources; per-video evaluation against the ground truth."""
 
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.util import tensor_util
 
 from configs import dmgnie
 from lowlight_jax import errors
 from lowlight_jax.methods import dmgnie_segbmn
 from lowlight_jax.ops import background as background_ops
-from lowlight_jax.train import checkpoint as ckpt_lib
 from lowlight_jax.train import trainer
 
 TERMS = ("segbmn/loss", "segbmn/loss_background", "segbmn/loss_identity", "segbmn/background_fraction",
@@ -36,28 +32,11 @@ def smoke_run(tmp_path_factory):
   return workdir
 
 
-def test_smoke_run_logs_both_terms_checkpoints_and_resumes_bitwise(smoke_run, tmp_path):
-  checkpointer = ckpt_lib.Checkpointer(str(smoke_run))
-  assert checkpointer.all_steps() == [2, 4]
-  checkpointer.close()
-  resumed = tmp_path / "resumed"
-  shutil.copytree(smoke_run, resumed)
-  shutil.rmtree(resumed / "checkpoints" / "4")
-  trainer.train_and_evaluate(_config(), str(resumed))
-
-  a, b = (jax.device_get(trainer.restore_train_state(_config(), str(d))) for d in (smoke_run, resumed))
-  mid = jax.device_get(trainer.restore_train_state(_config(), str(smoke_run), 2))
-  assert int(a.step) == int(b.step) == 4 and set(a.params) == {"segbmn"}
+def test_smoke_run_logs_both_terms_checkpoints_and_resumes_bitwise(smoke_run, tmp_path, run_checks):
+  a, mid = run_checks.resume_from_step_2(_config, smoke_run, tmp_path)  # tests/methods/conftest.py
+  assert set(a.params) == {"segbmn"}
   assert any(np.any(x != y) for x, y in zip(jax.tree.leaves(mid.params), jax.tree.leaves(a.params)))
-  for x, y in zip(jax.tree.leaves((a.params, a.opt_state)), jax.tree.leaves((b.params, b.opt_state))):
-    np.testing.assert_array_equal(x, y)
-
-  events = event_accumulator.EventAccumulator(str(smoke_run))
-  events.Reload()
-  for term in TERMS:
-    values = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(f"train/{term}")]
-    assert len(values) == 2 and all(np.isfinite(values)), term  # Logged at steps 2 and 4.
-  fraction = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors("train/segbmn/background_fraction")]
+  fraction = run_checks.logged_terms(smoke_run, TERMS)["segbmn/background_fraction"]  # Logged at steps 2 and 4.
   assert all(0.2 < f < 1.0 for f in fraction), fraction  # Motion masks: most, not all, pixels are background.
 
 

@@ -48,3 +48,13 @@ def test_unknown_optimizer_is_named():
   cfg = ml_collections.ConfigDict(dict(optimizer="lamb2", lr=1e-3))
   with pytest.raises(ValueError, match="lamb2"):
     optim.make_optimizer(cfg, 10)
+
+
+def test_linear_decay_is_cyclegans_linear_policy_per_step():
+  """CycleGAN's 'linear' policy (constant for the first half, then linearly to zero), per step."""
+  cfg = ml_collections.ConfigDict(dict(lr=2e-4, schedule="linear_decay", decay_start=0.5))
+  sched = optim.make_schedule(cfg, 100)
+  got = np.array([float(sched(s)) for s in (0, 49, 50, 75, 99, 100)])
+  np.testing.assert_allclose(got, [2e-4, 2e-4, 2e-4, 1e-4, 2e-4 / 50, 0.0], rtol=1e-6, atol=1e-12)
+  with pytest.raises(ValueError, match="decay_start=1.0"):
+    optim.make_schedule(ml_collections.ConfigDict(dict(lr=1.0, schedule="linear_decay", decay_start=1.0)), 10)
