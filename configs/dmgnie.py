@@ -45,8 +45,14 @@ Launch:
   # CPU demo of stage 2 on the synthetic videos (median backgrounds computed at build, no store needed):
   python -m launch.train --config configs/dmgnie.py:enhance,demo --workdir /tmp/dmgnie_demo
 
-Evaluation is per video against its ground-truth background (`eval.every` is 0 here; see the method module and
-`launch.background --eval_gt`).
+Evaluation (`eval.every` is 0 for both stages): stage 1 per video against its ground-truth background
+(`launch.background --eval_gt`); stage 2 on night frames of the videos, each enhanced with its camera's background
+and scored against the same frame re-rendered under daylight where that exists (the synthetic videos), FID against
+day frames of the same cameras:
+  python -m launch.evaluate --workdir /tmp/dmgnie_demo --data night_videos --metrics psnr,ssim,lpips,brisque \
+      --out /tmp/dmgnie_demo/night.json --html /tmp/dmgnie_demo/night.html
+(NIQE needs frames of at least 96x96: not the 88x160 demo frames.) The paper's ablations: configs/sweeps/
+dmgnie_ablation.py (w/o scene prior, w/o FLGCL, w/o FG map, scales S1..S4).
 
 Paper numbers (LQ-TLL-QD, private; stage 2): BRISQUE 31.42, NIQE 22.47, FID 43.18, LPIPS 42.96 (x100).
 """

@@ -1186,6 +1186,15 @@ def make_train_dataset(video_cfg, *, batch_size: int, seed: int, shard_index: in
     from data_pipelines import synthetic_video  # pylint: disable=g-import-not-at-top
     root = os.fspath(synthetic_video.default_video_dir())
   index = VideoIndex(root, options_from_config(video_cfg))
+  if not index.segments:
+    from lowlight_jax import errors  # pylint: disable=g-import-not-at-top
+    opts = index.options
+    unreadable = f', {len(index.skipped)} unreadable (first: {index.skipped[0][0]}: {index.skipped[0][1]})' \
+        if index.skipped else ''
+    raise errors.InputError(
+        f'data.video.root {root}: no {opts.split} frames in its {len(index.videos)} usable video(s){unreadable} '
+        f'(day = a file-name or container timestamp from {opts.day_hours[0]:g}h to {opts.day_hours[1]:g}h, '
+        f'else a median luma of at least {opts.luma_threshold:g})')
   if video_cfg.clip_frames:
     source = VideoClipSource(index, clip_frames=video_cfg.clip_frames,
                              num_records=video_cfg.clip_records or None, seed=seed,

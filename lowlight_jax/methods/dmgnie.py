@@ -44,6 +44,11 @@ same step's fakes, detached; the generator forward runs ONCE):
     X' of this step, detached. Port note: CycleGAN's 50-image history buffer of fakes is not used (the paper does
     not mention one, and CUT, DMGNIE's contrastive basis, has none).
 
+Ablations (configs/sweeps/dmgnie_ablation.py): `model.background_prior=False` gives G the night image alone (3
+input channels; the localiser still compares Y' with the background); `flgcl.anchors='uniform'` samples anchors
+and negatives uniformly (FLGCL without the FG map: CUT's PatchNCE over the same layers); `flgcl.num_scales=k` keeps
+the first k NCE layers (the paper's S1..S5).
+
 Metrics (unweighted terms; `<group>/loss` is the weighted total): generator/loss_gan_g, loss_gan_f, loss_cycle
 (= loss_cycle_x + loss_cycle_y), loss_fgmap with its parts fgmap_kl, fgmap_entropy_proj, fgmap_entropy_self_y,
 fgmap_entropy_self_bg, fgmap_tv, loss_nce with loss_nce_l0..l4; discriminator/loss_d_g, loss_d_f; grad_norm of each

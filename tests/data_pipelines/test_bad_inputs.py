@@ -244,6 +244,25 @@ def test_a_video_folder_with_nothing_usable_says_why(tmp_path):
     video.make_frame_dataset(index)
 
 
+def test_a_training_folder_without_frames_of_the_split_is_one_line_naming_it(tmp_path):
+  """Only night footage where day frames are asked for (DMGNIE's daytime memory, or its day stream): one
+  InputError naming the folder and the day/night rule, the unreadable file among the videos named too."""
+  from lowlight_jax import errors
+  synthetic_video.write_video(tmp_path, synthetic_video.SceneConfig(width=32, height=16, fps=10, night=True),
+                              num_frames=10, preset="ultrafast")
+  (tmp_path / "cam01_20240601T120000.mp4").write_bytes(b"\x00\x01garbage" * 500)
+  cfg = ml_collections.ConfigDict(video.default_video_config())
+  cfg.root, cfg.split = os.fspath(tmp_path), "day"
+  for clip_frames in (0, 3):
+    cfg.clip_frames = clip_frames
+    with pytest.raises(errors.InputError) as raised:
+      video.make_train_dataset(cfg, batch_size=2, seed=0, shard_index=0, shard_count=1)
+    message = str(raised.value)
+    assert message.startswith(f"data.video.root {tmp_path}: no day frames in its 1 usable video(s), 1 unreadable "
+                              f"(first: {tmp_path / 'cam01_20240601T120000.mp4'}"), message
+    assert "from 7h to 19h" in message and "\n" not in message
+
+
 def test_the_training_config_survives_bad_videos(tmp_path):
   make_video_corpus(tmp_path)
   cfg = ml_collections.ConfigDict(video.default_video_config())
