@@ -281,7 +281,9 @@ def _enhance(a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if a.demo:
     # CPU-sized on the default synthetic set (2 cameras, 160x90 day and night videos): frames decoded at 88x160
     # (multiples of 4), 64x64 crops, quarter widths, median backgrounds (no stage-1 run needed). Measured on 2 CPU
-    # cores shared with other jobs (load ~6): 30 s to compile, ~2.0 s per step, so ~11 min end to end.
+    # cores (`launch.sweep ... --sweep dmgnie_ablation:parts`, its base run): 4 min 50 s end to end, ~1.1 steps/s;
+    # `launch.evaluate --data night_videos --frames 16` against the day-lit references: PSNR 17.62 dB, SSIM 0.324,
+    # LPIPS 0.399 (the night inputs: 7.72 dB, 0.297, 0.559); without the background prior 15.12 dB, LPIPS 0.514.
     c.total_steps = 300
     c.batch_size = 8
     v.height, v.width = 88, 160

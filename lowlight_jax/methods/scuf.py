@@ -299,7 +299,7 @@ class Method(base.BaseMethod):
                     x.shape[3] // 8)
     noise = jax.random.normal(rng, latent_shape) if self.config.loss.sample_posterior else None
     with self._remat():
-      out = self.generator.encode_with(vae, x, vae_noise=noise)
+      out = self.policy.remat_fn(lambda v, i, n: self.generator.encode_with(v, i, vae_noise=n))(vae, x, noise)
     return out["latent"], out["enc_skips"]
 
   def _step_latent(self, eps, latent):
@@ -319,10 +319,11 @@ class Method(base.BaseMethod):
                                                  ctx.astype(self.generator.dtype),
                                                  num_tokens=self.generator.num_tokens)
       out_latent = self._step_latent(eps, latent)
-      decoded = jnp.clip(self.generator.decode_with(vae, kernels, out_latent, skips), -1.0, 1.0)
+      decode = self.policy.remat_fn(self.generator.decode_with)
+      decoded = jnp.clip(decode(vae, kernels, out_latent, skips), -1.0, 1.0)
       refl = None
       if ref is not None:
-        r = self.generator.decode_with(ref[0], ref[1], out_latent, skips)
+        r = decode(ref[0], ref[1], out_latent, skips)
         refl = jax.nn.sigmoid(jnp.transpose(r, (0, 2, 3, 1)))
     return decoded, out_latent, refl
 

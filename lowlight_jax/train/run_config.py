@@ -30,7 +30,9 @@ def trainer_fields(c: ml_collections.ConfigDict | None = None) -> ml_collections
   frozen_dtype (storage dtype of frozen towers), remat ('none' | 'full' | 'dots' | 'dots_no_batch'; see
   lowlight_jax/models/policy.py), weights_cache (folder of converted weight files, keyed by the source files'
   checksums; default $LOWLIGHT_CACHE/converted or ~/.cache/lowlight_jax/converted), profile (start_step,
-  num_steps: a JAX trace into <workdir>/profile).
+  num_steps: a JAX trace into <workdir>/profile), xla_backend_optimization_level (-1: the backend's default; 0:
+  no LLVM optimisation of the compiled step: a CPU compile of a large step in a fraction of the time, the same
+  buffer plan, slower code; for tests and smoke runs on CPU).
   """
   c = ml_collections.ConfigDict() if c is None else c
   c.seed = 0
@@ -48,6 +50,7 @@ def trainer_fields(c: ml_collections.ConfigDict | None = None) -> ml_collections
   c.remat = "none"
   c.weights_cache = config_dict.placeholder(str)
   c.profile = ml_collections.ConfigDict(dict(start_step=0, num_steps=0))
+  c.xla_backend_optimization_level = -1
   return c
 
 

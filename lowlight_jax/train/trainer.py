@@ -230,12 +230,14 @@ class _Profiler:
       self.active = False
 
 
-def compile_step(train_step, state, frozen, batch) -> tuple[Callable, dict[str, int]]:
+def compile_step(train_step, state, frozen, batch, opt_level: int = -1) -> tuple[Callable, dict[str, int]]:
   """Compiles the jitted step once for these arguments and logs its per-device bytes (arguments = params +
-  optimizer state + batch). Returns (the step to call: the compiled executable, or `train_step` itself when it
-  cannot be compiled ahead of time, memory info or {})."""
+  optimizer state + batch). `opt_level` >= 0 is XLA's `xla_backend_optimization_level` (config field
+  `xla_backend_optimization_level`; -1: the default). Returns (the step to call: the compiled executable, or
+  `train_step` itself when it cannot be compiled ahead of time, memory info or {})."""
+  options = {"xla_backend_optimization_level": int(opt_level)} if opt_level >= 0 else None
   try:
-    compiled = train_step.lower(state, frozen, batch).compile()
+    compiled = train_step.lower(state, frozen, batch).compile(compiler_options=options)
   except Exception as e:  # pylint: disable=broad-except
     logging.info("ahead-of-time compilation unavailable: %s", e)
     return train_step, {}
@@ -365,7 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     while step < total:
       batch = sharding_lib.global_batch(next(data_iter), mesh)
       if run_step is None:
-        run_step, _ = compile_step(train_step, state, setup.frozen, batch)
+        run_step, _ = compile_step(train_step, state, setup.frozen, batch,
+                                   config.get("xla_backend_optimization_level", -1))
       profiler.before_step(step)
       state, metrics, finite = run_step(state, setup.frozen, batch)
       step += 1
