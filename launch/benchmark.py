@@ -202,13 +202,15 @@ def scuf_memory_rows(rows, measure: bool = False) -> list[dict]:
     config.mesh = {"data": 1, "fsdp": devices} if fsdp else {"data": devices}
     shapes = {k: jax.ShapeDtypeStruct((batch, SCUF_SIZE, SCUF_SIZE, 3), jnp.float32) for k in ("low", "high")}
     # A CPU compile is only for the plan: without LLVM's optimisations it is the same buffer assignment, sooner.
-    m = memory.step_memory(config, pool[:devices], shapes, plan_only=pool[0].platform == "cpu")
+    cpu = pool[0].platform == "cpu"
+    m = memory.step_memory(config, pool[:devices], shapes, plan_only=cpu, memory_schedule=cpu)
     row.update(per_device_gb=round(m["per_device_gb"], 3), arguments_gb=round(m["arguments_gb"], 3),
                temp_gb=round(m["temp_gb"], 3), compile_s=round(m["compile_s"], 1),
                trained_params=m["trained_params"], frozen_params=m["frozen_params"],
                how=f"XLA {pool[0].platform} compile of the train step on abstract shapes (buffer assignment: "
-                   "arguments + outputs + temporaries per device); bf16 compute and frozen storage, f32 params "
-                   "and AdamW")
+                   "arguments + outputs + temporaries per device"
+                   + ("; XLA CPU's memory-minimising scheduler, the closer proxy of a GPU's memory-limited one"
+                      if cpu else "") + "); bf16 compute and frozen storage, f32 params and AdamW")
     if measure and devices == 1 and pool[0].platform == "gpu":
       import numpy as np  # pylint: disable=g-import-not-at-top
       data = np.random.default_rng(0).uniform(0, 1, (2, batch, SCUF_SIZE, SCUF_SIZE, 3)).astype(np.float32)

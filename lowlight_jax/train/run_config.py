@@ -31,8 +31,8 @@ def trainer_fields(c: ml_collections.ConfigDict | None = None) -> ml_collections
   lowlight_jax/models/policy.py), weights_cache (folder of converted weight files, keyed by the source files'
   checksums; default $LOWLIGHT_CACHE/converted or ~/.cache/lowlight_jax/converted), profile (start_step,
   num_steps: a JAX trace into <workdir>/profile), xla_backend_optimization_level (-1: the backend's default; 0:
-  no LLVM optimisation of the compiled step: a CPU compile of a large step in a fraction of the time, the same
-  buffer plan, slower code; for tests and smoke runs on CPU).
+  no LLVM optimisation of the compiled step: the same buffer plan, slower code; `memory.step_memory(plan_only=True)`
+  compiles the memory plans this way).
   """
   c = ml_collections.ConfigDict() if c is None else c
   c.seed = 0
