@@ -203,14 +203,15 @@ def scuf_memory_rows(rows, measure: bool = False) -> list[dict]:
     shapes = {k: jax.ShapeDtypeStruct((batch, SCUF_SIZE, SCUF_SIZE, 3), jnp.float32) for k in ("low", "high")}
     # A CPU compile is only for the plan: without LLVM's optimisations it is the same buffer assignment, sooner.
     cpu = pool[0].platform == "cpu"
-    m = memory.step_memory(config, pool[:devices], shapes, plan_only=cpu, memory_schedule=cpu)
+    m = memory.step_memory(config, pool[:devices], shapes, plan_only=cpu)
     row.update(per_device_gb=round(m["per_device_gb"], 3), arguments_gb=round(m["arguments_gb"], 3),
                temp_gb=round(m["temp_gb"], 3), compile_s=round(m["compile_s"], 1),
                trained_params=m["trained_params"], frozen_params=m["frozen_params"],
                how=f"XLA {pool[0].platform} compile of the train step on abstract shapes (buffer assignment: "
                    "arguments + outputs + temporaries per device"
                    + ("; XLA CPU's memory-minimising scheduler, the closer proxy of a GPU's memory-limited one"
-                      if cpu else "") + "); bf16 compute and frozen storage, f32 params and AdamW")
+                      if cpu and memory.CPU_MEMORY_SCHEDULER_FLAG in os.environ.get("XLA_FLAGS", "") else "")
+                   + "); bf16 compute and frozen storage, f32 params and AdamW")
     if measure and devices == 1 and pool[0].platform == "gpu":
       import numpy as np  # pylint: disable=g-import-not-at-top
       data = np.random.default_rng(0).uniform(0, 1, (2, batch, SCUF_SIZE, SCUF_SIZE, 3)).astype(np.float32)
@@ -227,10 +228,17 @@ def scuf_memory(selected: list[int], measure: bool) -> dict:
 
   import jax
 
+  from lowlight_jax.train import memory
+
   indices = selected or list(range(len(SCUF_ROWS)))
   env = dict(os.environ)
-  if jax.default_backend() == "cpu" and jax.device_count() < 8:
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+  if jax.default_backend() == "cpu":
+    flags_ = env.get("XLA_FLAGS", "")
+    if jax.device_count() < 8:
+      flags_ += " --xla_force_host_platform_device_count=8"
+    # XLA CPU's memory-minimising scheduler (`memory.step_memory`'s doc): read from the flags at backend start (a
+    # per-compile option does not reach it).
+    env["XLA_FLAGS"] = (flags_ + " " + memory.CPU_MEMORY_SCHEDULER_FLAG).strip()
   cmd = [sys.executable, "-m", "launch.benchmark", "--sections=scuf_memory", "--scuf_memory_worker",
          f"--scuf_rows={','.join(map(str, indices))}"] + (["--scuf_measure"] if measure else [])
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)

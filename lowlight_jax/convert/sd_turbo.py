@@ -383,11 +383,11 @@ def text_encoder_spec(folder: PathLike, *, subfolder: str | None = "text_encoder
                        _TEXT_ENCODER_BUFFERS)
 
 
-def config_spec(kind: str, config: Mapping[str, Any], *, dtype=jnp.float32) -> ComponentSpec:
+def config_spec(kind: str, config: Mapping[str, Any], *, dtype=jnp.float32, **module_kwargs: Any) -> ComponentSpec:
   """A spec from a config dict alone (no folder, no weights): kind 'unet' | 'vae' | 'text_encoder'. For abstract
-  shapes (memory benchmarks) and for writing random families."""
+  shapes (memory benchmarks) and for writing random families. `module_kwargs`: the UNet's, as `unet_spec`."""
   if kind == "unet":
-    module = unet_module(config, dtype=dtype)
+    module = unet_module(config, dtype=dtype, **module_kwargs)
     return ComponentSpec(module, _unet_target(module), dict(config), None, None, _diffusers_rename)
   if kind == "vae":
     module = vae_module(config, dtype=dtype)

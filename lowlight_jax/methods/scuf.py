@@ -138,17 +138,20 @@ class Method(base.BaseMethod):
     # `abstract_sd_turbo` (benchmarks only): the real SD-Turbo shapes from `models.sd_turbo_configs`, no folder,
     # no weights (the method can be traced and compiled, not trained).
     self.abstract = bool(config.get("abstract_sd_turbo", False))
+    # diffusers' chunked self-attention (its `jax_memory_efficient_attention`): the UNet's 4096-token self-attention
+    # at 512x512 without materialising the (heads, 4096, 4096) scores; same values up to float rounding.
+    unet_kwargs = {"use_memory_efficient_attention": True} if m.get("memory_efficient_attention") else {}
     if self.abstract:
       from lowlight_jax.models import sd_turbo_configs  # pylint: disable=g-import-not-at-top
       self.folder = None
-      self.unet_spec = sd_turbo.config_spec("unet", sd_turbo_configs.UNET_CONFIG, dtype=dt)
+      self.unet_spec = sd_turbo.config_spec("unet", sd_turbo_configs.UNET_CONFIG, dtype=dt, **unet_kwargs)
       self.vae_spec = sd_turbo.config_spec("vae", sd_turbo_configs.VAE_CONFIG, dtype=vae_dt)
       self.text_spec = sd_turbo.config_spec("text_encoder", sd_turbo_configs.TEXT_ENCODER_CONFIG, dtype=dt)
       from lowlight_jax.convert import sd_family  # pylint: disable=g-import-not-at-top
       scheduler_config = dict(sd_family.SCHEDULER_CONFIG)  # sd-turbo's scheduler_config.json
     else:
       self.folder = sd_turbo_folder(config)
-      self.unet_spec = sd_turbo.unet_spec(self.folder, dtype=dt)
+      self.unet_spec = sd_turbo.unet_spec(self.folder, dtype=dt, **unet_kwargs)
       self.vae_spec = sd_turbo.vae_spec(self.folder, dtype=vae_dt)
       self.text_spec = sd_turbo.text_encoder_spec(self.folder, dtype=dt)
       scheduler_config = sd_turbo.load_scheduler_config(self.folder)

@@ -44,9 +44,16 @@ def lowered_step(config: ml_collections.ConfigDict, devices: Sequence[jax.Device
   return setup, step.lower(abstract["state"], abstract["frozen"], abstract_batch), abstract_batch
 
 
+#: XLA CPU's memory-minimising scheduler instead of its default, which favours concurrency: it starts independent
+#: work early, e.g. the rematerialised forward of many blocks before their backward passes, keeping their outputs
+#: alive together (the SCUF step at batch 8, 512x512: 277 GB of temporaries with the default, 132 GB with this).
+#: A GPU compile schedules under a memory limit; this is the closer CPU proxy of its plan. It is read from
+#: XLA_FLAGS when the backend starts (set it for the process; a per-compile option does not reach it).
+CPU_MEMORY_SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
 def step_memory(config: ml_collections.ConfigDict, devices: Sequence[jax.Device],
-                batch: Mapping[str, jax.ShapeDtypeStruct], *, plan_only: bool = False,
-                memory_schedule: bool = False) -> dict[str, Any]:
+                batch: Mapping[str, jax.ShapeDtypeStruct], *, plan_only: bool = False) -> dict[str, Any]:
   """{'per_device_gb', 'arguments_gb', 'outputs_gb', 'temp_gb', 'compile_s', 'trained_params', 'frozen_params'}
   of the compiled step (see the module doc).
 
@@ -54,18 +61,10 @@ def step_memory(config: ml_collections.ConfigDict, devices: Sequence[jax.Device]
   passes, the SPMD partitioning and the buffer assignment that the figures come from are unchanged (checked on
   the SGZ step: identical arguments / outputs / temporaries); only the machine code is slower, and LLVM's share
   of a CPU compile (most of it for a large step) shrinks. For figures only; never run that executable for time.
-
-  memory_schedule (CPU): order the step with XLA CPU's memory-minimising scheduler instead of its default, which
-  favours concurrency: it starts independent work early, e.g. the rematerialised forward of many blocks before
-  their backward passes, keeping their outputs alive together (on the SCUF step at batch 8, 512x512: 277 GB of
-  temporaries with the default, 132 GB with this). A GPU compile schedules under a memory limit; this is the
-  closer CPU proxy of its plan."""
+  On CPU, run the process with `CPU_MEMORY_SCHEDULER_FLAG` in XLA_FLAGS for a plan closer to a GPU's."""
   t0 = time.perf_counter()
   setup, lowered, _ = lowered_step(config, devices, batch)
-  options = {"xla_backend_optimization_level": 0} if plan_only else {}
-  if memory_schedule:
-    options["xla_cpu_enable_concurrency_optimized_scheduler"] = False
-  compiled = lowered.compile(compiler_options=options or None)
+  compiled = lowered.compile(compiler_options={"xla_backend_optimization_level": 0}) if plan_only else lowered.compile()
   compile_s = time.perf_counter() - t0
   ma = compiled.memory_analysis()
   args = ma.argument_size_in_bytes
