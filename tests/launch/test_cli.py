@@ -152,7 +152,7 @@ def test_convert_weights_missing_input_is_one_line(tmp_path, run_module):
     (["sweep", "--config", "sgz:smoke", "--sweep", "sgz_loss_ablation", "--workdir-root", "{tmp}/runs",
       "--dry-run", "--set", "loss_weights.tvv=1"], "--set loss_weights.tvv=1: unknown config field"),
     (["sweep", "--config", "sgz", "--sweep", "nope", "--workdir-root", "{tmp}/runs", "--dry-run"],
-     "--sweep: unknown config 'nope'; known: sgz_loss_ablation"),
+     "--sweep: unknown config 'nope'; known: dmgnie_ablation, sgz_loss_ablation"),
     (["benchmark", "--sections", "sgz_inferense"], "--sections: unknown ['sgz_inferense']"),
     (["demo", "--workdir", "{tmp}/file"], "--workdir {tmp}/file is a file"),
     (["make-synthetic-video", "--out", "{tmp}/v", "--size", "641x360"],
