@@ -179,7 +179,8 @@ class Method(base.BaseMethod):
     if not self.nce_layers or any(not 0 <= i < plan_len for i in self.nce_layers):
       raise errors.ConfigError(f"model.nce_layers={self.nce_layers}: every layer must be an index of the generator's "
                                f"Sequential (0..{plan_len - 1} with n_blocks={m.n_blocks})")
-    self.G = cyclegan.ResnetGenerator(in_channels=6 if self.background_prior else 3, ngf=m.ngf, n_blocks=m.n_blocks, dtype=dt)
+    self.G = cyclegan.ResnetGenerator(in_channels=6 if self.background_prior else 3, ngf=m.ngf,
+                                      n_blocks=m.n_blocks, dtype=dt)
     self.F = cyclegan.ResnetGenerator(in_channels=3, ngf=m.ngf, n_blocks=m.n_blocks, dtype=dt)
     self.D = cyclegan.NLayerDiscriminator(ndf=m.ndf, n_layers=m.n_layers_d, dtype=dt)
     self.projector = cyclegan.PatchProjector(num_layers=len(self.nce_layers), features=fl.proj_features, dtype=dt)
@@ -359,7 +360,8 @@ class Method(base.BaseMethod):
     return _cat(image, background) if self.background_prior else image
 
   def _g(self, g_params, x, bg):
-    return self.policy.remat_fn(lambda p, i: self.G.apply({"params": p}, i))(g_params, self._g_input(x, bg)).astype(jnp.float32)
+    g = self.policy.remat_fn(lambda p, i: self.G.apply({"params": p}, i))
+    return g(g_params, self._g_input(x, bg)).astype(jnp.float32)
 
   def _f(self, f_params, y):
     return self.policy.remat_fn(lambda p, i: self.F.apply({"params": p}, i))(f_params, y).astype(jnp.float32)
