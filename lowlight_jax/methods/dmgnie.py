@@ -525,6 +525,26 @@ def _resize_area(rgb8: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return frame.to_ndarray(format="rgb24", height=size[0], width=size[1], interpolation="AREA")
 
 
+def _sampled_frames(config: ml_collections.ConfigDict, root: str | None, split: str, frames_per_video: int,
+                    cameras: Sequence[str] | None = None):
+  """(root, [(video stem, camera, video path, frames, frame indices)]) for every `split` video of `root` (default:
+  the run's `data.video.root`, else the synthetic default set) of `cameras` (all when None): `frames_per_video`
+  frames spread over the split's frames of each, decoded at the run's frame size (lazily, one video at a time)."""
+  from data_pipelines import synthetic_video  # pylint: disable=g-import-not-at-top
+  from data_pipelines import video as video_lib  # pylint: disable=g-import-not-at-top (grain, av)
+  from lowlight_jax.methods import dmgnie_segbmn  # pylint: disable=g-import-not-at-top
+  vc = config.data.video
+  root = root or vc.root or os.fspath(synthetic_video.default_video_dir())
+  size = (int(vc.height), int(vc.width)) if vc.height and vc.width else None
+  options = video_lib.options_from_config(vc)
+
+  def sample(path):
+    return dmgnie_segbmn.sample_frames(path, frames_per_video, size=size, split=split, options=options)
+
+  return root, ((os.path.splitext(os.path.basename(path))[0], camera, path, *sample(path))
+                for path, camera in _split_videos(config, root, split) if cameras is None or camera in cameras)
+
+
 def night_test_frames(config: ml_collections.ConfigDict, root: str | None = None, *, frames_per_video: int = 8
                       ) -> list[dict[str, Any]]:
   """The night test frames of a DMGNIE run: `frames_per_video` frames spread over each night video of `root`
@@ -536,26 +556,18 @@ def night_test_frames(config: ml_collections.ConfigDict, root: str | None = None
   the decoder resizes. Raises `errors.InputError` naming `root` when it has no night video.
   """
   from data_pipelines import synthetic_video  # pylint: disable=g-import-not-at-top
-  from data_pipelines import video as video_lib  # pylint: disable=g-import-not-at-top (grain, av)
-  from lowlight_jax.methods import dmgnie_segbmn  # pylint: disable=g-import-not-at-top
-  vc = config.data.video
-  root = root or vc.root or os.fspath(synthetic_video.default_video_dir())
-  size = (int(vc.height), int(vc.width)) if vc.height and vc.width else None
-  videos = _split_videos(config, root, "night")
-  if not videos:
-    raise errors.InputError(f"{root}: no night video (night = a timestamp outside data.video.day_hours, or a dark "
-                            "video without one)")
+  root, videos = _sampled_frames(config, root, "night", frames_per_video)
   out = []
-  options = video_lib.options_from_config(vc)
-  for path, camera in videos:
-    frames, indices = dmgnie_segbmn.sample_frames(path, frames_per_video, size=size, split="night", options=options)
+  for stem, camera, path, frames, indices in videos:
     refs = synthetic_video.daylit_reference(path, indices)
-    stem = os.path.splitext(os.path.basename(path))[0]
     for i, (frame, index) in enumerate(zip(frames, indices)):
       high = None
       if refs is not None:
         high = _resize_area(refs[i], frame.shape[:2]).astype(np.float32) / 255.0
       out.append({"name": f"{stem}_f{index:06d}", "camera": camera, "low": frame, "high": high})
+  if not out:
+    raise errors.InputError(f"{root}: no night video (night = a timestamp outside data.video.day_hours, or a dark "
+                            "video without one)")
   return out
 
 
@@ -563,19 +575,6 @@ def day_test_frames(config: ml_collections.ConfigDict, root: str | None = None, 
                     cameras: Sequence[str] | None = None) -> list[dict[str, Any]]:
   """Day frames of the same videos (of `cameras` when given), as `night_test_frames` decodes them: the daytime
   distribution FID compares enhanced night frames with. Each {'name', 'camera', 'image'}."""
-  from data_pipelines import synthetic_video  # pylint: disable=g-import-not-at-top
-  from data_pipelines import video as video_lib  # pylint: disable=g-import-not-at-top (grain, av)
-  from lowlight_jax.methods import dmgnie_segbmn  # pylint: disable=g-import-not-at-top
-  vc = config.data.video
-  root = root or vc.root or os.fspath(synthetic_video.default_video_dir())
-  size = (int(vc.height), int(vc.width)) if vc.height and vc.width else None
-  out = []
-  options = video_lib.options_from_config(vc)
-  for path, camera in _split_videos(config, root, "day"):
-    if cameras is not None and camera not in cameras:
-      continue
-    frames, indices = dmgnie_segbmn.sample_frames(path, frames_per_video, size=size, split="day", options=options)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    out.extend({"name": f"{stem}_f{index:06d}", "camera": camera, "image": frame}
-               for frame, index in zip(frames, indices))
-  return out
+  _, videos = _sampled_frames(config, root, "day", frames_per_video, cameras)
+  return [{"name": f"{stem}_f{index:06d}", "camera": camera, "image": frame}
+          for stem, camera, _, frames, indices in videos for frame, index in zip(frames, indices)]
