@@ -6,7 +6,7 @@
   python -m launch.sweep --config configs/dmgnie.py:enhance,demo --sweep dmgnie_ablation --workdir-root /tmp/abl
   # Only the parts (or only the scales): --sweep dmgnie_ablation:parts  /  --sweep dmgnie_ablation:scales
   # then score every variant on the same night frames:
-  python -m launch.evaluate --workdir full=/tmp/abl/base --workdir no_prior=... --data night_videos \
+  python -m launch.evaluate --workdir full=/tmp/abl/000_base --workdir no_prior=/tmp/abl/001_... --data night_videos \
       --metrics lpips,niqe,brisque --out /tmp/abl/report.json
 
 Variants (the base config's values for everything not named):
