@@ -2,7 +2,7 @@ r"""`lowlight`: one command for every CLI of the package.
 
   lowlight train --config sgz:smoke --workdir runs/smoke
   lowlight enhance --workdir runs/smoke --input photos/ --output out/
-  lowlight evaluate | convert | assets | benchmark | data-check | sweep | demo | make-synthetic-video ...
+  lowlight evaluate | compare | convert | assets | benchmark | data-check | sweep | demo | make-synthetic-video ...
   lowlight methods            the methods and their packaged configs with the get_config args each accepts
   lowlight --version
 
@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "enhance": ("launch.enhance", "enhance an image or folder with a run or released weights"),
     "background": ("launch.background", "a camera's static background from a video (SegBMN run, median or RPCA)"),
     "evaluate": ("launch.evaluate", "score a folder of outputs (PSNR/SSIM/LPIPS/NIQE/BRISQUE/segmentation)"),
+    "compare": ("launch.compare", "compare runs and released weights on the same test sets (JSON / markdown / HTML)"),
     "convert": ("launch.convert_weights", "convert released PyTorch weights (no torch needed)"),
     "assets": ("launch.assets", "fetch or list the metric assets (NIQE/BRISQUE/LPIPS parameters)"),
     "benchmark": ("launch.benchmark", "speed figures as JSON"),

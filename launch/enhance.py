@@ -96,102 +96,13 @@ flags.mark_flags_as_required(["input", "output"])
 SOME_FAILED_EXIT = 1
 
 
-def _run_enhancer(workdir: str, step, scale_factor, camera: str | None = None):
-  import jax
-  from lowlight_jax.inference import batch_enhance
-  from lowlight_jax.train import evaluation, trainer
-
-  config = _common.load_run_config(workdir)
-  if scale_factor is not None:
-    config.inference.scale_factor = scale_factor
-  if camera is not None:
-    config.inference.camera = camera
-  setup = trainer.restore_for_inference(config, workdir, step)
-  fn = trainer.make_enhance_fn(setup)(setup.state, setup.frozen)
-  batch_fn = lambda batch: evaluation.quantize(jax.device_get(fn(batch)["enhanced"]))
-  return batch_enhance.Enhancer(image_fn=batch_fn, video_fn=batch_fn)
-
-
-def _released_enhancer(method: str, weights: str, scale_factor, keep_size: bool):
-  from lowlight_jax.inference import batch_enhance
-  from lowlight_jax.inference import released
-
-  variables = released.load_released(method, weights)
-  kwargs = dict(scale_factor=scale_factor)
-  image_fn = released.make_enhancer(method, variables, keep_size=keep_size, **kwargs)
-  # Videos always keep their size (a cropped video would not match its source frame for frame).
-  video_fn = image_fn if keep_size else released.make_enhancer(method, variables, keep_size=True, **kwargs)
-  crops = method == "sgz" and not keep_size
-  return batch_enhance.Enhancer(
-      image_fn=image_fn, video_fn=video_fn,
-      min_size=released.min_input_size(method, keep_size=keep_size, **kwargs),
-      size_hint=" (the authors' SGZ pipeline crops to multiples of the scale factor; --keep-size enhances "
-                "any size)" if crops else "",
-      same_size=not crops)
-
-
-def _released_skf_enhancer(method: str, weights: str, seg_weights: str | None, seg_variant: str):
-  """The method's own inference (`trainer.released_setup`) on released enhancer + HRNet weights."""
-  import importlib
-
-  import jax
-  from lowlight_jax.convert import skf as skf_convert
-  from lowlight_jax.inference import batch_enhance
-  from lowlight_jax.train import evaluation, trainer
-
-  config = importlib.import_module(f"configs.{method}").get_config()
-  info = skf_convert.released_info("DRBN" if method == "skf_drbn" else "SNR", weights)
-  if info["skf"] and not seg_weights:
-    raise app.UsageError(f"--weights {weights} holds {method} SE blocks: give the HRNet with --seg-weights")
-  if not info["skf"] and seg_weights:
-    print(f"note: --weights {weights} is a baseline network (no SE blocks); --seg-weights is not used")
-  config.init_from = weights
-  config.model.skf = info["skf"]
-  config.hrnet.variant = seg_variant
-  config.hrnet.weights = seg_weights if info["skf"] else None
-  config.loss_weights.sch = 0.0  # Inference: no losses, so no discriminator and no HRNet beyond the SE blocks'.
-  if "adversarial" in config.loss_weights:
-    config.loss_weights.adversarial = 0.0
-  if "n_layers" in info:
-    config.model.n_layers = info["n_layers"]
-  setup = trainer.released_setup(config)
-  fn = trainer.make_enhance_fn(setup)(setup.state, setup.frozen)
-  batch_fn = lambda batch: evaluation.quantize(jax.device_get(fn(batch)["enhanced"]))
-  return batch_enhance.Enhancer(image_fn=batch_fn, video_fn=batch_fn)
-
-
-def _scuf_enhancer(weights: str, sd_turbo: str, clip_image: str, direction: str, prompt: str | None, seed: int):
-  """`inference.scuf.ScufPipeline` on every device (FSDP of the large towers when there are several)."""
-  import jax
-  import numpy as np
-  from lowlight_jax.inference import batch_enhance
-  from lowlight_jax.inference import scuf as scuf_inference
-
-  pipeline = scuf_inference.ScufPipeline.load(sd_turbo, clip_image, weights, direction=direction, prompt=prompt)
-  key = jax.random.key(seed)
-
-  def image_fn(batch):
-    outs = []
-    for x in batch:  # float [0, 1] from io.imageio (uint8 / 255): back to the exact uint8 values
-      image = np.clip(np.rint(np.asarray(x, np.float32) * 255.0), 0, 255).astype(np.uint8)
-      outs.append(pipeline.enhance_uint8(image, rng=scuf_inference.per_image_key(key, image))["out_uint8"])
-    return np.stack(outs)
-
-  def video_fn(batch):  # main() refuses videos before the model is built.
-    raise RuntimeError("--method scuf does not enhance videos")
-
-  return batch_enhance.Enhancer(
-      image_fn=image_fn, video_fn=video_fn, min_size=pipeline.min_input_size,
-      size_hint=f" (SCUF: one {pipeline.clip_patch_size}x{pipeline.clip_patch_size} CLIP patch after rounding up to "
-                "multiples of 8)")
-
-
 def _run_dmgnie(plan):
   """A DMGNIE run: the inputs of each camera (`--camera`, else each input's own, from its name) are enhanced with
   that camera's stored background, one restored enhancer per camera."""
   import dataclasses  # pylint: disable=g-import-not-at-top
   from data_pipelines import video  # pylint: disable=g-import-not-at-top
   from lowlight_jax.inference import batch_enhance  # pylint: disable=g-import-not-at-top
+  from lowlight_jax.inference import enhancers  # pylint: disable=g-import-not-at-top
 
   groups: dict[str, list] = {}
   for job in plan.jobs:
@@ -199,7 +110,7 @@ def _run_dmgnie(plan):
   total = None
   for camera, jobs in groups.items():
     print(f"  camera {camera}: {len(jobs)} input(s)")
-    enhancer = _run_enhancer(_WORKDIR.value, _STEP.value, _SCALE.value, camera)
+    enhancer = enhancers.for_run(_WORKDIR.value, _STEP.value, _SCALE.value, camera).enhancer
     part = batch_enhance.run_plan(enhancer, dataclasses.replace(plan, jobs=jobs, skipped=[]),
                                   video_batch=_VIDEO_BATCH.value, progress=_PROGRESS.value)
     total = part if total is None else dataclasses.replace(
@@ -261,15 +172,21 @@ def main(argv):
 
   if dmgnie:
     report = _run_dmgnie(plan)
-  elif _WORKDIR.value is not None:
-    enhancer = _run_enhancer(_WORKDIR.value, _STEP.value, _SCALE.value)
-  elif scuf:
-    enhancer = _scuf_enhancer(_WEIGHTS.value, _SD_TURBO.value, _CLIP_IMAGE.value, _DIRECTION.value, _PROMPT.value,
-                              _SEED.value)
-  elif _METHOD.value in _SKF_METHODS:
-    enhancer = _released_skf_enhancer(_METHOD.value, _WEIGHTS.value, _SEG_WEIGHTS.value, _SEG_VARIANT.value)
   else:
-    enhancer = _released_enhancer(_METHOD.value, _WEIGHTS.value, _SCALE.value, _KEEP.value)
+    from lowlight_jax.inference import enhancers
+    if _WORKDIR.value is not None:
+      loaded = enhancers.for_run(_WORKDIR.value, _STEP.value, _SCALE.value)
+    elif _METHOD.value in _SKF_METHODS:
+      try:
+        loaded = enhancers.for_released(_METHOD.value, _WEIGHTS.value, seg_weights=_SEG_WEIGHTS.value,
+                                        seg_variant=_SEG_VARIANT.value)
+      except errors.ConfigError as e:
+        raise app.UsageError(str(e)) from None
+    else:
+      loaded = enhancers.for_released(_METHOD.value, _WEIGHTS.value, scale_factor=_SCALE.value,
+                                      keep_size=_KEEP.value, sd_turbo=_SD_TURBO.value, clip_image=_CLIP_IMAGE.value,
+                                      direction=_DIRECTION.value, prompt=_PROMPT.value, seed=_SEED.value)
+    enhancer = loaded.enhancer
   if not dmgnie:
     report = batch_enhance.run_plan(enhancer, plan, video_batch=_VIDEO_BATCH.value, progress=_PROGRESS.value)
 

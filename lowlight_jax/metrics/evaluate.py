@@ -133,7 +133,7 @@ def _finite_or_none(v: float) -> float | None:
   return v if v is not None and math.isfinite(v) else None
 
 
-def _thumbnail(img: np.ndarray, crop: int = 256, size: int = 160) -> str:
+def thumbnail(img: np.ndarray, crop: int = 256, size: int = 160) -> str:
   """Centre crop (up to `crop` px square) resized to `size` px, as a base64 JPEG data URI."""
   h, w = img.shape[:2]
   c = min(crop, h, w)
@@ -274,12 +274,12 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike | N
         t = {}
         if name in inputs:
           try:
-            t['input'] = _thumbnail(read_rgb8(inputs[name]))
+            t['input'] = thumbnail(read_rgb8(inputs[name]))
           except ValueError:
             pass  # the grid is a convenience; the table still has the scores
-        t['output'] = _thumbnail(pred)
+        t['output'] = thumbnail(pred)
         if ref is not None:
-          t['reference'] = _thumbnail(ref)
+          t['reference'] = thumbnail(ref)
         thumbs[name] = t
     except Exception as e:  # pylint: disable=broad-except  one bad file must not end the run
       rec['error'] = str(e) if isinstance(e, ValueError) else f'{type(e).__name__}: {e}'
