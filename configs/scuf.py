@@ -18,7 +18,8 @@ Args (comma separated):
   scale     the memory-lean settings for large batches: bfloat16 compute and frozen storage, UNet/VAE block
             remat ('full'; the VAE encoder and decoders are also rematerialised whole), the UNet's chunked
             self-attention (`model.memory_efficient_attention`), an FSDP mesh axis over all devices
-            (`mesh.fsdp=-1`, data 1).
+            (`mesh.fsdp=-1`, data 1). Batch 8 at 512x512 on one 80 GB device also takes
+            `--config.microbatches=2` (gradient accumulation; `launch.benchmark --sections scuf_memory` rows 3 and 7).
   steps=N   override the number of steps.
 
 Launch (paper recipe; files the user has, nothing is downloaded):
@@ -111,6 +112,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   adamw = dict(optimizer="adamw", lr=1e-5, weight_decay=1e-2, decoupled=True, clip_norm=10.0, b1=0.9, b2=0.999,
                eps=1e-8, schedule="constant", flatten=False)
   c.optim = ml_collections.ConfigDict(dict(generator=dict(adamw), discriminator=dict(adamw)))
+  # Gradient accumulation: each generator update's gradient is the mean over this many strided slices of the batch,
+  # one slice's forward and backward at a time (lowlight_jax/train/microbatch.py): activation memory of batch /
+  # microbatches, the same gradient up to float summation order (each slice draws its own posterior noise and
+  # DiffAugment). The discriminator updates (CLIP at 224x224) take the whole batch. 1 = off (the released step).
+  c.microbatches = 1
 
   c.data = pipeline.default_data_config()
   c.data.source = "unpaired_captions"  # EnlightenGAN layout: root/trainA (low), root/trainB (normal)

@@ -82,6 +82,7 @@ from lowlight_jax.models import retinexnet
 from lowlight_jax.models import scuf as scuf_model
 from lowlight_jax.models import sd_compat
 from lowlight_jax.models import vision_aided
+from lowlight_jax.train import microbatch
 
 PyTree = Any
 logger = logging.getLogger(__name__)
@@ -170,6 +171,10 @@ class Method(base.BaseMethod):
     self.rank, self.lora_scale = int(m.lora_rank), float(m.lora_alpha) / float(m.lora_rank)
     self.lora_shapes = lora_layers(self.vae_spec.target)
     self.ref_skip_frozen = bool(lc.released_ref_skip_frozen)
+    self.microbatches = int(config.get("microbatches", 1))
+    if self.microbatches < 1 or int(config.batch_size) % self.microbatches:
+      raise errors.ConfigError(f"microbatches: {self.microbatches} does not split batch_size {config.batch_size} "
+                               "into equal slices")
     if self.abstract:
       self.prompt_ids = {d: np.zeros((1, 77), np.int32) for d in DIRECTIONS}
     else:
@@ -264,6 +269,24 @@ class Method(base.BaseMethod):
   # the compiled step instead of once per call (XLA compile time grows with the graph; the released step calls
   # the UNet 12 times). Not `vmap`: batching over selected kernels makes batch-grouped convolutions in the
   # backward pass, which XLA's SPMD partitioner rejects once the kernels are FSDP-sharded.
+
+  def _grad(self, fn, gen, data, rng):
+    """((loss, aux stacked over micro-batches), grads) of fn(gen, data, rng) -> (loss, aux): the gradient
+    accumulated over `microbatches` strided slices of the batch (`train.microbatch`; data's batch axis is 1, after
+    the stacked source / direction axis)."""
+    return microbatch.value_and_grad(fn, gen, data, rng, self.microbatches, axis=1)
+
+  @staticmethod
+  def mean_over_slices(terms):
+    """Batch-mean terms stacked over micro-batches -> the batch's."""
+    return jax.tree.map(lambda t: jnp.mean(t, axis=0), terms)
+
+  @classmethod
+  def gan_aux(cls, terms, fakes, states):
+    """The GAN loss's aux stacked over micro-batches -> the batch's: mean terms, the fakes (2, B, ...) back in batch
+    order, the heads' new state (the spectral-norm power iteration depends on the weights only: every slice computes
+    the same one)."""
+    return cls.mean_over_slices(terms), microbatch.unsplit(fakes, axis=1), jax.tree.map(lambda t: t[0], states)
 
   def _remat(self):
     return sd_compat.remat_blocks(policy_lib.REMAT[self.policy.remat])
@@ -484,12 +507,14 @@ class Method(base.BaseMethod):
     def named(prefix, stacked):
       return {f"generator/{prefix}_{src}_{k}": v[j] for k, v in stacked.items() for j, src in enumerate("ab")}
 
+    mean_over_slices, gan_aux = self.mean_over_slices, self.gan_aux
     if w.update_order == "released":
       # Updates 1-2: cycle a, then cycle b with the updated params (one scan body).
       def cycle_update(carry, i):
         gen, opt = carry
-        loss_fn = lambda g: self._cycle_loss(g, frozen, model_state, data, i, jax.random.fold_in(keys["cycle"], i))
-        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(gen)
+        (loss, terms), grads = self._grad(lambda g, d, k: self._cycle_loss(g, frozen, model_state, d, i, k), gen,
+                                          data, jax.random.fold_in(keys["cycle"], i))
+        terms = mean_over_slices(terms)
         gen, opt, norm, ok = apply("generator", grads, gen, opt, loss)
         return (gen, opt), (loss, terms, norm, ok)
 
@@ -499,32 +524,37 @@ class Method(base.BaseMethod):
       metrics.update(named("cycle", terms))
       metrics.update({"generator/cycle_a": losses[0], "generator/cycle_b": losses[1]})
       # Update 3: the generator's GAN term; its fakes are the discriminator's in updates 5-6.
-      (loss, (terms, fakes, d_state)), grads = jax.value_and_grad(
-          lambda g: self._gan_loss(g, params["discriminator"], d_state, frozen, data, keys["gan"]),
-          has_aux=True)(params["generator"])
+      (loss, (terms, fakes, d_state)), grads = self._grad(
+          lambda g, d, k: self._gan_loss(g, params["discriminator"], d_state, frozen, d, k), params["generator"],
+          data, keys["gan"])
+      terms, fakes, d_state = gan_aux(terms, fakes, d_state)
       params["generator"], opt_state["generator"], _, ok = apply("generator", grads, params["generator"],
                                                                  opt_state["generator"], loss)
       finite = finite & ok
       metrics.update({f"generator/{k}": v for k, v in terms.items()})
       # Update 4: identity.
-      (loss, terms), grads = jax.value_and_grad(
-          lambda g: self._identity_loss(g, frozen, model_state, data, keys["idt"]), has_aux=True)(params["generator"])
+      (loss, terms), grads = self._grad(lambda g, d, k: self._identity_loss(g, frozen, model_state, d, k),
+                                        params["generator"], data, keys["idt"])
+      terms = mean_over_slices(terms)
       params["generator"], opt_state["generator"], norm, ok = apply("generator", grads, params["generator"],
                                                                     opt_state["generator"], loss)
       finite = finite & ok
       metrics.update({f"generator/{k}": v for k, v in terms.items()})
       metrics["generator/identity"] = loss
     else:
-      def joint(g):
-        cyc = jax.lax.map(lambda i: self._cycle_loss(g, frozen, model_state, data, i,
-                                                     jax.random.fold_in(keys["cycle"], i)), jnp.arange(2))
-        gan_loss, (gan_terms, fakes, states) = self._gan_loss(g, params["discriminator"], d_state, frozen, data,
-                                                              keys["gan"])
-        idt_loss, idt_terms = self._identity_loss(g, frozen, model_state, data, keys["idt"])
+      def joint(g, d, key):
+        cyc = jax.lax.map(lambda i: self._cycle_loss(g, frozen, model_state, d, i,
+                                                     jax.random.fold_in(jax.random.fold_in(key, 0), i)),
+                          jnp.arange(2))
+        gan_loss, (gan_terms, fakes, states) = self._gan_loss(g, params["discriminator"], d_state, frozen, d,
+                                                              jax.random.fold_in(key, 1))
+        idt_loss, idt_terms = self._identity_loss(g, frozen, model_state, d, jax.random.fold_in(key, 2))
         terms = {**named("cycle", cyc[1]), **{f"generator/{k}": v for k, v in {**gan_terms, **idt_terms}.items()}}
         return jnp.sum(cyc[0]) + gan_loss + idt_loss, (terms, fakes, states)
 
-      (loss, (terms, fakes, d_state)), grads = jax.value_and_grad(joint, has_aux=True)(params["generator"])
+      # key: the step's rng (one micro-batch) or a slice's; its fold-ins 0-2 are `keys`' cycle / gan / idt.
+      (loss, (terms, fakes, d_state)), grads = self._grad(joint, params["generator"], data, rng)
+      terms, fakes, d_state = gan_aux(terms, fakes, d_state)
       params["generator"], opt_state["generator"], norm, finite = apply("generator", grads, params["generator"],
                                                                         opt_state["generator"], loss)
       metrics.update(terms)

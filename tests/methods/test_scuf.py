@@ -1,9 +1,9 @@
 """SCUF training's cheap checks on the smoke config and a tiny EnlightenGAN-layout folder with caption CSVs: the
 FSDP plan of the smoke's (data 2, fsdp 4) mesh on abstract shapes (towers, trained params and their optimizer
-state sharded), prompt-file and caption input handling, and the released skip-kernel switch. The end-to-end smoke
-run (every term logged, resume, export, enhance) is not here yet: its step compiles in ~4 min on one CPU device
-and 10-15 min on the 8-device mesh on 2 cores, beyond the CI budget (issue 14's notes; the test itself is kept on
-the branch wip/scuf-e2e)."""
+state sharded), prompt-file and caption input handling, the released skip-kernel switch, what the remat keeps, and
+what makes gradient accumulation (`microbatches`) exact. The end-to-end smoke run (every term logged, resume,
+export, enhance) is not here: on 2 CPU cores its 8-device step compiles in 10-16 min and runs ~3 min a step, beyond
+the CI budget (issue 14's notes; the test is kept on the branch wip/scuf-e2e-2)."""
 
 import csv
 
@@ -153,3 +153,37 @@ def test_remat_keeps_the_vae_internals_out_of_the_saved_residuals(setting, capsy
   full.remat = "full"
   without, with_remat = (_cycle_residual_bytes(c, capsys) for c in (plain, full))
   assert without > 0 and with_remat < 0.19 * without, (without, with_remat)
+
+
+def test_every_generator_term_is_a_mean_over_examples():
+  """What makes `microbatches` exact: each SCUF term is a mean over the batch's examples (equal-size images), so
+  its mean over the strided slices is the batch's value. (The discriminator's spectral-norm state does not depend
+  on the batch; LPIPS is a mean of per-image distances.)"""
+  from lowlight_jax.losses import scuf as scuf_losses  # pylint: disable=g-import-not-at-top
+  from lowlight_jax.models import vision_aided  # pylint: disable=g-import-not-at-top
+  from lowlight_jax.train import microbatch  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  u = lambda *shape: jnp.asarray(rng.uniform(0.05, 0.95, shape), jnp.float32)
+  data = {"x": u(4, 3, 24, 24) * 2 - 1, "y": u(4, 3, 24, 24) * 2 - 1, "r": u(4, 24, 24, 3), "t": u(4, 24, 24, 3),
+          "la": u(4, 4, 3, 3) - 0.5, "lb": u(4, 4, 3, 3) - 0.5, "l1": u(4, 5, 5, 1) * 4 - 2, "l2": u(4, 1) * 4 - 2}
+  terms = {
+      "l1": lambda d: scuf_losses.l1(d["x"], d["y"]),
+      "reflectance": lambda d: scuf_losses.reflectance(d["r"], d["t"]),
+      "cross_direction": lambda d: scuf_losses.cross_direction_reflectance(d["r"], d["t"]),
+      "caption": lambda d: scuf_losses.caption_consistency(d["la"], d["lb"]),
+      "gan": lambda d: jnp.mean(vision_aided.multilevel_sigmoid_loss([d["l1"], d["l2"]], True)),
+  }
+  slices = microbatch.split(data, 2)
+  for name, fn in terms.items():
+    halves = [fn(jax.tree.map(lambda t, j=j: t[j], slices)) for j in range(2)]
+    np.testing.assert_allclose(np.mean(halves), fn(data), rtol=1e-5, err_msg=name)
+    assert abs(float(halves[0]) - float(halves[1])) > 1e-4, name  # the halves differ: the check can fail
+
+
+def test_microbatches_must_split_the_batch(setting):
+  config = _config(*setting)
+  config.microbatches = 3
+  with pytest.raises(Exception, match="microbatches: 3 does not split batch_size 8"):
+    base.load_method(config)
+  config.microbatches = 2
+  assert base.load_method(config).microbatches == 2
