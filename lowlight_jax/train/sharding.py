@@ -53,6 +53,23 @@ def make_mesh(mesh_cfg: ml_collections.ConfigDict | dict, devices: Sequence[jax.
   return Mesh(dev_array, tuple(names))
 
 
+def inference_mesh(mesh_cfg: ml_collections.ConfigDict | dict, devices: Sequence[jax.Device] | None = None,
+                   fsdp_axis: str = "fsdp") -> Mesh:
+  """The run's mesh where this machine's devices fit it; else the same axes over the devices there are: the FSDP
+  axis over all of them (every other axis 1), or `data` over all when the mesh has no FSDP axis. A run trained on
+  a pod is enhanced on a workstation this way (the checkpoint is restored onto the new shardings)."""
+  try:
+    return make_mesh(mesh_cfg, devices)
+  except ValueError:
+    names = list(mesh_cfg.keys())
+    fit = {n: 1 for n in names}
+    fit[fsdp_axis if fsdp_axis in names else "data"] = -1
+    mesh = make_mesh(fit, devices)
+    logger.info("mesh %s does not fit %d device(s); inference uses %s", dict(mesh_cfg), mesh.devices.size,
+                dict(mesh.shape))
+    return mesh
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

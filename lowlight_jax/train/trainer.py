@@ -469,15 +469,17 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, step: int | None = None, *,
-                          towers_needed: tuple[str, ...] | None = None) -> Setup:
+                          towers_needed: tuple[str, ...] | None = None, devices=None) -> Setup:
   """A run's trained params and model state (newest or given checkpoint) and the frozen towers inference uses.
 
   Builds only what inference needs: no optimizer state, no random init of trained params (they are restored
   straight onto their shardings from the checkpoint), and of the frozen towers only `towers_needed` (default: the
-  method's `inference_towers`), loaded from their weight files or initialised from the config's seed.
+  method's `inference_towers`), loaded from their weight files or initialised from the config's seed. On `devices`
+  (default: all), with the run's mesh when it fits them, else `sharding.inference_mesh` (e.g. a run of an 8-device
+  mesh on a 1-device machine).
   """
   method = base.load_method(config)
-  mesh = sharding_lib.make_mesh(config.mesh)
+  mesh = sharding_lib.inference_mesh(config.mesh, devices, config.sharding.get("fsdp_axis", "fsdp"))
   needed = tuple(method.inference_towers if towers_needed is None else towers_needed)
   init_all, init_rng, abstract, _, shardings = abstract_setup(config, method, mesh, towers=needed,
                                                               with_optimizer=False)

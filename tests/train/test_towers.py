@@ -204,6 +204,22 @@ def test_inference_restores_params_only_and_no_unused_tower(tmp_path):
   assert jax.tree.structure(setup.state.params) == jax.tree.structure(trained.state.params)
   out = trainer.make_enhance_fn(setup)(setup.state, setup.frozen)(jnp.full((1, 20, 24, 3), 0.2))
   assert out["enhanced"].shape == (1, 20, 24, 3)
+  # The run's 8-device mesh on a 1-device machine: restored onto one device, the same params and output.
+  one = trainer.restore_for_inference(config, workdir, devices=jax.devices()[:1])
+  assert dict(one.mesh.shape) == {"data": 1}
+  for a, b in zip(jax.tree.leaves(setup.state.params), jax.tree.leaves(one.state.params)):
+    np.testing.assert_array_equal(a, b)
+  out_one = trainer.make_enhance_fn(one)(one.state, one.frozen)(jnp.full((1, 20, 24, 3), 0.2))
+  np.testing.assert_allclose(out_one["enhanced"], out["enhanced"], atol=1e-6)
+
+
+def test_inference_mesh_fits_the_devices_there_are():
+  from lowlight_jax.train import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  shape = lambda cfg, n: dict(sharding_lib.inference_mesh(cfg, jax.devices()[:n]).shape)
+  assert shape({"data": 2, "fsdp": 4}, 8) == {"data": 2, "fsdp": 4}  # fits: the run's own mesh
+  assert shape({"data": 2, "fsdp": 4}, 1) == {"data": 1, "fsdp": 1}
+  assert shape({"data": 2, "fsdp": 4}, 2) == {"data": 1, "fsdp": 2}
+  assert shape({"data": 16}, 8) == {"data": 8}
 
 
 def test_run_configs_written_before_the_trainer_fields_existed_still_load(tmp_path):
