@@ -37,7 +37,9 @@ gradient clip and AdamW step, then two discriminator updates:
 Each forward samples its own VAE posterior noise and each discriminator call its own DiffAugment, as released; the
 spectral-norm power iteration advances at every discriminator call (steps 3, 5, 6). `loss.update_order='joint'`
 sums 1-4 into one generator update and 5-6 into one discriminator update (half the optimizer work; not the
-released dynamics).
+released dynamics). `microbatches=N` computes each generator update's gradient over N strided slices of the batch,
+one slice at a time (`train.microbatch`: the batch's gradient, every term being a mean over examples; the memory
+of batch / N).
 
 Port notes (paper vs released code; each released behaviour a config switch where cheap):
   * The reflectance decoder's skip convs are never optimised in the released code:
