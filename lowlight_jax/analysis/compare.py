@@ -103,7 +103,6 @@ def _write_pngs(folder: str, items) -> None:
 
 def resolve_set(spec: str, out_dir: str, limit: int | None = None) -> TestSet:
   """A `--sets` item -> its folders (see the module doc); materialised sets are written under out_dir/sets."""
-  name = spec.split(":")[0] if spec.startswith(("paired:", "video:")) else spec
   if spec in CONFORMANCE_SETS:
     folder = shared_dir() / "conformance" / "inputs" / CONFORMANCE_SETS[spec]
     if not folder.is_dir():
@@ -335,12 +334,11 @@ def to_html(result: dict[str, Any], out_dir: str, thumbnails_per_set: int = 6) -
                    for r in result["rows"] if r["set"] == s["name"])
     names = [r["name"] for r in result["rows"] if r["set"] == s["name"] and r["kind"] != "input"]
     grid = []
+    refs = evaluate.list_images(s["ref_dir"]) if s["ref_dir"] else {}
     for stem, src in sorted(evaluate.list_images(s["low_dir"]).items())[:thumbnails_per_set]:
       cells = [("input", src)] + [(n, os.path.join(out_dir, s["name"], n, f"{stem}.png")) for n in names]
-      if s["ref_dir"]:
-        refs = evaluate.list_images(s["ref_dir"])
-        if stem in refs:
-          cells.append(("reference", refs[stem]))
+      if stem in refs:
+        cells.append(("reference", refs[stem]))
       figs = []
       for label, path in cells:
         if not os.path.exists(path):
