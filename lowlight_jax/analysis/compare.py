@@ -215,20 +215,18 @@ def protocol_columns(protocol: evaluate.Protocol, authors_crop: bool) -> dict[st
 
 
 def _enhance_folder(enhancer, low_dir: str, out: str) -> tuple[int, list[dict[str, str]]]:
+  """`batch_enhance.run_plan` over the set's images into `out` -> (images written, [{'image', 'error'}])."""
   from lowlight_jax.inference import batch_enhance  # pylint: disable=g-import-not-at-top
-  os.makedirs(out, exist_ok=True)
-  done, failed = 0, []
-  for stem, src in sorted(evaluate.list_images(low_dir).items()):
-    try:
-      batch_enhance.enhance_image(enhancer, str(src), os.path.join(out, f"{stem}.png"))
-      done += 1
-    except (errors.InputError, ValueError) as e:
-      failed.append({"image": stem, "error": str(e)})
-  return done, failed
+  jobs = [batch_enhance.Job(str(src), batch_enhance.output_path(str(src), out), "image")
+          for _, src in sorted(evaluate.list_images(low_dir).items())]
+  report = batch_enhance.run_plan(enhancer, batch_enhance.Plan(output_dir=out, jobs=jobs, replace=True),
+                                  progress=False)
+  failed = [{"image": os.path.splitext(os.path.basename(path))[0], "error": reason} for path, reason in report.failed]
+  return len(report.written), failed
 
 
 def _means(report: dict[str, Any]) -> dict[str, Any]:
-  return {**{m: v for m, v in report["mean"].items()}, **report.get("set", {})}
+  return {**report["mean"], **report.get("set", {})}
 
 
 def compare(entries: Sequence[Entry], sets: Sequence[TestSet], out_dir: str, *,
