@@ -1,11 +1,18 @@
 """`launch.compare`: released weights on a conformance set and the embedded test pairs, one table as JSON /
 markdown / HTML with the thumbnails side by side, the protocol as columns, and one-line refusals of bad input."""
 
+import base64
+import io
 import json
+import os
+import pathlib
 import re
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lowlight_jax.analysis import compare
 from lowlight_jax.io import imageio
@@ -18,12 +25,19 @@ def weights(conformance_dir):
   return {"sgz": w / "sgz_epoch99.npz", "zero_dce": w / "zerodce_epoch99.npz"}
 
 
-def test_released_entries_on_two_sets(weights, conformance_dir, run_module, tmp_path):
-  out = tmp_path / "cmp"
+@pytest.fixture(scope="module")
+def compared(weights, run_module, tmp_path_factory):
+  """Released SGZ and Zero-DCE on two images of lowCUT and of the embedded test pairs: the output folder."""
+  out = tmp_path_factory.mktemp("compare") / "cmp"
   res = run_module(["launch.compare", "--out", str(out), "--released", f"sgz=sgz:{weights['sgz']}",
                     "--released", f"zdce=zero_dce:{weights['zero_dce']}", "--sets", "lowcut,embedded_test",
                     "--limit", "2", "--timing_reps", "1"])
   assert res.returncode == 0, res.stderr[-3000:]
+  return out
+
+
+def test_released_entries_on_two_sets(compared, conformance_dir):
+  out = compared
   result = json.loads((out / "compare.json").read_text())
   rows = {(r["name"], r["set"]): r for r in result["rows"]}
   assert list(rows) == [("input", "lowcut"), ("sgz", "lowcut"), ("zdce", "lowcut"), ("input", "embedded_test"),
@@ -51,6 +65,32 @@ def test_released_entries_on_two_sets(weights, conformance_dir, run_module, tmp_
   # Per image: the input, both entries, and (embedded_test) the reference.
   assert len(re.findall(r'<img src="data:image/jpeg;base64,', page)) == 2 * 3 + 2 * 4
   assert 'alt="reference ' in page and 'alt="zdce ' in page
+
+
+def test_page_shows_every_thumbnail_in_a_browser(compared, tmp_path):
+  """compare.html in headless Chromium: every thumbnail decodes, and the screenshot shows each one where the page
+  lays it out, the input, the entries and the reference side by side in one row per image."""
+  shot = tmp_path / "compare.png"
+  images = _render(compared / "compare.html", shot)
+  assert len(images) == 2 * 3 + 2 * 4, [i["alt"] for i in images]
+  screenshot = np.asarray(Image.open(shot).convert("RGB"), np.float32) / 255
+  rows = {}
+  for image in images:
+    assert image["complete"] and image["natural_width"] == image["natural_height"] == 160, image["alt"]
+    assert image["width"] == image["height"] == 160, image["alt"]
+    shown = _crop(screenshot, image)
+    assert shown.shape == (160, 160, 3), (image["alt"], shown.shape)  # inside the screenshot
+    # What the browser shows is the embedded thumbnail (JPEG decoders differ by a few levels at most).
+    assert np.abs(shown - _decode_data_uri(image["src"])).mean() < 0.02, image["alt"]
+    rows.setdefault(round(image["y"]), []).append(image)
+  # One row per image (2 sets x 2 images), left to right: input, sgz, zdce[, reference].
+  assert len(rows) == 4
+  for row in rows.values():
+    labels = [i["alt"].split()[0] for i in sorted(row, key=lambda i: i["x"])]
+    assert labels in (["input", "sgz", "zdce"], ["input", "sgz", "zdce", "reference"]), labels
+    # The entries' outputs differ from the input on the screen (SGZ brightens): the check above can fail.
+    by_label = {i["alt"].split()[0]: _crop(screenshot, i) for i in row}
+    assert by_label["sgz"].mean() > by_label["input"].mean() + 0.03
 
 
 @pytest.mark.parametrize("case", ["not_empty", "bad_set", "bad_method", "missing_weights", "same_name",
@@ -91,3 +131,60 @@ def test_entry_specs():
   assert compare.parse_entry("released", "a=sgz:" + __file__) == compare.Entry("a", "released", "sgz:" + __file__)
   with pytest.raises(Exception, match="NAME=METHOD:WEIGHTS"):
     compare.parse_entry("released", "sgz:" + __file__)
+
+
+# ---------------------------------------------------------------- the page in a headless browser
+
+_INSTALL = "apt-get install chromium (Debian's package), or set LOWLIGHT_CHROMIUM to a Chromium binary"
+# Chromium on a closed network: no background connections, no first-run work (see the machine notes).
+_CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _chromium() -> str:
+  """The Chromium binary; skips the test (fails it when LOWLIGHT_REQUIRE_BROWSER is set) when there is none."""
+  path = os.environ.get("LOWLIGHT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+  if path and os.access(path, os.X_OK):
+    return path
+  message = f"no Chromium for the browser test: {_INSTALL}"
+  if os.environ.get("LOWLIGHT_REQUIRE_BROWSER"):
+    pytest.fail(message)
+  pytest.skip(message)
+
+
+def _render(page_path: os.PathLike, screenshot: os.PathLike, width: int = 1400) -> list[dict]:
+  """Loads `page_path` in headless Chromium, writes a full-page PNG screenshot, and returns every <img> on the page:
+  {"alt", "src", "complete", "natural_width", "natural_height", "x", "y", "width", "height"} (page CSS pixels,
+  device scale 1, so they index the screenshot)."""
+  from playwright.sync_api import sync_playwright  # pylint: disable=g-import-not-at-top
+
+  binary = _chromium()
+  with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
+    context = p.chromium.launch_persistent_context(profile, executable_path=binary, args=_CHROMIUM_ARGS, headless=True,
+                                                   viewport={"width": width, "height": 900},
+                                                   device_scale_factor=1)
+    try:
+      page = context.new_page()
+      page.goto(pathlib.Path(page_path).resolve().as_uri(), wait_until="load")
+      images = page.evaluate("""() => Array.from(document.images).map(i => {
+        const r = i.getBoundingClientRect();
+        return {alt: i.alt, src: i.src, complete: i.complete, natural_width: i.naturalWidth,
+                natural_height: i.naturalHeight, x: r.left + window.scrollX, y: r.top + window.scrollY,
+                width: r.width, height: r.height};
+      })""")
+      page.screenshot(path=os.fspath(screenshot), full_page=True)
+    finally:
+      context.close()
+  return images
+
+
+def _decode_data_uri(src: str) -> np.ndarray:
+  """An <img> data URI's picture as float RGB in [0, 1]."""
+  _, payload = src.split(",", 1)
+  return np.asarray(Image.open(io.BytesIO(base64.b64decode(payload))).convert("RGB"), np.float32) / 255
+
+
+def _crop(screenshot: np.ndarray, image: dict) -> np.ndarray:
+  """The screenshot's pixels under one <img> (its bounding box, rounded to whole pixels)."""
+  x, y = int(round(image["x"])), int(round(image["y"]))
+  return screenshot[y:y + int(round(image["height"])), x:x + int(round(image["width"]))]
