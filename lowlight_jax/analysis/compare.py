@@ -17,6 +17,9 @@ Every row: {'name', 'set', 'kind', 'method', <metric>: mean value, 'images', 'fa
 protocol (data range, crop border, PSNR / SSIM channel, size rule) is a column of every row, never a hidden
 default. Metrics: PSNR / SSIM / LPIPS where the set has references, NIQE / BRISQUE otherwise (FID with the user's
 Inception weights).
+
+A paper's table (`paper_tables`, `launch.compare --preset`): `preset_sets` turns its chosen datasets into sets named
+by their keys, and the result's 'preset' block (`paper_tables.table`) leads compare.md and compare.html.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lowlight_jax import errors
+from lowlight_jax.analysis import paper_tables
 from lowlight_jax.io import atomic_io
 from lowlight_jax.io import imageio
 from lowlight_jax.metrics import evaluate
@@ -135,6 +139,26 @@ def resolve_set(spec: str, out_dir: str, limit: int | None = None) -> TestSet:
     return _limited(TestSet(name, spec, None), out_dir, limit)
   raise errors.InputError(f"--sets {spec}: not a known set ({', '.join([*CONFORMANCE_SETS, 'embedded_test'])}), "
                           "paired:LOW:REF, video:PATH[:N] or a folder")
+
+
+def conformance_sets_here() -> set[str]:
+  """The conformance set names (`resolve_set` specs) whose folders this machine has."""
+  base = shared_dir() / "conformance" / "inputs"
+  return {name for name, folder in CONFORMANCE_SETS.items() if (base / folder).is_dir()}
+
+
+def preset_sets(plan: paper_tables.Plan, out_dir: str, limit: int | None = None) -> list[TestSet]:
+  """A preset's chosen datasets as test sets named by their keys: the set here, or the --data folder (PATH/low +
+  PATH/high for paired datasets, else PATH)."""
+  sets = []
+  for dataset, path in plan.chosen:
+    if path is None:
+      sets.append(dataclasses.replace(resolve_set(dataset.here, out_dir, limit), name=dataset.key))
+      continue
+    low, ref = ((os.path.join(path, "low"), os.path.join(path, "high")) if dataset.needs_reference
+                else (path, None))
+    sets.append(_limited(TestSet(dataset.key, low, ref), out_dir, limit))
+  return sets
 
 
 def _limited(test_set: TestSet, out_dir: str, limit: int | None) -> TestSet:
@@ -302,6 +326,8 @@ def _cell(v: Any) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
   lines = ["# lowlight-jax comparison", ""]
+  if "preset" in result:
+    lines += [paper_tables.to_markdown(result["preset"])]
   for s in result["sets"]:
     metrics = _metric_columns(result, s["name"])
     cols = ["name", "kind", "method", *metrics, "images", "failed", "params_total", "params_trainable",
@@ -312,8 +338,9 @@ def to_markdown(result: dict[str, Any]) -> str:
       lines.append("| " + " | ".join(_cell(row.get(c)) for c in cols) + " |")
     lines.append("")
   first = result["rows"][0] if result["rows"] else {}
-  lines += ["Protocol: " + ", ".join(f"{k[len('protocol_'):]} = {v}" for k, v in first.items()
-                                      if k.startswith("protocol_")), ""]
+  if first:
+    lines += ["Protocol: " + ", ".join(f"{k[len('protocol_'):]} = {v}" for k, v in first.items()
+                                        if k.startswith("protocol_")), ""]
   if result["failed"]:
     lines += ["Failed images:", ""] + [f"- {f['name']} / {f['set']} / {f['image']}: {f['error']}"
                                         for f in result["failed"]] + [""]
@@ -360,10 +387,12 @@ td, th {{ border: 1px solid #ccc; padding: 2px 8px; text-align: right; }}
 .row {{ display: flex; gap: 8px; align-items: flex-start; }}
 .row h3 {{ width: 8em; font-size: 0.9em; }}
 figure {{ margin: 0; text-align: center; font-size: 0.8em; }}
+tr.ours {{ background: #eef; }} tr.method {{ font-weight: bold; }}
 figure.missing div {{ width: 160px; height: 160px; background: #eee; line-height: 160px; color: #b00; }}
 </style></head><body>
 <h1>lowlight-jax comparison</h1>
 <p>{html.escape(protocol)}</p>
+{paper_tables.to_html(result["preset"]) if "preset" in result else ""}
 {chr(10).join(parts)}
 </body></html>
 """

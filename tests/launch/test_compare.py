@@ -188,3 +188,100 @@ def _crop(screenshot: np.ndarray, image: dict) -> np.ndarray:
   """The screenshot's pixels under one <img> (its bounding box, rounded to whole pixels)."""
   x, y = int(round(image["x"])), int(round(image["y"]))
   return screenshot[y:y + int(round(image["height"])), x:x + int(round(image["width"]))]
+
+
+# ---------------------------------------------------------------- the papers' tables (--preset)
+
+def _preset_run(run_module, out, *args):
+  res = run_module(["launch.compare", "--out", str(out), *args, "--limit", "1", "--timing_reps", "0"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  preset = json.loads((out / "compare.json").read_text())["preset"]
+  return res, preset, (out / "compare.md").read_text(), (out / "compare.html").read_text()
+
+
+def _rows_of(preset, source):
+  return {r["name"]: r for r in preset["rows"] if r["source"] == source}
+
+
+def test_preset_scl_lle_niqe_on_the_sets_here(weights, run_module, tmp_path):
+  """DICM and LIME are here (conformance subsets): ours beside the paper's NIQE; MEF, VV, NPE listed missing."""
+  res, preset, md, page = _preset_run(run_module, tmp_path / "out", "--preset", "scl_lle_niqe",
+                                      "--released", f"sgz=sgz:{weights['sgz']}")
+  result = json.loads((tmp_path / "out" / "compare.json").read_text())
+  assert [s["name"] for s in result["sets"]] == ["dicm", "lime"] and result["sets"][0]["metrics"] == ["niqe"]
+  assert preset["name"] == "scl_lle_niqe" and preset["citation"]["table"] == "Table 1"
+  assert _rows_of(preset, "paper")["Ours"]["dicm/niqe"] == 3.51
+  ours = _rows_of(preset, "ours")
+  assert list(ours) == ["input", "sgz"] and ours["sgz"]["entry"] == "sgz"
+  by_set = {r["set"]: r for r in result["rows"] if r["name"] == "sgz"}
+  for key in ("dicm", "lime"):
+    assert np.isfinite(ours["sgz"][f"{key}/niqe"]) and ours["sgz"][f"{key}/niqe"] == by_set[key]["niqe"]
+  assert all(ours["sgz"][f"{k}/niqe"] is None for k in ("mef", "vv", "npe")) and ours["sgz"]["average/niqe"] is None
+  assert [(m["key"], m["how"]) for m in preset["missing"]] == [("mef", "--data mef=PATH"), ("vv", "--data vv=PATH"),
+                                                               ("npe", "--data npe=PATH")]
+  row = next(line for line in md.splitlines() if line.startswith("| sgz | ours: sgz |"))
+  assert row.split(" | ")[2] == f"{ours['sgz']['dicm/niqe']:.2f}" and row.split(" | ")[6] == "—"
+  assert md.index("| **Ours** | paper: the method | 3.51 |") < md.index("| sgz | ours: sgz |")
+  for line in ("- mef: MEF low-light images", "Pass `--data vv=PATH`.", "Pass `--data npe=PATH`."):
+    assert line in md and line in res.stdout, line
+  assert '<table class="paper">' in page and "--data npe=PATH" in page
+
+
+def test_preset_skf_lol_on_given_data(weights, run_module, conformance_dir, tmp_path):
+  """--data lol=FOLDER (low/ + high/): PSNR / SSIM / LPIPS / NIQE of ours beside the paper's; LOL-v2 missing."""
+  lol = tmp_path / "LOL"
+  for sub in ("low", "high"):
+    (lol / sub).mkdir(parents=True)
+  for stem, path in sorted(evaluate.list_images(conformance_dir / "inputs" / "LIME").items())[:2]:
+    low = imageio.read_image(path)[:192, :192]  # two 96x96 NIQE blocks at least
+    Image.fromarray(np.uint8(low * 255 + 0.5)).save(lol / "low" / f"{stem}.png")
+    Image.fromarray(np.uint8(np.clip(low * 3, 0, 1) * 255 + 0.5)).save(lol / "high" / f"{stem}.png")
+  _, preset, md, _ = _preset_run(run_module, tmp_path / "out", "--preset", "skf_lol", "--data", f"lol={lol}",
+                                 "--released", f"sgz=sgz:{weights['sgz']}")
+  ours = _rows_of(preset, "ours")["sgz"]
+  for metric in ("psnr", "ssim", "lpips", "niqe"):
+    assert np.isfinite(ours[f"lol/{metric}"]), metric
+    assert ours[f"lol_v2/{metric}"] is None
+  assert ours["params_m"] == pytest.approx(0.010561)
+  assert preset["used"] == [{"key": "lol", "images": 1, "source": f"--data lol={lol}"}]
+  assert [m["key"] for m in preset["missing"]] == ["lol_v2"]
+  assert _rows_of(preset, "paper")["DRBN-SKF(Ours)"]["lol/psnr"] == 22.837 and preset["ours_row"] == "DRBN-SKF(Ours)"
+  assert f"| sgz | ours: sgz | {ours['lol/psnr']:.3f} | {ours['lol/ssim']:.3f} | {ours['lol/lpips']:.3f} |" in md
+
+
+def test_preset_without_its_data_writes_the_papers_table(weights, run_module, tmp_path):
+  """DMGNIE's data is private: the paper's table, our entry without values, and what it would need; exit 0."""
+  out = tmp_path / "out"
+  res, preset, md, page = _preset_run(run_module, out, "--preset", "dmgnie_traffic",
+                                      "--released", f"sgz=sgz:{weights['sgz']}")
+  assert sorted(p.name for p in out.iterdir()) == ["compare.html", "compare.json", "compare.md"]
+  assert _rows_of(preset, "paper")["Ours"]["lq_tll_qd/lpips"] == 42.961 and len(_rows_of(preset, "paper")) == 18
+  ours = _rows_of(preset, "ours")
+  assert list(ours) == ["sgz"] and all(ours["sgz"][c["id"]] is None for c in preset["columns"])
+  assert [m["key"] for m in preset["missing"]] == ["lq_tll_qd", "lq_tll_sz", "lq_tell"]
+  assert "| sgz | ours: sgz | — | — |" in md and "| **Ours** | paper: the method | 31.422 | 22.473 |" in md
+  for key in ("lq_tll_qd", "lq_tll_sz", "lq_tell"):
+    assert f"Pass `--data {key}=PATH`." in res.stdout and f"--data {key}=PATH" in page
+
+
+@pytest.mark.parametrize("case", ["bad_preset", "bad_data_key", "missing_data_path", "contradicting_metrics",
+                                  "data_without_preset"])
+def test_preset_bad_input_is_one_line(case, weights, run_module, tmp_path):
+  out = tmp_path / "out"
+  args, expected = {
+      "bad_preset": (["--preset", "nope"], "--preset nope: unknown; choose from sgz_table1, scl_lle_niqe, skf_lol, "
+                     "scuf_lsrw, dmgnie_traffic"),
+      "bad_data_key": (["--preset", "skf_lol", "--data", f"lsrw={tmp_path}"],
+                       "preset skf_lol has no dataset 'lsrw'; choose from lol, lol_v2"),
+      "missing_data_path": (["--preset", "skf_lol", "--data", f"lol={tmp_path / 'LOL'}"],
+                            f"--data lol={tmp_path / 'LOL'}: {tmp_path / 'LOL'} does not exist"),
+      "contradicting_metrics": (["--preset", "scl_lle_niqe", "--metrics", "psnr,ssim"],
+                                "--metrics psnr,ssim: preset scl_lle_niqe uses niqe (the paper's table)"),
+      "data_without_preset": (["--data", f"lol={tmp_path}"], "--data needs --preset"),
+  }[case]
+  res = run_module(["launch.compare", "--out", str(out), "--released", f"sgz=sgz:{weights['sgz']}", *args,
+                    "--limit", "1", "--timing_reps", "0"])
+  assert res.returncode != 0
+  assert expected in res.stderr.strip().splitlines()[-1], res.stderr[-2000:]
+  assert "Traceback" not in res.stderr
+  assert not out.exists()
