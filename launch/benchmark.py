@@ -6,9 +6,14 @@ r"""Speed figures as one JSON object (no timed tests anywhere: speed is tracked 
 
 sgz_inference: images/s of the full SGZ inference pipeline (downsample, EFE, align-corners upsample, 8 curve
   iterations, clip) at 1200x900, batch 1 and 8, scale factors 12 and 1, after warm-up.
-sgz_train: train steps/s of the paper recipe (512x512, batch 6, ResNet-50 + FPN USS) on all local devices.
+sgz_train: train steps/s of the paper recipe (512x512, batch 6, ResNet-50 + FPN USS) on all local devices; with
+  --peer also the issue's comparison step (256x256, batch 2) in JAX and in PyTorch (`launch/torch_peers.py`).
 metrics: images/s for NIQE and LPIPS at 512x512 (needs `python -m launch.assets fetch` first).
 data: decoded+augmented images/s of a folder source and frames/s of the video source, per worker count.
+methods: every method the same way (`lowlight_jax/analysis/speed.py`): its recipe config with random weights,
+  inference images/s at 600x400 and 1200x900 (its own `enhance`, batch 1), train steps/s at the recipe's crop and
+  batch, and memory (XLA's plan per device; on a GPU also the measured peak). Each method runs in a child process
+  of its own (`--methods` chooses them); one that fails is `{"error": ...}` and the others still run.
 scuf_memory: the SCUF train step's memory per device at the real SD-Turbo sizes, 512x512, batch 1 and 8, on 1
   and 8 devices, with and without FSDP / remat, from XLA's compile of the step on abstract shapes (no weights:
   `lowlight_jax.train.memory`); bfloat16 compute and frozen storage, float32 trained params and AdamW state.
@@ -43,9 +48,16 @@ _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 3, "Timed train steps (after 
 _SCUF_ROWS = flags.DEFINE_list("scuf_rows", [], "scuf_memory: only these rows (indices into SCUF_ROWS).")
 _SCUF_MEASURE = flags.DEFINE_bool("scuf_measure", False, "scuf_memory on a GPU: also run the 1-device rows.")
 _SCUF_WORKER = flags.DEFINE_bool("scuf_memory_worker", False, "Internal: compute scuf_memory rows in this process.")
+_METHODS = flags.DEFINE_list("methods", [], "methods: only these methods (default: all).")
+_METHOD_SIZES = flags.DEFINE_list("method_sizes", ["600x400", "1200x900"], "methods: inference sizes, WxH.")
+_METHOD_OVERRIDES = flags.DEFINE_multi_string("method_override", [], "methods: METHOD:FIELD=VALUE set on that "
+                                              "method's recipe config (e.g. scuf:data.crop=128).")
+_METHOD_CPU_ANYWAY = flags.DEFINE_bool("method_cpu_anyway", False, "methods: also run, on a CPU backend, the methods "
+                                      "that are skipped there (SCUF at real size: tens of GB of host memory).")
+_METHOD_WORKER = flags.DEFINE_string("method_worker", None, "Internal: compute one method's figures in this process.")
 
 REFERENCE_TORCH_IMAGES_PER_S = {"scale_12": 5.4, "scale_1": 0.068}  # Issue #2, authors' code, 2 CPU threads.
-SECTIONS = ("sgz_inference", "sgz_train", "data", "metrics", "scuf_memory")
+SECTIONS = ("sgz_inference", "sgz_train", "data", "metrics", "methods", "scuf_memory")
 # (batch, devices, fsdp, remat, micro-batches). Batch 1 does not split over 8 devices (the batch is sharded over
 # every device). Row 7 is row 3 with gradient accumulation over 2 slices of 4 (`configs/scuf.py` microbatches): the
 # same batch-8 gradient, half the activations.
@@ -53,6 +65,7 @@ SCUF_ROWS = ((1, 1, False, False, 1), (1, 1, False, True, 1), (8, 1, False, Fals
              (8, 8, False, True, 1), (8, 8, True, False, 1), (8, 8, True, True, 1), (8, 1, False, True, 2))
 SCUF_SIZE = 512
 GOAL_GB = 80.0
+PEER_TRAIN_SIZE, PEER_TRAIN_BATCH = 256, 2  # The issue's SGZ train-step comparison (ResNet-50 + FPN USS).
 
 
 def check_flags() -> None:
@@ -65,6 +78,14 @@ def check_flags() -> None:
   for name, holder in (("repeats", _REPEATS), ("train_steps", _TRAIN_STEPS)):
     if holder.value < 1:
       raise errors.ConfigError(f"--{name} must be >= 1, got {holder.value}")
+  if "methods" in _SECTIONS.value or _METHOD_WORKER.value:
+    from lowlight_jax.analysis import speed
+    unknown = [m for m in _METHODS.value + ([_METHOD_WORKER.value] if _METHOD_WORKER.value else [])
+               if m not in speed.METHODS]
+    if unknown:
+      raise errors.ConfigError(f"--methods: unknown {unknown}; choose from {', '.join(speed.METHODS)}")
+    method_sizes()
+    method_overrides()
   if "metrics" in _SECTIONS.value:
     from lowlight_jax.metrics import assets
     for name in assets.METRIC_ASSETS["niqe"] + assets.METRIC_ASSETS["lpips"]:
@@ -109,54 +130,16 @@ def sgz_inference(weights, repeats, peer):
   out["ratio_vs_reference_scale_12_batch_1"] = out["scale_12_batch_1_images_per_s"] / 5.4
   out["ratio_vs_reference_scale_1_batch_1"] = out["scale_1_batch_1_images_per_s"] / 0.068
   if peer:
-    out["torch_peer"] = _torch_peer(jax.device_get(params), repeats)
+    from launch import torch_peers
+    out["torch_peer"] = torch_peers.sgz_inference(jax.device_get(params), repeats)
     for scale in (12, 1):
       out[f"ratio_vs_torch_peer_scale_{scale}_batch_1"] = (
           out[f"scale_{scale}_batch_1_images_per_s"] / out["torch_peer"][f"scale_{scale}_batch_1_images_per_s"])
   return out
 
 
-def _torch_peer(params, repeats):
-  """The authors' SGZ forward (model.py enhance_net_nopool, conv_type='dsc') re-created in PyTorch."""
-  import numpy as np
-  import torch
-  import torch.nn.functional as F
-
-  from lowlight_jax.convert import layout
-
-  torch.set_num_threads(2)
-  sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in layout.flax_to_torch({"params": params}).items()}
-
-  def dsc(x, name):
-    w = sd[f"{name}.depth_conv.weight"]
-    x = F.conv2d(x, w, sd[f"{name}.depth_conv.bias"], padding=1, groups=w.shape[0])
-    return F.conv2d(x, sd[f"{name}.point_conv.weight"], sd[f"{name}.point_conv.bias"])
-
-  def forward(x, scale):
-    x_down = x if scale == 1 else F.interpolate(x, scale_factor=1 / scale, mode="bilinear")
-    x1 = F.relu(dsc(x_down, "e_conv1"))
-    x2 = F.relu(dsc(x1, "e_conv2"))
-    x3 = F.relu(dsc(x2, "e_conv3"))
-    x4 = F.relu(dsc(x3, "e_conv4"))
-    x5 = F.relu(dsc(torch.cat([x3, x4], 1), "e_conv5"))
-    x6 = F.relu(dsc(torch.cat([x2, x5], 1), "e_conv6"))
-    x_r = torch.tanh(dsc(torch.cat([x1, x6], 1), "e_conv7"))
-    if scale != 1:
-      x_r = F.interpolate(x_r, scale_factor=scale, mode="bilinear", align_corners=True)
-    for _ in range(8):
-      x = x + x_r * (torch.pow(x, 2) - x)
-    return x
-
-  out = {}
-  with torch.no_grad():
-    for scale in (12, 1):
-      x = torch.rand(1, 3, 900, 1200) * 0.3
-      reps = repeats if scale == 12 else 1
-      out[f"scale_{scale}_batch_1_images_per_s"] = 1 / _time(lambda: forward(x, scale), reps)
-  return out
-
-
-def sgz_train(steps):
+def sgz_train(steps, size: int = 512, batch_size: int | None = None):
+  """Train steps/s of configs/sgz.py (its batch, or `batch_size`) on random size x size images, all devices."""
   import jax
   import numpy as np
 
@@ -165,10 +148,12 @@ def sgz_train(steps):
   from lowlight_jax.train import trainer
 
   config = sgz_config.get_config()
-  config.data.crop = 512
+  config.data.crop = size
+  if batch_size:
+    config.batch_size = batch_size
   setup = trainer.build(config)
   step_fn = trainer.make_train_step(setup)
-  batch = {"low": np.random.default_rng(0).uniform(0, 0.3, (config.batch_size, 512, 512, 3)).astype(np.float32)}
+  batch = {"low": np.random.default_rng(0).uniform(0, 0.3, (config.batch_size, size, size, 3)).astype(np.float32)}
   batch = jax.device_put(batch, sharding_lib.batch_sharding(setup.mesh))
   state = setup.state
   state, metrics, _ = step_fn(state, setup.frozen, batch)  # Compile + warm-up.
@@ -179,7 +164,79 @@ def sgz_train(steps):
   jax.block_until_ready(state)
   sec = (time.perf_counter() - start) / steps
   return {"steps_per_s": 1 / sec, "images_per_s": config.batch_size / sec, "batch": config.batch_size,
-          "size": 512, "devices": jax.device_count()}
+          "size": size, "devices": jax.device_count()}
+
+
+def sgz_train_section(steps, peer):
+  """The recipe's step; with `peer`, also the issue's comparison step (256x256, batch 2) in JAX and PyTorch."""
+  out = sgz_train(steps)
+  if peer:
+    import jax
+    import jax.numpy as jnp
+
+    from launch import torch_peers
+    from lowlight_jax.models import sgz as sgz_model
+    ours = sgz_train(steps, size=PEER_TRAIN_SIZE, batch_size=PEER_TRAIN_BATCH)
+    params = sgz_model.EnhancementFactorExtractor().init(jax.random.PRNGKey(0), jnp.zeros((1, 24, 24, 3)))["params"]
+    theirs = torch_peers.sgz_train_step(jax.device_get(params), PEER_TRAIN_BATCH, PEER_TRAIN_SIZE, steps)
+    out["peer_comparison"] = {"jax": ours, "torch_peer": theirs,
+                              "ratio_vs_torch_peer": ours["steps_per_s"] / theirs["steps_per_s"]}
+  return out
+
+
+def method_sizes() -> list[tuple[int, int]]:
+  """--method_sizes as (height, width) pairs."""
+  out = []
+  for s in _METHOD_SIZES.value:
+    try:
+      w, h = (int(v) for v in s.lower().split("x"))
+    except ValueError:
+      raise errors.ConfigError(f"--method_sizes {s}: expected WIDTHxHEIGHT, e.g. 600x400") from None
+    if w < 1 or h < 1:
+      raise errors.ConfigError(f"--method_sizes {s}: sizes must be positive")
+    out.append((h, w))
+  return out
+
+
+def method_overrides() -> dict[str, dict]:
+  """--method_override METHOD:FIELD=VALUE as {method: {field: value}} (values parsed as JSON, else strings)."""
+  out: dict[str, dict] = {}
+  for item in _METHOD_OVERRIDES.value:
+    head, sep, value = item.partition("=")
+    method, colon, field = head.partition(":")
+    if not (sep and colon and field):
+      raise errors.ConfigError(f"--method_override {item}: expected METHOD:FIELD=VALUE")
+    try:
+      parsed = json.loads(value)
+    except ValueError:
+      parsed = value
+    out.setdefault(method, {})[field] = parsed
+  return out
+
+
+def methods_section(names: list[str]) -> dict:
+  """Each method's figures from a child process of its own (see the module doc)."""
+  import subprocess
+  import sys
+
+  from lowlight_jax.analysis import speed
+
+  out = {}
+  for name in names or list(speed.METHODS):
+    cmd = [sys.executable, "-m", "launch.benchmark", "--sections=methods", f"--method_worker={name}",
+           f"--repeats={_REPEATS.value}", f"--train_steps={_TRAIN_STEPS.value}",
+           f"--method_sizes={','.join(_METHOD_SIZES.value)}", f"--method_cpu_anyway={_METHOD_CPU_ANYWAY.value}"]
+    cmd += [f"--method_override={o}" for o in _METHOD_OVERRIDES.value if o.startswith(f"{name}:")]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode or not lines:
+      err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+      out[name] = {"error": f"worker exited {proc.returncode}: {err}"}
+    else:
+      out[name] = json.loads(lines[-1])
+    out[name]["wall_s"] = round(time.perf_counter() - start, 1)
+  return out
 
 
 def scuf_memory_rows(rows, measure: bool = False) -> list[dict]:
@@ -271,6 +328,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   check_flags()
+  if _METHOD_WORKER.value:
+    from lowlight_jax.analysis import speed
+    name = _METHOD_WORKER.value
+    fields = method_overrides().get(name, {})
+    print(json.dumps(speed.method_speed(name, reps=_REPEATS.value, train_steps=_TRAIN_STEPS.value,
+                                        sizes=method_sizes(), overrides=fields,
+                                        cpu_anyway=_METHOD_CPU_ANYWAY.value)))
+    return
   if _SCUF_WORKER.value:
     indices = [int(i) for i in _SCUF_ROWS.value] or list(range(len(SCUF_ROWS)))
     print(json.dumps(scuf_memory_rows([SCUF_ROWS[i] for i in indices], _SCUF_MEASURE.value)))
@@ -282,7 +347,7 @@ def main(argv):
   if "sgz_inference" in _SECTIONS.value:
     result["sgz_inference"] = sgz_inference(_WEIGHTS.value, _REPEATS.value, _PEER.value)
   if "sgz_train" in _SECTIONS.value:
-    result["sgz_train"] = sgz_train(_TRAIN_STEPS.value)
+    result["sgz_train"] = sgz_train_section(_TRAIN_STEPS.value, _PEER.value)
   if "data" in _SECTIONS.value:
     from data_pipelines import benchmark as data_benchmark
     result["data"] = {"folder": data_benchmark.folder_images_per_s(),
@@ -294,6 +359,8 @@ def main(argv):
   if "metrics" in _SECTIONS.value:
     from lowlight_jax.metrics import benchmark as metrics_benchmark
     result["metrics"] = metrics_benchmark.benchmark_metrics()
+  if "methods" in _SECTIONS.value:
+    result["methods"] = methods_section(_METHODS.value)
   if "scuf_memory" in _SECTIONS.value:
     result["scuf_memory"] = scuf_memory([int(i) for i in _SCUF_ROWS.value], _SCUF_MEASURE.value)
   print(json.dumps(result, indent=2))
