@@ -282,14 +282,28 @@ def compare(entries: Sequence[Entry], sets: Sequence[TestSet], out_dir: str, *,
                               **_means(inp), "images": len(inp["images"]), "failed": len(inp["errors"]),
                               "params_total": None, "params_trainable": None, "ms_600x400": None, **proto}]
   for entry in entries:
-    loaded, ms = {}, None
+    loaded, ms, timing_error = {}, None, None
     for test_set in sets:
-      if test_set.camera not in loaded:
-        loaded.clear()  # one build at a time
-        loaded[test_set.camera] = load_entry(entry, authors_crop=authors_crop, camera=test_set.camera)
+      try:
+        if test_set.camera not in loaded:
+          loaded.clear()  # one build at a time
+          loaded[test_set.camera] = load_entry(entry, authors_crop=authors_crop, camera=test_set.camera)
+      except errors.UserError as e:
+        # This entry cannot run on this set (e.g. a DMGNIE run on photos of no camera): its row says why, and the
+        # other entries and sets go on (an hour of enhancing is not thrown away for one entry).
+        message = errors.one_line(e)
+        count = len(evaluate.list_images(test_set.low_dir))
+        failed.append({"name": entry.name, "set": test_set.name, "image": None, "error": message})
+        by_set[test_set.name].append({"name": entry.name, "set": test_set.name, "kind": entry.kind, "method": None,
+                                      "images": 0, "failed": count, "error": message, "params_total": None,
+                                      "params_trainable": None, "ms_600x400": None, **proto})
+        continue
       this = loaded[test_set.camera]
-      if ms is None:
-        ms = time_enhancer(this.enhancer, timing_reps)
+      if ms is None and timing_error is None:
+        try:
+          ms = time_enhancer(this.enhancer, timing_reps)
+        except errors.UserError as e:  # e.g. a DMGNIE camera's background is not 600x400: no timing, no abort
+          timing_error = errors.one_line(e)
       loaded_info[entry.name] = {"kind": entry.kind, "spec": entry.spec, "method": this.method,
                                  "params": this.params}
       pred = os.path.join(out_dir, test_set.name, entry.name)
@@ -302,6 +316,10 @@ def compare(entries: Sequence[Entry], sets: Sequence[TestSet], out_dir: str, *,
         row.update(_means(rep))
       row.update(images=done, failed=len(bad), params_total=this.params["total"],
                  params_trainable=this.params["trainable"], ms_600x400=ms, **proto)
+      if timing_error:
+        row["timing_error"] = timing_error
+      if bad and not done:
+        row["error"] = bad[0]["error"]
       by_set[test_set.name].append(row)
   rows = [row for test_set in sets for row in by_set[test_set.name]]
   return {"rows": rows, "sets": set_info, "entries": loaded_info, "failed": failed}
@@ -334,15 +352,20 @@ def to_markdown(result: dict[str, Any]) -> str:
             "ms_600x400"]
     lines += [f"## {s['name']} ({s['images']} images; references: {'yes' if s['ref_dir'] else 'no'})", "",
               "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    notes = []
     for row in (r for r in result["rows"] if r["set"] == s["name"]):
       lines.append("| " + " | ".join(_cell(row.get(c)) for c in cols) + " |")
-    lines.append("")
+      if row.get("error"):
+        notes.append(f"- {row['name']}: no image enhanced: {row['error']}")
+      if row.get("timing_error"):
+        notes.append(f"- {row['name']}: not timed at 600x400: {row['timing_error']}")
+    lines += [""] + (notes + [""] if notes else [])
   first = result["rows"][0] if result["rows"] else {}
   if first:
     lines += ["Protocol: " + ", ".join(f"{k[len('protocol_'):]} = {v}" for k, v in first.items()
                                         if k.startswith("protocol_")), ""]
   if result["failed"]:
-    lines += ["Failed images:", ""] + [f"- {f['name']} / {f['set']} / {f['image']}: {f['error']}"
+    lines += ["Failed images:", ""] + [f"- {f['name']} / {f['set']} / {f['image'] or 'every image'}: {f['error']}"
                                         for f in result["failed"]] + [""]
   return "\n".join(lines)
 
