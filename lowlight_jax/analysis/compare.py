@@ -10,7 +10,8 @@ Test sets (`resolve_set`), each materialised once under `<out>/sets/<name>/` whe
   paired:LOW_DIR:REF_DIR    a low folder and its references, paired by file stem
   FOLDER                    a folder of images (no references); FOLDER/low + FOLDER/high makes it paired
   video:PATH[:N]            N frames (default 8) spread over a video, e.g. night frames of a surveillance camera
-                            (a DMGNIE run enhances them with the background of the camera named by the file)
+                            (a DMGNIE run enhances them with the background of the camera named by the file,
+                            resized to the frames; on sets of no camera its row is the one-line reason)
 
 Every row: {'name', 'set', 'kind', 'method', <metric>: mean value, 'images', 'failed', 'params_total',
 'params_trainable', 'ms_600x400', 'protocol_*'}; the set's low-light input itself is the row named 'input'. The
@@ -204,8 +205,11 @@ def load_entry(entry: Entry, *, authors_crop: bool = False, camera: str | None =
   from lowlight_jax.inference import enhancers  # pylint: disable=g-import-not-at-top
   if entry.kind == "run":
     from lowlight_jax.train import run_config  # pylint: disable=g-import-not-at-top
-    dmgnie = run_config.load_run_config(entry.spec).method == "dmgnie"
-    return enhancers.for_run(entry.spec, camera=camera if dmgnie else None)
+    if run_config.load_run_config(entry.spec).method == "dmgnie":
+      # A video set's frames need not have the size the run's backgrounds were stored at (a camera's video decoded
+      # natively vs the run's data.video size): the camera's background is resized to the frames.
+      return enhancers.for_run(entry.spec, camera=camera, resize_background=True)
+    return enhancers.for_run(entry.spec)
   method, weights, *extra = entry.spec.split(":")
   kwargs: dict[str, Any] = {"keep_size": not authors_crop}
   if method in enhancers.SKF_METHODS:
@@ -284,30 +288,34 @@ def compare(entries: Sequence[Entry], sets: Sequence[TestSet], out_dir: str, *,
   for entry in entries:
     loaded, ms, timing_error = {}, None, None
     for test_set in sets:
+      pred = os.path.join(out_dir, test_set.name, entry.name)
       try:
         if test_set.camera not in loaded:
           loaded.clear()  # one build at a time
           loaded[test_set.camera] = load_entry(entry, authors_crop=authors_crop, camera=test_set.camera)
+        this = loaded[test_set.camera]
+        if ms is None and timing_error is None:
+          try:
+            ms = time_enhancer(this.enhancer, timing_reps)
+          except errors.UserError as e:  # e.g. a DMGNIE camera's background is not 600x400: no timing, no abort
+            timing_error = errors.one_line(e)
+        # A ConfigError from the enhancer (it applies to every image) ends this entry's set, not the comparison.
+        done, bad = _enhance_folder(this.enhancer, test_set.low_dir, pred)
       except errors.UserError as e:
         # This entry cannot run on this set (e.g. a DMGNIE run on photos of no camera): its row says why, and the
         # other entries and sets go on (an hour of enhancing is not thrown away for one entry).
         message = errors.one_line(e)
         count = len(evaluate.list_images(test_set.low_dir))
         failed.append({"name": entry.name, "set": test_set.name, "image": None, "error": message})
-        by_set[test_set.name].append({"name": entry.name, "set": test_set.name, "kind": entry.kind, "method": None,
-                                      "images": 0, "failed": count, "error": message, "params_total": None,
-                                      "params_trainable": None, "ms_600x400": None, **proto})
+        built = loaded.get(test_set.camera)
+        by_set[test_set.name].append({"name": entry.name, "set": test_set.name, "kind": entry.kind,
+                                      "method": built.method if built else None, "images": 0, "failed": count,
+                                      "error": message, "params_total": built.params["total"] if built else None,
+                                      "params_trainable": built.params["trainable"] if built else None,
+                                      "ms_600x400": None, **proto})
         continue
-      this = loaded[test_set.camera]
-      if ms is None and timing_error is None:
-        try:
-          ms = time_enhancer(this.enhancer, timing_reps)
-        except errors.UserError as e:  # e.g. a DMGNIE camera's background is not 600x400: no timing, no abort
-          timing_error = errors.one_line(e)
       loaded_info[entry.name] = {"kind": entry.kind, "spec": entry.spec, "method": this.method,
                                  "params": this.params}
-      pred = os.path.join(out_dir, test_set.name, entry.name)
-      done, bad = _enhance_folder(this.enhancer, test_set.low_dir, pred)
       failed += [{"name": entry.name, "set": test_set.name, **b} for b in bad]
       row = {"name": entry.name, "set": test_set.name, "kind": entry.kind, "method": this.method}
       if done:

@@ -47,8 +47,9 @@ def _quantized(fn):
 
 
 def for_run(workdir: str, step: int | None = None, scale_factor: int | None = None,
-            camera: str | None = None) -> Loaded:
-  """A launch.train run's enhancer (its method's `enhance` on the restored params and frozen towers)."""
+            camera: str | None = None, resize_background: bool | None = None) -> Loaded:
+  """A launch.train run's enhancer (its method's `enhance` on the restored params and frozen towers).
+  `camera` / `resize_background` set DMGNIE's `inference.camera` / `inference.resize_background`."""
   from lowlight_jax.train import run_config  # pylint: disable=g-import-not-at-top
   from lowlight_jax.train import trainer  # pylint: disable=g-import-not-at-top
 
@@ -57,6 +58,8 @@ def for_run(workdir: str, step: int | None = None, scale_factor: int | None = No
     config.inference.scale_factor = scale_factor
   if camera is not None:
     config.inference.camera = camera
+  if resize_background is not None:
+    config.inference.resize_background = resize_background
   setup = trainer.restore_for_inference(config, workdir, step)
   fn = _quantized(trainer.make_enhance_fn(setup)(setup.state, setup.frozen))
   trainable = count(setup.state.params)

@@ -2,29 +2,39 @@
 entry and set is still enhanced and scored (a long comparison is not thrown away for one entry)."""
 
 import numpy as np
+import pytest
 
 from lowlight_jax import errors
 from lowlight_jax.analysis import compare
 from lowlight_jax.metrics import evaluate
 
 
-def test_an_entry_that_cannot_run_on_a_set_is_a_row_not_an_abort(conformance_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["load", "enhance"])
+def test_an_entry_that_cannot_run_on_a_set_is_a_row_not_an_abort(where, conformance_dir, tmp_path, monkeypatch):
   weights = conformance_dir / "weights" / "sgz_epoch99.npz"
   entries = [compare.Entry("broken", "released", f"sgz:{weights}"), compare.Entry("sgz", "released", f"sgz:{weights}")]
-  real = compare.load_entry
+  real_load, real_enhance = compare.load_entry, compare._enhance_folder  # pylint: disable=protected-access
+  message = "enhance needs the images' camera: set inference.camera"
 
   def load(entry, **kwargs):
-    if entry.name == "broken":
-      raise errors.ConfigError("enhance needs the images' camera: set inference.camera")
-    return real(entry, **kwargs)
+    if entry.name == "broken" and where == "load":
+      raise errors.ConfigError(message)
+    return real_load(entry, **kwargs)
+
+  def enhance(enhancer, low_dir, out):  # a ConfigError raised by the enhancer itself (run_plan lets it through)
+    if out.endswith("broken") and where == "enhance":
+      raise errors.ConfigError(message)
+    return real_enhance(enhancer, low_dir, out)
 
   monkeypatch.setattr(compare, "load_entry", load)
+  monkeypatch.setattr(compare, "_enhance_folder", enhance)
   sets = [compare.resolve_set("lowcut", str(tmp_path), limit=2)]
   result = compare.compare(entries, sets, str(tmp_path), timing_reps=0)
   rows = {r["name"]: r for r in result["rows"]}
   assert list(rows) == ["input", "broken", "sgz"]
   assert rows["broken"]["images"] == 0 and rows["broken"]["failed"] == 2
-  assert rows["broken"]["error"] == "enhance needs the images' camera: set inference.camera"
+  assert rows["broken"]["error"] == message
+  assert rows["broken"]["method"] == (None if where == "load" else "sgz")
   assert rows["sgz"]["images"] == 2 and rows["sgz"]["failed"] == 0 and np.isfinite(rows["sgz"]["niqe"])
   assert result["failed"] == [{"name": "broken", "set": "lowcut", "image": None,
                                "error": "enhance needs the images' camera: set inference.camera"}]
