@@ -87,61 +87,58 @@ def sgz_inference(params, repeats: int) -> dict:
   return out
 
 
-class _FPN:
-  """The authors' `fpn` (torchvision ResNet-50 + `fpn_module`) as a torch.nn.Module factory."""
+def _uss(num_classes: int = 21):
+  """The authors' `fpn` (torchvision ResNet-50 + `fpn_module`), random weights, as a torch.nn.Module."""
+  torch = _torch()
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  from torchvision.models import resnet50  # pylint: disable=g-import-not-at-top
 
-  @staticmethod
-  def build(num_classes: int = 21):
-    torch = _torch()
-    import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
-    from torch import nn  # pylint: disable=g-import-not-at-top
-    from torchvision.models import resnet50  # pylint: disable=g-import-not-at-top
+  class Head(nn.Module):
 
-    class Head(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.toplayer = nn.Conv2d(2048, 256, 1)
+      self.latlayer1 = nn.Conv2d(1024, 256, 1)
+      self.latlayer2 = nn.Conv2d(512, 256, 1)
+      self.latlayer3 = nn.Conv2d(256, 256, 1)
+      for i in range(1, 5):
+        setattr(self, f"smooth{i}_1", nn.Conv2d(256, 256, 3, padding=1))
+        setattr(self, f"smooth{i}_2", nn.Conv2d(256, 128, 3, padding=1))
+      self.classify = nn.Conv2d(512, num_classes, 3, padding=1)
 
-      def __init__(self):
-        super().__init__()
-        self.toplayer = nn.Conv2d(2048, 256, 1)
-        self.latlayer1 = nn.Conv2d(1024, 256, 1)
-        self.latlayer2 = nn.Conv2d(512, 256, 1)
-        self.latlayer3 = nn.Conv2d(256, 256, 1)
-        for i in range(1, 5):
-          setattr(self, f"smooth{i}_1", nn.Conv2d(256, 256, 3, padding=1))
-          setattr(self, f"smooth{i}_2", nn.Conv2d(256, 128, 3, padding=1))
-        self.classify = nn.Conv2d(512, num_classes, 3, padding=1)
+    @staticmethod
+    def _up_add(x, y):
+      return F.interpolate(x, size=y.shape[2:], mode="bilinear", align_corners=False) + y
 
-      @staticmethod
-      def _up_add(x, y):
-        return F.interpolate(x, size=y.shape[2:], mode="bilinear", align_corners=False) + y
+    def forward(self, c2, c3, c4, c5):
+      p5 = self.toplayer(c5)
+      p4 = self._up_add(p5, self.latlayer1(c4))
+      p3 = self._up_add(p4, self.latlayer2(c3))
+      p2 = self._up_add(p3, self.latlayer3(c2))
+      ps = [getattr(self, f"smooth{i}_2")(getattr(self, f"smooth{i}_1")(p)) for i, p in
+            zip(range(1, 5), (p5, p4, p3, p2))]
+      size = ps[3].shape[2:]
+      cat = [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in ps[:3]] + [ps[3]]
+      return self.classify(torch.cat(cat, 1))
 
-      def forward(self, c2, c3, c4, c5):
-        p5 = self.toplayer(c5)
-        p4 = self._up_add(p5, self.latlayer1(c4))
-        p3 = self._up_add(p4, self.latlayer2(c3))
-        p2 = self._up_add(p3, self.latlayer3(c2))
-        ps = [getattr(self, f"smooth{i}_2")(getattr(self, f"smooth{i}_1")(p)) for i, p in
-              zip(range(1, 5), (p5, p4, p3, p2))]
-        size = ps[3].shape[2:]
-        cat = [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in ps[:3]] + [ps[3]]
-        return self.classify(torch.cat(cat, 1))
+  class Net(nn.Module):
 
-    class Net(nn.Module):
+    def __init__(self):
+      super().__init__()
+      r = resnet50(weights=None)
+      self.stem = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool)
+      self.layer1, self.layer2, self.layer3, self.layer4 = r.layer1, r.layer2, r.layer3, r.layer4
+      self.head = Head()
 
-      def __init__(self):
-        super().__init__()
-        r = resnet50(weights=None)
-        self.stem = nn.Sequential(r.conv1, r.bn1, r.relu, r.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = r.layer1, r.layer2, r.layer3, r.layer4
-        self.head = Head()
+    def forward(self, x):
+      c2 = self.layer1(self.stem(x))
+      c3 = self.layer2(c2)
+      c4 = self.layer3(c3)
+      c5 = self.layer4(c4)
+      return self.head(c2, c3, c4, c5)
 
-      def forward(self, x):
-        c2 = self.layer1(self.stem(x))
-        c3 = self.layer2(c2)
-        c4 = self.layer3(c3)
-        c5 = self.layer4(c4)
-        return self.head(c2, c3, c4, c5)
-
-    return Net()
+  return Net()
 
 
 def _losses(x, x_r, enhanced, logits):
@@ -173,7 +170,7 @@ def sgz_train_step(params, batch: int, size: int, steps: int) -> dict:
   """Steps/s of one SGZ training step (see the module doc) on random images of size x size, batch `batch`."""
   torch = _torch()
   sd = {k: v.clone().requires_grad_(True) for k, v in _dsc_state(params).items()}
-  uss = _FPN.build().eval()
+  uss = _uss().eval()
   for p in uss.parameters():
     p.requires_grad_(False)
   opt = torch.optim.Adam(list(sd.values()), lr=1e-4, weight_decay=1e-4)  # coupled L2, as released

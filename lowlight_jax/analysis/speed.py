@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from lowlight_jax.inference import enhancers
 from lowlight_jax.train import sharding as sharding_lib
 from lowlight_jax.train import trainer
 
@@ -170,10 +171,6 @@ def train_figures(setup: trainer.Setup, steps: int = 3) -> dict[str, Any]:
   return out
 
 
-def count(tree: Any) -> int:
-  return int(sum(getattr(x, "size", 0) for x in jax.tree.leaves(tree)))
-
-
 def method_speed(name: str, *, inference: bool = True, train: bool = True, reps: int = 3, train_steps: int = 3,
                  sizes=INFERENCE_SIZES, overrides: Mapping[str, Any] | None = None,
                  cpu_anyway: bool = False) -> dict[str, Any]:
@@ -197,8 +194,8 @@ def method_speed(name: str, *, inference: bool = True, train: bool = True, reps:
                          "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind}
   t0 = time.perf_counter()
   setup = trainer.build(config, load_pretrained=False)
-  out.update(build_s=round(time.perf_counter() - t0, 1), params_trainable=count(setup.state.params),
-             params_frozen=count(setup.frozen))
+  out.update(build_s=round(time.perf_counter() - t0, 1), params_trainable=enhancers.count(setup.state.params),
+             params_frozen=enhancers.count(setup.frozen))
   if inference:
     inference_setup = setup
     if name == "dmgnie":  # Inference enhances one camera's frames with that camera's background.
