@@ -7,4 +7,5 @@ export TF_CPP_MIN_LOG_LEVEL=3
 # NIQE/BRISQUE/LPIPS parameters into $LOWLIGHT_ASSETS (default ~/.cache/lowlight_jax/assets): the metric tests read
 # them from the cache and fail, naming this command, when it is empty.
 .venv/bin/python -m launch.assets fetch --quiet
-exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
+# Whole files per worker (module fixtures built once), the slowest files first (tests/conftest.py SLOW_FILES_FIRST).
+exec .venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder "$@"
