@@ -8,6 +8,7 @@ Module and submodule names follow the torch attributes, so the released `weight/
 (`e_conv1.depth_conv.weight`, ...) load through `lowlight_jax.convert.layout.torch_to_flax`.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,12 +24,98 @@ from lowlight_jax.ops import resize
 _KERNEL_INIT = nn.initializers.normal(stddev=0.02)
 
 
+def _shifted_sum(xp: jax.Array, kernel: jax.Array, h: int, w: int) -> jax.Array:
+  """sum_ij xp[:, i:i+h, j:j+w] * kernel[i, j]: a depthwise 3x3 correlation of the padded `xp`, one fused loop."""
+  out = None
+  for i in range(3):
+    for j in range(3):
+      term = xp[:, i:i + h, j:j + w, :] * kernel[i, j]
+      out = term if out is None else out + term
+  return out
+
+
+def _pad1(x: jax.Array) -> jax.Array:
+  return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def _depthwise_kernel_grad_plain(xp: jax.Array, g: jax.Array) -> jax.Array:
+  """d/dkernel of `_shifted_sum`: nine products summed over batch and space (float32 accumulation)."""
+  h, w = g.shape[1], g.shape[2]
+  return jnp.stack([jnp.sum(xp[:, i:i + h, j:j + w] * g, (0, 1, 2), dtype=jnp.float32)
+                    for i in range(3) for j in range(3)]).reshape(3, 3, -1)
+
+
+def _depthwise_kernel_grad_banded(xp: jax.Array, g: jax.Array, band: int = 16) -> jax.Array:
+  """The same sums, a band of `band` rows at a time (a scan), so each band's shifted slices stay in cache.
+
+  XLA on CPU materialises every shifted slice of the whole image before reducing it; over bands the nine
+  products of a band reuse what is already in cache (3.7x faster for the whole EFE gradient on 2 cores).
+  """
+  h, w = g.shape[1], g.shape[2]
+  rows = -(-h // band) * band
+  if rows != h:  # Zero rows of g add nothing.
+    g = jnp.pad(g, ((0, 0), (0, rows - h), (0, 0), (0, 0)))
+    xp = jnp.pad(xp, ((0, 0), (0, rows - h), (0, 0), (0, 0)))
+
+  def body(acc, k):
+    xb = jax.lax.dynamic_slice_in_dim(xp, k * band, band + 2, 1)
+    gb = jax.lax.dynamic_slice_in_dim(g, k * band, band, 1)
+    return acc + _depthwise_kernel_grad_plain(xb, gb), None
+
+  acc, _ = jax.lax.scan(body, jnp.zeros((3, 3, g.shape[-1]), jnp.float32), jnp.arange(rows // band))
+  return acc
+
+
+@jax.custom_vjp
+def depthwise3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Depthwise 3x3 correlation with zero padding 1 (no bias): `x` (B, H, W, C), `kernel` (3, 3, C)."""
+  return _shifted_sum(_pad1(x), kernel, x.shape[1], x.shape[2])
+
+
+def _depthwise3x3_fwd(x, kernel):
+  return depthwise3x3(x, kernel), (x, kernel)
+
+
+def _depthwise3x3_bwd(res, g):
+  x, kernel = res
+  gx = _shifted_sum(_pad1(g), kernel[::-1, ::-1], x.shape[1], x.shape[2])  # The transposed correlation.
+  gk = jax.lax.platform_dependent(_pad1(x), g, cpu=_depthwise_kernel_grad_banded,
+                                  default=_depthwise_kernel_grad_plain)
+  return gx, gk.astype(kernel.dtype)
+
+
+depthwise3x3.defvjp(_depthwise3x3_fwd, _depthwise3x3_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def pointwise(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
+  """1x1 convolution as a product over channels: `x` (B, H, W, I), `kernel` (I, O)."""
+  return jnp.einsum("bhwi,io->bhwo", x, kernel, precision=precision)
+
+
+def _pointwise_fwd(x, kernel, precision):
+  return pointwise(x, kernel, precision), (x, kernel)
+
+
+def _pointwise_bwd(precision, res, g):
+  x, kernel = res
+  gx = jnp.einsum("bhwo,io->bhwi", g, kernel, precision=precision)
+  # One (I, N) x (N, O) matrix product over all pixels, accumulated in float32.
+  gk = jnp.matmul(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]), precision=precision,
+                  preferred_element_type=jnp.float32)
+  return gx, gk.astype(kernel.dtype)
+
+
+pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
+
+
 class DepthwiseConv3x3(nn.Module):
   """Depthwise 3x3 conv (zero padding 1, bias) written as nine shifted multiply-adds.
 
   Same parameters as `nn.Conv(C, (3, 3), feature_group_count=C)` (`kernel` (3, 3, 1, C), `bias` (C,)), so
   checkpoints map unchanged. XLA on CPU runs grouped convolutions (and their gradients) an order of magnitude
   slower than this elementwise form, which it fuses into one loop; on accelerators the two are equivalent.
+  The gradient is written by hand (`depthwise3x3`): the kernel's is summed over row bands on CPU.
   """
 
   kernel_init: Callable = _KERNEL_INIT
@@ -38,20 +125,14 @@ class DepthwiseConv3x3(nn.Module):
     c = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init, (3, 3, 1, c), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (c,), jnp.float32)
-    h, w = x.shape[1], x.shape[2]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = None
-    for i in range(3):
-      for j in range(3):
-        term = xp[:, i:i + h, j:j + w, :] * kernel[i, j, 0].astype(x.dtype)
-        out = term if out is None else out + term
-    return out + bias.astype(x.dtype)
+    return depthwise3x3(x, kernel[:, :, 0].astype(x.dtype)) + bias.astype(x.dtype)
 
 
 class PointwiseConv(nn.Module):
   """1x1 conv (bias) as a matrix product over channels; parameters as `nn.Conv(F, (1, 1))` (`kernel` (1,1,I,O)).
 
-  XLA on CPU differentiates a 1x1 convolution about 5x slower than the equivalent dot product.
+  XLA on CPU differentiates a 1x1 convolution about 5x slower than the equivalent dot product; the kernel's
+  gradient is one matrix product over all pixels (`pointwise`).
   """
 
   features: int
@@ -62,8 +143,7 @@ class PointwiseConv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0].astype(x.dtype), precision=self.precision)
-    return y + bias.astype(x.dtype)
+    return pointwise(x, kernel[0, 0].astype(x.dtype), self.precision) + bias.astype(x.dtype)
 
 
 class DepthwiseSeparableConv(nn.Module):

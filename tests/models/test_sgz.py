@@ -153,3 +153,46 @@ def test_quantize_like_save_image_matches_torch():
   np.testing.assert_array_equal(got, want)
   # The probe discriminates: round-half-even (jnp.round) disagrees with save_image on some values.
   assert np.any(np.round(np.clip(y * np.float32(255), 0, 255)).astype(np.uint8) != want)
+
+
+def _reference_dsc(x, dk, db, pk, pb):
+  """Depthwise 3x3 + pointwise 1x1 as XLA convolutions, differentiated by JAX (the hand-written VJPs' reference)."""
+  conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1),
+                           dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+  d = conv(x, dk, padding=((1, 1), (1, 1)), feature_group_count=x.shape[-1]) + db
+  return conv(d, pk, padding=((0, 0), (0, 0))) + pb
+
+
+@pytest.mark.parametrize("hw", [(37, 29), (32, 20)])  # 37 rows: not a multiple of the 16-row bands.
+def test_hand_written_gradients_match_autodiff_of_convolutions(hw):
+  rng = np.random.default_rng(7)
+  c, o = 5, 4
+  x = jnp.asarray(rng.normal(size=(2, *hw, c)).astype(np.float32))
+  dk, db = jnp.asarray(rng.normal(size=(3, 3, 1, c)).astype(np.float32)), jnp.asarray(rng.normal(size=(c,)).astype(np.float32))
+  pk, pb = jnp.asarray(rng.normal(size=(1, 1, c, o)).astype(np.float32)), jnp.asarray(rng.normal(size=(o,)).astype(np.float32))
+  variables = {"params": {"depth_conv": {"kernel": dk, "bias": db}, "point_conv": {"kernel": pk, "bias": pb}}}
+  module = sgz.DepthwiseSeparableConv(o)
+  cot = jnp.asarray(rng.normal(size=(2, *hw, o)).astype(np.float32))
+  ours = jax.jit(jax.grad(lambda v, x: jnp.sum(module.apply(v, x) * cot), argnums=(0, 1)))(variables, x)
+  ref = jax.jit(jax.grad(lambda a, x: jnp.sum(_reference_dsc(x, *a) * cot), argnums=(0, 1)))((dk, db, pk, pb), x)
+  got = ours[0]["params"]
+  for name, a, b in (("x", ours[1], ref[1]), ("depth kernel", got["depth_conv"]["kernel"], ref[0][0]),
+                     ("depth bias", got["depth_conv"]["bias"], ref[0][1]),
+                     ("point kernel", got["point_conv"]["kernel"], ref[0][2]),
+                     ("point bias", got["point_conv"]["bias"], ref[0][3])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-4, err_msg=name)
+
+
+def test_banded_and_plain_kernel_gradients_agree_bf16():
+  """Both kernel-gradient paths (CPU bands, accelerator one pass) accumulate in float32, bf16 inputs included."""
+  rng = np.random.default_rng(8)
+  x = jnp.asarray(rng.uniform(size=(2, 40, 24, 6)).astype(np.float32))
+  g = jnp.asarray(rng.normal(size=(2, 40, 24, 6)).astype(np.float32))
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  exact = np.stack([np.sum(np.asarray(xp)[:, i:i + 40, j:j + 24] * np.asarray(g), (0, 1, 2), dtype=np.float64)
+                    for i in range(3) for j in range(3)]).reshape(3, 3, 6)
+  for fn in (sgz._depthwise_kernel_grad_plain, sgz._depthwise_kernel_grad_banded):
+    np.testing.assert_allclose(np.asarray(fn(xp, g)), exact, rtol=1e-5, atol=1e-4)
+    low = fn(xp.astype(jnp.bfloat16), g.astype(jnp.bfloat16))
+    assert low.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(low), exact, rtol=0, atol=0.3)  # bf16-rounded inputs: up to 0.15 here.
