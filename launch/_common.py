@@ -44,6 +44,19 @@ def fail(message: str) -> None:
   sys.exit(USER_ERROR_EXIT)
 
 
+def parse_size(text: str, flag: str = "--size", *, even: bool = False) -> tuple[int, int]:
+  """'640x360' (WIDTHxHEIGHT) -> (640, 360); one-line ConfigError naming `flag` otherwise."""
+  try:
+    width, height = (int(v) for v in text.lower().split("x"))
+  except ValueError:
+    raise errors.ConfigError(f"{flag} {text}: expected WIDTHxHEIGHT, e.g. 640x360") from None
+  if width < 1 or height < 1:
+    raise errors.ConfigError(f"{flag} {text}: width and height must be positive")
+  if even and (width % 2 or height % 2):
+    raise errors.ConfigError(f"{flag} {text}: width and height must be even")
+  return width, height
+
+
 def check_workdir(workdir: str, flag: str = "--workdir") -> None:
   """OutputError when `workdir` (or a parent of it) is an existing file: a run directory must be a folder."""
   target = os.path.abspath(workdir)

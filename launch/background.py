@@ -61,15 +61,9 @@ flags.mark_flags_as_required(["video"])
 
 def parse_size(text: str | None):
   """'160x90' -> (height, width) = (90, 160); None -> None."""
-  from lowlight_jax import errors
   if not text:
     return None
-  try:
-    width, height = (int(v) for v in text.lower().split("x"))
-  except ValueError:
-    raise errors.ConfigError(f"--size must look like 160x90 (WIDTHxHEIGHT), got {text!r}") from None
-  if width < 1 or height < 1:
-    raise errors.ConfigError(f"--size {text}: width and height must be positive")
+  width, height = _common.parse_size(text)
   return height, width
 
 

@@ -155,14 +155,7 @@ def sgz_train(steps, size: int = 512, batch_size: int | None = None):
   step_fn = trainer.make_train_step(setup)
   batch = {"low": np.random.default_rng(0).uniform(0, 0.3, (config.batch_size, size, size, 3)).astype(np.float32)}
   batch = jax.device_put(batch, sharding_lib.batch_sharding(setup.mesh))
-  state = setup.state
-  state, metrics, _ = step_fn(state, setup.frozen, batch)  # Compile + warm-up.
-  jax.block_until_ready(state)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, metrics, _ = step_fn(state, setup.frozen, batch)
-  jax.block_until_ready(state)
-  sec = (time.perf_counter() - start) / steps
+  sec = trainer.time_steps(step_fn, setup.state, setup.frozen, batch, steps)
   return {"steps_per_s": 1 / sec, "images_per_s": config.batch_size / sec, "batch": config.batch_size,
           "size": size, "devices": jax.device_count()}
 
@@ -186,16 +179,7 @@ def sgz_train_section(steps, peer):
 
 def method_sizes() -> list[tuple[int, int]]:
   """--method_sizes as (height, width) pairs."""
-  out = []
-  for s in _METHOD_SIZES.value:
-    try:
-      w, h = (int(v) for v in s.lower().split("x"))
-    except ValueError:
-      raise errors.ConfigError(f"--method_sizes {s}: expected WIDTHxHEIGHT, e.g. 600x400") from None
-    if w < 1 or h < 1:
-      raise errors.ConfigError(f"--method_sizes {s}: sizes must be positive")
-    out.append((h, w))
-  return out
+  return [_common.parse_size(s, "--method_sizes")[::-1] for s in _METHOD_SIZES.value]
 
 
 def method_overrides() -> dict[str, dict]:

@@ -40,21 +40,10 @@ _PRESET = flags.DEFINE_string("preset", "veryfast",
 flags.mark_flags_as_required(["out"])
 
 
-def parse_size(text: str) -> tuple[int, int]:
-  """'640x360' -> (640, 360)."""
-  try:
-    width, height = (int(v) for v in text.lower().split("x"))
-  except ValueError:
-    raise errors.ConfigError(f"--size must look like 640x360, got {text!r}") from None
-  if width < 2 or height < 2 or width % 2 or height % 2:
-    raise errors.ConfigError(f"--size {text}: width and height must be even and at least 2")
-  return width, height
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  width, height = parse_size(_SIZE.value)
+  width, height = _common.parse_size(_SIZE.value, even=True)
   for name, value in (("minutes", _MINUTES.value), ("fps", _FPS.value)):
     if not value > 0:
       raise errors.ConfigError(f"--{name} must be > 0, got {value}")

@@ -155,13 +155,7 @@ def train_figures(setup: trainer.Setup, steps: int = 3) -> dict[str, Any]:
     compiled = step.lower(setup.state, setup.frozen, batch).compile()
     out["compile_s"] = round(time.perf_counter() - t0, 1)
     out["plan_gb"] = _plan_gb(compiled)
-    state, _, _ = compiled(setup.state, setup.frozen, batch)  # Warm-up (donates the initial state).
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(steps):
-      state, _, _ = compiled(state, setup.frozen, batch)
-    jax.block_until_ready(state)
-    sec = (time.perf_counter() - start) / steps
+    sec = trainer.time_steps(compiled, setup.state, setup.frozen, batch, steps)
     out.update(steps_per_s=round(1 / sec, 4), images_per_s=round(out["batch"] / sec, 4))
     peak = _device_peak_gb()
     if peak is not None:

@@ -86,12 +86,6 @@ def measured_peak(config: ml_collections.ConfigDict, device: jax.Device, batch: 
   setup = trainer.build(config, mesh=mesh, load_pretrained=load_pretrained)
   step = trainer.make_train_step(setup)
   placed = jax.device_put({k: np.asarray(v) for k, v in batch.items()}, sharding_lib.batch_sharding(mesh))
-  state, _, _ = step(setup.state, setup.frozen, placed)
-  jax.block_until_ready(state)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, _, _ = step(state, setup.frozen, placed)
-  jax.block_until_ready(state)
-  sec = (time.perf_counter() - t0) / steps
+  sec = trainer.time_steps(step, setup.state, setup.frozen, placed, steps)
   stats = device.memory_stats() or {}
   return {"peak_gb": stats.get("peak_bytes_in_use", 0) / GB, "step_s": sec}

@@ -170,6 +170,18 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, PyTree, PyTree], tupl
                  out_shardings=(setup.state_shardings, repl, repl), donate_argnums=(0,))
 
 
+def time_steps(step_fn: Callable, state: TrainState, frozen: PyTree, batch: PyTree, steps: int) -> float:
+  """Seconds per step of `step_fn` (a `make_train_step` step or its compiled form) over `steps` steps, after one
+  warm-up step (the compile, on a first call). The state is threaded through: steps donate it."""
+  state, _, _ = step_fn(state, frozen, batch)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, _, _ = step_fn(state, frozen, batch)
+  jax.block_until_ready(state)
+  return (time.perf_counter() - start) / steps
+
+
 def make_enhance_fn(setup: Setup) -> Callable[[jax.Array], dict[str, jax.Array]]:
   """Jitted inference closure over the current params (call `.lower` per new image shape implicitly)."""
   method = setup.method
