@@ -26,6 +26,8 @@ def test_methods_section_times_inference_and_a_train_step(run_module):
                    "--method_override=scl_lle:batch_size=2", "--method_override=skf_snr:data.crop=30")
   assert res.returncode == 0, res.stderr[-3000:]
   result = json.loads(res.stdout)
+  # The host CPU is recorded with every run (ratios to a peer depend on it).
+  assert result["host"]["cpus"] == os.cpu_count() and isinstance(result["host"].get("isa", []), list)
   scl = result["methods"]["scl_lle"]
   assert scl["method"] == "scl_lle" and scl["config"] == "configs/scl_lle.py" and scl["devices"] == 1
   assert scl["params_trainable"] == 79416  # DCE-Net; the frozen VGG-16 and DeepLabV3+ are params_frozen.
