@@ -140,8 +140,8 @@ def sgz_inference(weights, repeats, peer):
       if scale == 1 and batch == 8 and repeats > 2:
         reps = 2  # ~1 s/image on 2 cores: keep the section short.
       elif scale == 12:
-        # A few ms per image: 10x the repeats reach the steady state (the first calls after compiling also
-        # fault in their output pages; 5 repeats read 8.0 ms per image where 50 read 5.7 ms).
+        # A few ms per image: 10x the repeats, so that one slow call weighs less. (On the 2-core VM the figure
+        # still varies between runs: 5.7 to 8.8 ms per image over 30-50 calls in one session.)
         reps = 10 * repeats
       else:
         reps = max(1, repeats // 2)
