@@ -49,7 +49,8 @@ def _depthwise_kernel_grad_banded(xp: jax.Array, g: jax.Array, band: int = 16) -
   """The same sums, a band of `band` rows at a time (a scan), so each band's shifted slices stay in cache.
 
   XLA on CPU materialises every shifted slice of the whole image before reducing it; over bands the nine
-  products of a band reuse what is already in cache (3.7x faster for the whole EFE gradient on 2 cores).
+  products of a band reuse what is already in cache (with the hand-written 1x1 gradient: the whole EFE gradient
+  at 256x256 batch 2 in 448 ms instead of 1,030 ms on 2 cores).
   """
   h, w = g.shape[1], g.shape[2]
   rows = -(-h // band) * band
