@@ -94,6 +94,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # diffusers' chunked self-attention in the UNet (no (heads, 4096, 4096) scores at 512x512); equal up to float
       # rounding, so off for the authors' recipe and on with `scale`.
       memory_efficient_attention=False,
+      # Each pair of the step (the two cycle updates, a cycle's two translations, the GAN / identity /
+      # discriminator pairs) as one loop body ('scan': the smaller program) or written out twice ('unrolled').
+      pair_loops="scan",
+      # The convolutions' gradients: 'lax' (JAX's), 'canonical' (lowlight_jax/ops/conv.py: built in the form XLA's
+      # CPU backend runs with its fast kernels inside loop bodies too; JAX's ran 15x slower in a loop there), 'auto'
+      # (canonical on CPU, lax elsewhere).
+      conv_gradients="auto",
   ))
   c.loss = ml_collections.ConfigDict(dict(
       cycle=1.0, cycle_lpips=10.0, idt=1.0, idt_lpips=1.0, gan=0.5, caption=1.0, reflectance=1.0,

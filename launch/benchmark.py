@@ -270,6 +270,7 @@ def scuf_memory_rows(rows, measure: bool = False) -> list[dict]:
     config.data.crop = SCUF_SIZE
     config.remat = "full" if remat else "none"
     config.microbatches = micro
+    config.model.conv_gradients = "lax"  # the accelerator's program ('auto' is 'canonical' on CPU)
     config.mesh = {"data": 1, "fsdp": devices} if fsdp else {"data": devices}
     shapes = {k: jax.ShapeDtypeStruct((batch, SCUF_SIZE, SCUF_SIZE, 3), jnp.float32) for k in ("low", "high")}
     # A CPU compile is only for the plan: without LLVM's optimisations it is the same buffer assignment, sooner.

@@ -84,6 +84,7 @@ from lowlight_jax.models import retinexnet
 from lowlight_jax.models import scuf as scuf_model
 from lowlight_jax.models import sd_compat
 from lowlight_jax.models import vision_aided
+from lowlight_jax.ops import conv as conv_lib
 from lowlight_jax.train import microbatch
 
 PyTree = Any
@@ -173,6 +174,14 @@ class Method(base.BaseMethod):
     self.rank, self.lora_scale = int(m.lora_rank), float(m.lora_alpha) / float(m.lora_rank)
     self.lora_shapes = lora_layers(self.vae_spec.target)
     self.ref_skip_frozen = bool(lc.released_ref_skip_frozen)
+    loops, grads = m.get("pair_loops", "scan"), m.get("conv_gradients", "auto")
+    if loops not in ("scan", "unrolled"):
+      raise errors.ConfigError(f"model.pair_loops: {loops!r} is not 'scan' or 'unrolled'")
+    if grads not in ("auto", "lax", "canonical"):
+      raise errors.ConfigError(f"model.conv_gradients: {grads!r} is not 'auto', 'lax' or 'canonical'")
+    self.unroll = loops == "unrolled"
+    # ops/conv.py: XLA's CPU backend runs JAX's convolution gradients inside a loop body as naive loops.
+    self.canonical_convs = grads == "canonical" or (grads == "auto" and jax.default_backend() == "cpu")
     self.microbatches = int(config.get("microbatches", 1))
     if self.microbatches < 1 or int(config.batch_size) % self.microbatches:
       raise errors.ConfigError(f"microbatches: {self.microbatches} does not split batch_size {config.batch_size} "
@@ -270,7 +279,19 @@ class Method(base.BaseMethod):
   # body, and the GAN / identity / discriminator pairs one `lax.map` body: each network appears a few times in
   # the compiled step instead of once per call (XLA compile time grows with the graph; the released step calls
   # the UNet 12 times). Not `vmap`: batching over selected kernels makes batch-grouped convolutions in the
-  # backward pass, which XLA's SPMD partitioner rejects once the kernels are FSDP-sharded.
+  # backward pass, which XLA's SPMD partitioner rejects once the kernels are FSDP-sharded. On CPU the convolutions'
+  # gradients are built in XLA's canonical form (`model.conv_gradients`, ops/conv.py): in a loop body JAX's own run
+  # as naive loops there.
+
+  def _scan(self, body, init, xs):
+    """`lax.scan` over a pair (the two cycle updates, a cycle's two translations), or the pair written out when
+    `model.pair_loops` is 'unrolled' (a larger program: the 8-device smoke step compiled in 6 min as loops and had
+    not compiled after 15 min unrolled, 2 cores)."""
+    return jax.lax.scan(body, init, xs, unroll=self.unroll)
+
+  def _map(self, fn, xs):
+    """`lax.map` of a pair (the GAN / identity / discriminator pairs), unrolled as `_scan` is."""
+    return self._scan(lambda carry, x: (carry, fn(x)), None, xs)[1]
 
   def _grad(self, fn, gen, data, rng):
     """((loss, aux stacked over micro-batches), grads) of fn(gen, data, rng) -> (loss, aux): the gradient
@@ -395,7 +416,7 @@ class Method(base.BaseMethod):
       hp = self._select(j, d_params["a"], d_params["b"])
       hs = self._select(j, d_state["a"], d_state["b"])
       return self._discriminate(hp, hs, frozen, img, key, target_real)
-    losses, states = jax.lax.map(lambda a: one(*a), (jnp.arange(2), images, rngs))
+    losses, states = self._map(lambda a: one(*a), (jnp.arange(2), images, rngs))
     return losses, {k: jax.tree.map(lambda t, j=j: t[j], states) for j, k in enumerate(("a", "b"))}
 
   # -- the step ---------------------------------------------------------------------------------------------
@@ -442,7 +463,7 @@ class Method(base.BaseMethod):
       decoded, latent, refl = self.translate(direction, ref, gen, frozen, image, text, emb, key)
       return decoded, (decoded, latent, refl)
 
-    _, (decoded, latents, refls) = jax.lax.scan(body, x, steps)
+    _, (decoded, latents, refls) = self._scan(body, x, steps)
     rec, rec_lat, fake_r, rec_r = decoded[1], latents[1], refls[0], refls[1]
     terms = {"l1": scuf_losses.l1(rec, x) * w.cycle,
              "lpips": self._lpips(frozen, rec, x) * w.cycle_lpips,
@@ -465,7 +486,7 @@ class Method(base.BaseMethod):
       return decoded
 
     keys = jax.random.split(rng, 4)
-    fakes = jax.lax.map(lambda a: fake(*a), (jnp.arange(2), keys[:2]))
+    fakes = self._map(lambda a: fake(*a), (jnp.arange(2), keys[:2]))
     losses, states = self._discriminators(jax.lax.stop_gradient(d_params), d_state, frozen, fakes, keys[2:], True)
     terms = {"gan_a": losses[0] * w.gan, "gan_b": losses[1] * w.gan}
     return sum(terms.values()), (terms, fakes, states)
@@ -490,11 +511,15 @@ class Method(base.BaseMethod):
         terms["caption"] = scuf_losses.caption_consistency(latent, cap) * w.caption
       return terms
 
-    terms = jax.lax.map(lambda a: one(*a), (jnp.arange(2), jax.random.split(rng)))
+    terms = self._map(lambda a: one(*a), (jnp.arange(2), jax.random.split(rng)))
     totals = {f"idt_{k}": jnp.sum(v) for k, v in terms.items()}
     return sum(totals.values()), totals
 
   def train_step(self, ctx, params, opt_state, model_state, frozen, batch, rng):
+    with conv_lib.loop_friendly_convs(self.canonical_convs):  # Flax builds the modules while this traces
+      return self._train_step(ctx, params, opt_state, model_state, frozen, batch, rng)
+
+  def _train_step(self, ctx, params, opt_state, model_state, frozen, batch, rng):
     w = self.config.loss
     data = self._prepare(frozen, batch)
     keys = {n: jax.random.fold_in(rng, i) for i, n in enumerate(("cycle", "gan", "idt", "d_fake", "d_real"))}
@@ -520,7 +545,7 @@ class Method(base.BaseMethod):
         gen, opt, norm, ok = apply("generator", grads, gen, opt, loss)
         return (gen, opt), (loss, terms, norm, ok)
 
-      (params["generator"], opt_state["generator"]), (losses, terms, _, oks) = jax.lax.scan(
+      (params["generator"], opt_state["generator"]), (losses, terms, _, oks) = self._scan(
           cycle_update, (params["generator"], opt_state["generator"]), jnp.arange(2))
       finite = jnp.all(oks)
       metrics.update(named("cycle", terms))
@@ -545,9 +570,9 @@ class Method(base.BaseMethod):
       metrics["generator/identity"] = loss
     else:
       def joint(g, d, key):
-        cyc = jax.lax.map(lambda i: self._cycle_loss(g, frozen, model_state, d, i,
-                                                     jax.random.fold_in(jax.random.fold_in(key, 0), i)),
-                          jnp.arange(2))
+        cyc = self._map(lambda i: self._cycle_loss(g, frozen, model_state, d, i,
+                                                   jax.random.fold_in(jax.random.fold_in(key, 0), i)),
+                        jnp.arange(2))
         gan_loss, (gan_terms, fakes, states) = self._gan_loss(g, params["discriminator"], d_state, frozen, d,
                                                               jax.random.fold_in(key, 1))
         idt_loss, idt_terms = self._identity_loss(g, frozen, model_state, d, jax.random.fold_in(key, 2))
