@@ -39,17 +39,18 @@ def pytest_configure(config):
   os.environ["JAX_COMPILATION_CACHE_DIR"] = config._lowlight_compile_cache
 
 
-#: The slowest test files (each several minutes on 2 cores), scheduled first. scripts/test.sh runs
-#: `-n 2 --dist loadfile --no-loadscope-reorder`, so files go to the workers in collection order; a long file left to
-#: the end of the queue (test_configs.py's SCUF step, about 500 s, sorts late) would run alone while the other worker
-#: idles. Moving whole files keeps every file's own order; no test depends on which file ran before it.
+#: The slowest test files (each minutes on 2 cores), scheduled first, slowest first (by a JUnit report of a full
+#: run). scripts/test.sh runs `-n 2 --dist loadfile --no-loadscope-reorder`, so files go to the workers in collection
+#: order; a long file left to the end of the queue would run alone while the other worker idles. Moving whole files
+#: keeps every file's own order; no test depends on which file ran before it.
 SLOW_FILES_FIRST = (
-    "tests/test_configs.py",
+    "tests/methods/test_scuf.py",
     "tests/methods/test_skf_drbn.py",
     "tests/methods/test_scl_lle_finetune_niqe.py",
+    "tests/train/test_trainer.py",
     "tests/methods/test_skf_snr.py",
-    "tests/methods/test_scuf.py",
-    "tests/methods/test_dmgnie_segbmn.py",
+    "tests/models/test_sd_compat_remat.py",
+    "tests/launch/test_skf_cli.py",
     "tests/methods/test_dmgnie.py",
 )
 

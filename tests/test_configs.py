@@ -36,6 +36,7 @@ TRAINED_IN_METHOD_TESTS = {
     "skf_drbn": ("tests/methods/test_skf_drbn.py", 'skf_resume_check("skf_drbn"'),
     "skf_snr": ("tests/methods/test_skf_snr.py", 'skf_resume_check("skf_snr"'),
     "dmgnie": ("tests/methods/test_dmgnie_segbmn.py", "def test_smoke_run_logs_both_terms_checkpoints_and_resumes_bitwise"),
+    "scuf": ("tests/methods/test_scuf.py", "def test_smoke_run_on_8_devices_logs_resumes_bitwise_exports_and_enhances"),
 }
 
 
@@ -46,23 +47,11 @@ def test_every_config_smoke_trains_somewhere():
     assert marker in text, (name, path)
 
 
-#: Configs whose smoke step is trained on ONE device here: XLA's CPU compile of their step on the 8-device mesh takes
-#: far longer than CI affords (SCUF: ~4 min on one device, ~10 min on 8 fake devices on 2 cores; issue 14).
-ONE_DEVICE = {"scuf"}
-
-
 @pytest.mark.parametrize("name", [c for c in CONFIGS if c not in TRAINED_IN_METHOD_TESTS])
 def test_smoke_config_trains_one_step_on_8_devices(name):
   config = importlib.import_module(f"configs.{name}").get_config("smoke")
-  if name in ONE_DEVICE:
-    config.mesh = {"data": 1, "fsdp": 1}
-    config.batch_size = 1
-    for group in config.optim.values():  # One device: every leaf is replicated, where the flat vector compiles
-      group.flatten = True               # faster (configs/scuf.py keeps it off for FSDP-sharded leaves).
-    setup = trainer.build(config, mesh=sharding_lib.make_mesh(config.mesh, devices=jax.devices()[:1]))
-  else:
-    setup = trainer.build(config)
-    assert setup.mesh.shape["data"] == jax.device_count() == 8
+  setup = trainer.build(config)
+  assert setup.mesh.shape["data"] == jax.device_count() == 8
   loader = pipeline.make_train_loader(config.data, batch_size=config.batch_size, seed=config.seed)
   batch = sharding_lib.global_batch(next(iter(loader)), setup.mesh)
   step = trainer.make_train_step(setup)

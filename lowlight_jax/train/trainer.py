@@ -11,7 +11,9 @@ argument of the step, never in an optimizer and never donated.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -242,14 +244,38 @@ class _Profiler:
       self.active = False
 
 
+#: Steps compiled in this process, by program (`_program_key`): a run resumed in the same process (a notebook, a
+#: test) gets its step back instead of compiling it again (jax.jit's own cache is per function object, and each run
+#: builds its own). The newest two are kept.
+_COMPILED_STEPS: collections.OrderedDict[str, Any] = collections.OrderedDict()
+
+
+def _program_key(lowered, args, options) -> str:
+  """The lowered program (its text carries shapes, shardings and donation), the devices it runs on and the
+  compiler options."""
+  devices = sorted({d.id for leaf in jax.tree.leaves(args) if hasattr(leaf, "sharding")
+                    for d in leaf.sharding.device_set})
+  return hashlib.sha256(f"{lowered.as_text()}\n{devices}\n{options}".encode()).hexdigest()
+
+
 def compile_step(train_step, state, frozen, batch, opt_level: int = -1) -> tuple[Callable, dict[str, int]]:
-  """Compiles the jitted step once for these arguments and logs its per-device bytes (arguments = params +
-  optimizer state + batch). `opt_level` >= 0 is XLA's `xla_backend_optimization_level` (config field
-  `xla_backend_optimization_level`; -1: the default). Returns (the step to call: the compiled executable, or
-  `train_step` itself when it cannot be compiled ahead of time, memory info or {})."""
+  """Compiles the jitted step once for these arguments (or takes the same program from `_COMPILED_STEPS`) and logs
+  its per-device bytes (arguments = params + optimizer state + batch). `opt_level` >= 0 is XLA's
+  `xla_backend_optimization_level` (config field `xla_backend_optimization_level`; -1: the default). Returns (the
+  step to call: the compiled executable, or `train_step` itself when it cannot be compiled ahead of time, memory
+  info or {})."""
   options = {"xla_backend_optimization_level": int(opt_level)} if opt_level >= 0 else None
   try:
-    compiled = train_step.lower(state, frozen, batch).compile(compiler_options=options)
+    lowered = train_step.lower(state, frozen, batch)
+    key = _program_key(lowered, (state, frozen, batch), options)
+    compiled = _COMPILED_STEPS.pop(key, None)
+    if compiled is None:
+      compiled = lowered.compile(compiler_options=options)
+    else:
+      logging.info("train step: the program compiled earlier in this process")
+    _COMPILED_STEPS[key] = compiled
+    while len(_COMPILED_STEPS) > 2:
+      _COMPILED_STEPS.popitem(last=False)
   except Exception as e:  # pylint: disable=broad-except
     logging.info("ahead-of-time compilation unavailable: %s", e)
     return train_step, {}

@@ -38,20 +38,21 @@ def _config(method):
   return config
 
 
-def resume_from_step_2(make_config, full, tmp_path):
-  """The finished 4-step run `full` (checkpoints at 2 and 4), interrupted after its step-2 checkpoint (a copy without
-  checkpoints/4) and resumed with `make_config()`: asserts the resumed run ends bitwise equal (params, optimizer and
-  model state) and returns (the uninterrupted run's final state, its step-2 state)."""
+def resume_from_checkpoint(make_config, full, tmp_path, at=2, last=4):
+  """The finished run `full` (checkpoints at `at` and `last`, default 2 and 4), interrupted after its step-`at`
+  checkpoint (a copy without checkpoints/`last`, in tmp_path/resumed) and resumed with `make_config()`: asserts the
+  resumed run ends bitwise equal (params, optimizer and model state) and returns (the uninterrupted run's final
+  state, its step-`at` state)."""
   checkpointer = ckpt_lib.Checkpointer(str(full))
-  assert checkpointer.all_steps() == [2, 4]
+  assert checkpointer.all_steps() == [at, last]
   checkpointer.close()
   resumed = tmp_path / "resumed"
   shutil.copytree(full, resumed)
-  shutil.rmtree(resumed / "checkpoints" / "4")
+  shutil.rmtree(resumed / "checkpoints" / str(last))
   trainer.train_and_evaluate(make_config(), str(resumed))
   a, b = (jax.device_get(trainer.restore_train_state(make_config(), str(d))) for d in (full, resumed))
-  mid = jax.device_get(trainer.restore_train_state(make_config(), str(full), 2))
-  assert int(a.step) == int(b.step) == 4
+  mid = jax.device_get(trainer.restore_train_state(make_config(), str(full), at))
+  assert int(a.step) == int(b.step) == last
   for x, y in zip(jax.tree.leaves((a.params, a.opt_state, a.model_state)),
                   jax.tree.leaves((b.params, b.opt_state, b.model_state))):
     np.testing.assert_array_equal(x, y)
@@ -72,14 +73,14 @@ def logged_terms(workdir, terms, count=2):
 
 @pytest.fixture
 def run_checks():
-  """`resume_from_step_2` and `logged_terms`, for the methods' smoke-run tests."""
-  return types.SimpleNamespace(resume_from_step_2=resume_from_step_2, logged_terms=logged_terms)
+  """`resume_from_checkpoint` and `logged_terms`, for the methods' smoke-run tests."""
+  return types.SimpleNamespace(resume_from_checkpoint=resume_from_checkpoint, logged_terms=logged_terms)
 
 
 def check_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(method, tmp_path):
   full = tmp_path / "full"
   trainer.train_and_evaluate(_config(method), str(full))
-  a, mid = resume_from_step_2(lambda: _config(method), full, tmp_path)
+  a, mid = resume_from_checkpoint(lambda: _config(method), full, tmp_path)
   # Every group trained between the checkpoints (DRBN: the generator/discriminator step of one shared forward).
   assert set(a.params) == set(GROUPS[method])
   for group in GROUPS[method]:

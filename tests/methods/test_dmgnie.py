@@ -41,7 +41,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_smoke_run_logs_every_term_checkpoints_and_resumes_bitwise(smoke_run, tmp_path, run_checks):
-  a, mid = run_checks.resume_from_step_2(_config, smoke_run, tmp_path)  # tests/methods/conftest.py
+  a, mid = run_checks.resume_from_checkpoint(_config, smoke_run, tmp_path)  # tests/methods/conftest.py
   assert set(a.params) == {"generator", "discriminator"}
   # Every trained part moved between the checkpoints: G and F (GAN, cycle, NCE), the projectors f / f_BG (Eq. 4),
   # the PatchNCE MLPs (Eqs. 5-8), both discriminators.

@@ -33,7 +33,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_smoke_run_logs_both_terms_checkpoints_and_resumes_bitwise(smoke_run, tmp_path, run_checks):
-  a, mid = run_checks.resume_from_step_2(_config, smoke_run, tmp_path)  # tests/methods/conftest.py
+  a, mid = run_checks.resume_from_checkpoint(_config, smoke_run, tmp_path)  # tests/methods/conftest.py
   assert set(a.params) == {"segbmn"}
   assert any(np.any(x != y) for x, y in zip(jax.tree.leaves(mid.params), jax.tree.leaves(a.params)))
   fraction = run_checks.logged_terms(smoke_run, TERMS)["segbmn/background_fraction"]  # Logged at steps 2 and 4.

@@ -215,3 +215,37 @@ def test_compile_step_passes_the_backend_optimization_level():
     assert info["temp_size_in_bytes"] >= 0
   assert seen == [None, {"xla_backend_optimization_level": 0}]
   np.testing.assert_array_equal(results[0][0], results[1][0])
+
+
+def test_compile_step_reuses_the_same_program_in_a_process():
+  """A second run of the same program in this process (a resume in a notebook or a test) is not compiled again; a
+  different program, or the same one on other devices, is."""
+  compiled = []
+
+  class Spy:
+
+    def __init__(self, fn):
+      self.fn = fn
+
+    def lower(self, *a):
+      lowered = self.fn.lower(*a)
+      compile_fn = lowered.compile
+
+      def compile(compiler_options=None):  # pylint: disable=redefined-builtin
+        compiled.append(compiler_options)
+        return compile_fn(compiler_options=compiler_options)
+
+      lowered.compile = compile
+      return lowered
+
+  fn = lambda s, fr, b: (s * 3.0 + b.sum(), {"x": s}, jnp.isfinite(s))
+  args = (jnp.float32(0.25), {}, jnp.arange(6.0).reshape(2, 3))
+  first, _ = trainer.compile_step(Spy(jax.jit(fn)), *args)
+  again, _ = trainer.compile_step(Spy(jax.jit(fn)), *args)  # a new jitted function, the same program
+  assert len(compiled) == 1
+  np.testing.assert_array_equal(first(*args)[0], again(*args)[0])
+  trainer.compile_step(Spy(jax.jit(lambda s, fr, b: (s * 4.0 + b.sum(), {"x": s}, jnp.isfinite(s)))), *args)
+  assert len(compiled) == 2
+  other = jax.tree.map(lambda a: jax.device_put(a, jax.devices()[1]), args)
+  trainer.compile_step(Spy(jax.jit(fn)), *other)
+  assert len(compiled) == 3
