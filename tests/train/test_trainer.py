@@ -185,32 +185,33 @@ def test_remat_matches_and_bf16_frozen_storage_trains():
   assert finite and abs(bf_loss - base_loss) <= 0.05 * abs(base_loss)
 
 
+class _CompileSpy:
+  """A jitted function whose lowered program records, in `seen`, the compiler options of every compile."""
+
+  def __init__(self, fn, seen):
+    self.fn, self.seen = fn, seen
+
+  def lower(self, *a):
+    lowered = self.fn.lower(*a)
+    compile_fn = lowered.compile
+
+    def compile(compiler_options=None):  # pylint: disable=redefined-builtin
+      self.seen.append(compiler_options)
+      return compile_fn(compiler_options=compiler_options)
+
+    lowered.compile = compile
+    return lowered
+
+
 def test_compile_step_passes_the_backend_optimization_level():
   """`xla_backend_optimization_level` (config) reaches XLA: level 0 compiles the same step (same buffer plan, same
   result on this small function) and is refused by no backend; -1 leaves XLA's default."""
   f = jax.jit(lambda s, fr, b: (s * 2.0 + b.sum(), {"x": s}, jnp.isfinite(s)))
   args = (jnp.float32(1.5), {}, jnp.arange(6.0).reshape(2, 3))
   seen = []
-
-  class Spy:
-
-    def __init__(self, fn):
-      self.fn = fn
-
-    def lower(self, *a):
-      lowered = self.fn.lower(*a)
-      compile_fn = lowered.compile
-
-      def compile(compiler_options=None):  # pylint: disable=redefined-builtin
-        seen.append(compiler_options)
-        return compile_fn(compiler_options=compiler_options)
-
-      lowered.compile = compile
-      return lowered
-
   results = []
   for level in (-1, 0):
-    step, info = trainer.compile_step(Spy(f), *args, level)
+    step, info = trainer.compile_step(_CompileSpy(f, seen), *args, level)
     results.append(step(*args))
     assert info["temp_size_in_bytes"] >= 0
   assert seen == [None, {"xla_backend_optimization_level": 0}]
@@ -221,23 +222,7 @@ def test_compile_step_reuses_the_same_program_in_a_process():
   """A second run of the same program in this process (a resume in a notebook or a test) is not compiled again; a
   different program, or the same one on other devices, is."""
   compiled = []
-
-  class Spy:
-
-    def __init__(self, fn):
-      self.fn = fn
-
-    def lower(self, *a):
-      lowered = self.fn.lower(*a)
-      compile_fn = lowered.compile
-
-      def compile(compiler_options=None):  # pylint: disable=redefined-builtin
-        compiled.append(compiler_options)
-        return compile_fn(compiler_options=compiler_options)
-
-      lowered.compile = compile
-      return lowered
-
+  Spy = lambda fn: _CompileSpy(fn, compiled)  # pylint: disable=invalid-name
   fn = lambda s, fr, b: (s * 3.0 + b.sum(), {"x": s}, jnp.isfinite(s))
   args = (jnp.float32(0.25), {}, jnp.arange(6.0).reshape(2, 3))
   first, _ = trainer.compile_step(Spy(jax.jit(fn)), *args)
