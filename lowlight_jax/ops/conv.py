@@ -70,7 +70,7 @@ def _conv2d_bwd(strides, padding, precision, res, g):
   dx = lax.conv_general_dilated(g, w_t, (1, 1), pads_t, lhs_dilation=strides, dimension_numbers=_NHWC,
                                 precision=precision)
   # Kernel: tap (i, j) sees the padded input at rows i, i + s, ..., one (C_in, N*oh*ow) x (N*oh*ow, C_out) product.
-  xp = jnp.pad(x, ((0, 0), (plh, max(phh, 0)), (plw, max(phw, 0)), (0, 0)))
+  xp = jnp.pad(x, ((0, 0), (plh, phh), (plw, phw), (0, 0)))  # non-negative: `supported` routes no other
   taps = []
   for i in range(kh):
     for j in range(kw):
