@@ -7,5 +7,6 @@ export TF_CPP_MIN_LOG_LEVEL=3
 # NIQE/BRISQUE/LPIPS parameters into $LOWLIGHT_ASSETS (default ~/.cache/lowlight_jax/assets): the metric tests read
 # them from the cache and fail, naming this command, when it is empty.
 .venv/bin/python -m launch.assets fetch --quiet
-# Whole files per worker (module fixtures built once), the slowest files first (tests/conftest.py SLOW_FILES_FIRST).
+# Whole files per worker (module fixtures built once), in the order tests/conftest.py sets (the SCUF file first, the
+# slowest files last; its memory comment says why).
 exec .venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder "$@"

@@ -39,26 +39,39 @@ def pytest_configure(config):
   os.environ["JAX_COMPILATION_CACHE_DIR"] = config._lowlight_compile_cache
 
 
-#: The slowest test files (each minutes on 2 cores), scheduled first, slowest first (by a JUnit report of a full
-#: run). scripts/test.sh runs `-n 2 --dist loadfile --no-loadscope-reorder`, so files go to the workers in collection
-#: order; a long file left to the end of the queue would run alone while the other worker idles. Moving whole files
-#: keeps every file's own order; no test depends on which file ran before it.
-SLOW_FILES_FIRST = (
+#: Scheduling. scripts/test.sh runs `-n 2 --dist loadfile --no-loadscope-reorder`: whole files go to the two workers
+#: in collection order, each worker taking the next file as it runs out. Moving whole files keeps every file's own
+#: order; no test depends on which file ran before it. The order, by a JUnit report and a memory log of full runs:
+#:   1. MEMORY_HEAVY_FIRST: the SCUF file (about 950 s on 2 cores). Its 8-device smoke run peaks at about 15 GB of
+#:      the machine's 24 (each fake device holds the step's temporaries, about 1 GB, while the eight run), so it
+#:      starts first, while the other worker takes
+#:   2. the remaining files, minutes of short ones (about 1,050 s in all), and only then
+#:   3. SLOW_FILES_LAST, slowest first (1-3 min and a few GB each; about 800 s in all): they run two at a time once the
+#:      SCUF file is done, instead of beside its peak, and none is left to run alone at the end of the queue.
+MEMORY_HEAVY_FIRST = (
     "tests/methods/test_scuf.py",
+)
+SLOW_FILES_LAST = (
     "tests/methods/test_skf_drbn.py",
-    "tests/methods/test_scl_lle_finetune_niqe.py",
     "tests/train/test_trainer.py",
+    "tests/methods/test_scl_lle_finetune_niqe.py",
     "tests/methods/test_skf_snr.py",
-    "tests/models/test_sd_compat_remat.py",
-    "tests/launch/test_skf_cli.py",
     "tests/methods/test_dmgnie.py",
+    "tests/launch/test_skf_cli.py",
+    "tests/models/test_sd_compat_remat.py",
 )
 
 
 def pytest_collection_modifyitems(config, items):
   del config
-  rank = {path: i for i, path in enumerate(SLOW_FILES_FIRST)}
-  items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable
+  first = set(MEMORY_HEAVY_FIRST)
+  last = {path: i for i, path in enumerate(SLOW_FILES_LAST)}
+
+  def rank(item):
+    path = item.nodeid.split("::")[0]
+    return (0, 0) if path in first else (2, last[path]) if path in last else (1, 0)
+
+  items.sort(key=rank)  # stable
 
 
 def pytest_unconfigure(config):
@@ -94,3 +107,29 @@ def _run_module(args, *, timeout: float = 600) -> subprocess.CompletedProcess:
 def run_module():
   """Runs a CLI in a subprocess: `run_module(["launch.train", ...], timeout=600)`."""
   return _run_module
+
+
+def release_compiled_programs() -> None:
+  """Drops what JAX compiled in this process (jit caches, the trainer's in-process compiled steps) and collects
+  garbage."""
+  import gc  # pylint: disable=g-import-not-at-top
+  trainer = sys.modules.get("lowlight_jax.train.trainer")
+  if trainer is not None:
+    trainer._COMPILED_STEPS.clear()  # pylint: disable=protected-access
+  if "jax" in sys.modules:
+    sys.modules["jax"].clear_caches()
+  gc.collect()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_after_each_file():
+  """An xdist worker runs many files in one process, and two workers share the machine's memory: a file's
+  executables (the SCUF 8-device step's take GBs) must not stay resident while later files run."""
+  yield
+  release_compiled_programs()
+
+
+@pytest.fixture
+def release_compiled():
+  """`release_compiled()`: what earlier tests of the file compiled, released before a memory-heavy test."""
+  return release_compiled_programs

@@ -86,9 +86,13 @@ from lowlight_jax.models import sd_compat
 from lowlight_jax.models import vision_aided
 from lowlight_jax.ops import conv as conv_lib
 from lowlight_jax.train import microbatch
+from lowlight_jax.train import sharding as sharding_lib
 
 PyTree = Any
 logger = logging.getLogger(__name__)
+
+#: Activations split over the batch mesh axes (see `sharding.constrain_batch`; a no-op outside the trainer's mesh).
+_pin = sharding_lib.constrain_batch
 
 DIRECTIONS = scuf_model.DIRECTIONS
 CLIP_SIZES = {  # VisionTransformer fields: the real ViT-B/32 and a tiny random stand-in for smoke runs.
@@ -348,8 +352,9 @@ class Method(base.BaseMethod):
                     x.shape[3] // 8)
     noise = jax.random.normal(rng, latent_shape) if self.config.loss.sample_posterior else None
     with self._remat():
-      out = self.policy.remat_fn(lambda v, i, n: self.generator.encode_with(v, i, vae_noise=n))(vae, x, noise)
-    return out["latent"], out["enc_skips"]
+      out = self.policy.remat_fn(lambda v, i, n: self.generator.encode_with(v, i, vae_noise=n))(
+          vae, _pin(x), noise)
+    return _pin(out["latent"]), [_pin(t) for t in out["enc_skips"]]
 
   def _step_latent(self, eps, latent):
     prev, _ = scuf_model.ddpm_step(self.generator.scheduler_config, eps.astype(jnp.float32),
@@ -363,17 +368,17 @@ class Method(base.BaseMethod):
     latent, skips = self._encode(vae, x, rng)
     _, ctx = self.generator.context({"proj": gen["proj"]}, text_emb, clip_emb)
     with self._remat():
-      eps = scuf_model.unet_with_cycle_attention(self.generator.unet, frozen["unet"], gen["ca_adapter"],
-                                                 latent.astype(self.generator.dtype), self.generator.timestep,
-                                                 ctx.astype(self.generator.dtype),
-                                                 num_tokens=self.generator.num_tokens)
-      out_latent = self._step_latent(eps, latent)
+      eps = _pin(scuf_model.unet_with_cycle_attention(self.generator.unet, frozen["unet"], gen["ca_adapter"],
+                                                      latent.astype(self.generator.dtype), self.generator.timestep,
+                                                      _pin(ctx.astype(self.generator.dtype)),
+                                                      num_tokens=self.generator.num_tokens))
+      out_latent = _pin(self._step_latent(eps, latent))
       decode = self.policy.remat_fn(self.generator.decode_with)
-      decoded = jnp.clip(decode(vae, kernels, out_latent, skips), -1.0, 1.0)
+      decoded = _pin(jnp.clip(decode(vae, kernels, out_latent, skips), -1.0, 1.0))
       refl = None
       if ref is not None:
         r = decode(ref[0], ref[1], out_latent, skips)
-        refl = jax.nn.sigmoid(jnp.transpose(r, (0, 2, 3, 1)))
+        refl = _pin(jax.nn.sigmoid(jnp.transpose(r, (0, 2, 3, 1))))
     return decoded, out_latent, refl
 
   def caption_latent(self, direction, frozen, x, caption_emb, rng):
@@ -383,8 +388,8 @@ class Method(base.BaseMethod):
     timesteps = jnp.full((1,), self.generator.timestep, jnp.int32)
     with self._remat():
       eps = self.generator.unet.apply({"params": frozen["unet"]}, latent.astype(self.generator.dtype), timesteps,
-                                      caption_emb.astype(self.generator.dtype)).sample
-    return self._step_latent(eps, latent)
+                                      _pin(caption_emb.astype(self.generator.dtype))).sample
+    return _pin(self._step_latent(_pin(eps), latent))
 
   # -- frozen helpers ---------------------------------------------------------------------------------------
 
@@ -400,13 +405,14 @@ class Method(base.BaseMethod):
   def _lpips(self, frozen, x_nchw, y_nchw):
     nhwc = lambda t: jnp.transpose(t, (0, 2, 3, 1)).astype(jnp.float32)
     fn = self.policy.remat_fn(lambda a, b: self.lpips.apply({"params": frozen["lpips"]}, a, b))
-    return jnp.mean(fn(nhwc(x_nchw), nhwc(y_nchw)))
+    return jnp.mean(fn(_pin(nhwc(x_nchw)), _pin(nhwc(y_nchw))))
 
   def _discriminate(self, heads_params, heads_state, frozen, images_nchw, rng, target_real):
     """One set of heads on NCHW [-1, 1] images -> (mean multilevel sigmoid loss, new heads state)."""
     logits, new_state = vision_aided.discriminate(
         self.heads, {"params": heads_params, **heads_state}, self.clip, frozen["clip"],
-        jnp.transpose(images_nchw, (0, 2, 3, 1)), rng, diffaug=bool(self.config.loss.diffaug), update_stats=True)
+        _pin(jnp.transpose(images_nchw, (0, 2, 3, 1))), rng, diffaug=bool(self.config.loss.diffaug),
+        update_stats=True)
     return jnp.mean(vision_aided.multilevel_sigmoid_loss(logits, target_real)), new_state
 
   def _discriminators(self, d_params, d_state, frozen, images, rngs, target_real):
@@ -425,24 +431,25 @@ class Method(base.BaseMethod):
     """What no gradient reaches, stacked by source (index 0: a = low, 1: b = normal) or direction (0: a2b):
     images, fixed-prompt embeddings, CLIP prompts ('r' = 1 - V, 'v' = V of the source), DecomNet reflectances,
     caption embeddings."""
-    img = jnp.stack([batch["low"], batch["high"]]).astype(jnp.float32)  # (2, B, H, W, 3)
+    img = _pin(jnp.stack([batch["low"], batch["high"]]).astype(jnp.float32), 1)  # (2, B, H, W, 3)
     bsz, h, w = img.shape[1:4]
-    flat = img.reshape((2 * bsz, h, w, 3))
+    # Pinned: the partitioner replicated the frozen towers' work on this (2, B) -> (2B) merge.
+    flat = _pin(img.reshape((2 * bsz, h, w, 3)))
     # One call per frozen network: the four CLIP prompts, both DecomNet teachers, all prompt / caption texts.
-    prompts = jnp.concatenate([openai_clip.illumination_prompt(flat, "a2b"), openai_clip.illumination_prompt(flat,
-                                                                                                           "b2a")])
+    prompts = _pin(jnp.concatenate([openai_clip.illumination_prompt(flat, "a2b"),
+                                    openai_clip.illumination_prompt(flat, "b2a")]))
     emb = openai_clip.l2_normalize(self.clip.apply({"params": frozen["clip"]}, prompts, pos_embedding=False))
-    emb = emb.reshape((2, 2, bsz) + emb.shape[1:])  # (r | v, source, B, D)
-    teacher = self.decomnet.apply({"params": frozen["decomnet"]}, flat)["R"].astype(jnp.float32)
+    emb = _pin(emb.reshape((2, 2, bsz) + emb.shape[1:]), 2)  # (r | v, source, B, D)
+    teacher = _pin(self.decomnet.apply({"params": frozen["decomnet"]}, flat)["R"].astype(jnp.float32))
     ids = [jnp.asarray(self.prompt_ids[d]) for d in DIRECTIONS]
     if self.use_captions:
       ids += [batch["low_caption_ids"], batch["high_caption_ids"]]
     texts = self._text(frozen, jnp.concatenate(ids))
     text = jnp.stack([jnp.broadcast_to(texts[k:k + 1], (bsz,) + texts.shape[1:]) for k in range(2)])
-    data = {"x": jnp.transpose(img * 2.0 - 1.0, (0, 1, 4, 2, 3)), "text": text, "emb_r": emb[0], "emb_v": emb[1],
-            "teacher": teacher.reshape((2, bsz) + teacher.shape[1:])}
+    data = {"x": jnp.transpose(img * 2.0 - 1.0, (0, 1, 4, 2, 3)), "text": _pin(text, 1), "emb_r": emb[0],
+            "emb_v": emb[1], "teacher": _pin(teacher.reshape((2, bsz) + teacher.shape[1:]), 1)}
     if self.use_captions:
-      data["caps"] = texts[2:].reshape((2, bsz) + texts.shape[1:])
+      data["caps"] = _pin(texts[2:].reshape((2, bsz) + texts.shape[1:]), 1)
     return jax.lax.stop_gradient(data)
 
   def _cycle_loss(self, gen, frozen, model_state, data, i, rng):

@@ -121,11 +121,15 @@ class LPIPS(nn.Module):
       raise ValueError(f'net must be one of {NETS}, got {self.net!r}')
     shift, scale = jnp.asarray(_SHIFT), jnp.asarray(_SCALE)
     n = x0.shape[0]
-    x = (jnp.concatenate([x0, x1], axis=0).astype(jnp.float32) - shift) / scale
+    # The pairs interleaved (x0[0], x1[0], x0[1], ...): a batch split over devices stays split through the merge,
+    # where a concatenation (x0 then x1) made XLA's partitioner replicate the backbone on every device.
+    x = jnp.stack([x0, x1], axis=1).reshape((2 * n,) + x0.shape[1:])
+    x = (x.astype(jnp.float32) - shift) / scale
     total = jnp.zeros((n,), jnp.float32)
     for k, f in enumerate(_Backbone(self.net, self.precision, name='net')(x)):
       f = f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + 1e-10)
-      d = (f[:n] - f[n:])**2
+      f = f.reshape((n, 2) + f.shape[1:])
+      d = (f[:, 0] - f[:, 1])**2
       total = total + jnp.mean(_LinLayer(self.precision, name=f'lin{k}')(d), axis=(1, 2, 3))
     return total
 

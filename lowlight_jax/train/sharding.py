@@ -87,6 +87,24 @@ def batch_divisor(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
 
 
+def constrain_batch(x: jax.Array, axis: int = 0) -> jax.Array:
+  """`x` split along `axis` over the batch mesh axes, inside a step traced under the trainer's mesh
+  (`jax.sharding.use_abstract_mesh`); unchanged outside one, or when that dimension is not divisible.
+
+  XLA's partitioner does not always keep a batch split through a merge of the batch with another axis (a
+  (2, B) -> (2B) reshape, a concatenation along the batch) or through a loop body: it may replicate the compute,
+  or keep it split over `data` only and repeat it on every `fsdp` device. A method pins its activations with this
+  where that happens (models never see a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+  size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+  if size == 1 or x.shape[axis] % size:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(*([None] * axis), axes))
+
+
 def _path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 

@@ -154,8 +154,10 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, PyTree, PyTree], tupl
 
   def step_fn(state: TrainState, frozen: PyTree, batch: PyTree):
     rng = jax.random.fold_in(state.rng, state.step)
-    result = method.train_step(dataclasses.replace(ctx, step=state.step), state.params, state.opt_state,
-                               state.model_state, frozen, batch, rng)
+    # The mesh is known while tracing, so a method can pin its activations (`sharding.constrain_batch`).
+    with jax.sharding.use_abstract_mesh(setup.mesh.abstract_mesh):
+      result = method.train_step(dataclasses.replace(ctx, step=state.step), state.params, state.opt_state,
+                                 state.model_state, frozen, batch, rng)
     new_state = state.replace(step=state.step + 1, params=result.params, opt_state=result.opt_state,
                               model_state=result.model_state)
     # A non-finite step is not applied: the state stays the last good one and the host stops the run.

@@ -5,6 +5,7 @@ accumulation (`microbatches`) exact, and the end-to-end smoke run on the 8 fake 
 resume, export, enhance)."""
 
 import csv
+import re
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +75,42 @@ def test_fsdp_rules_shard_towers_and_trained_params(setting):
   assert sharded(abstract["state"].params["generator"])  # e.g. the ProjModel kernel
   # The generator's AdamW moments follow their params' FSDP split.
   assert sharded(abstract["state"].opt_state["generator"])
+
+
+def _forward_conv_batches(hlo_text):
+  """{tower: the largest batch of its forward NHWC convolutions} in a compiled (per-device) program."""
+  out = {}
+  for line in hlo_text.splitlines():
+    m = re.search(r"= [a-z0-9]+\[(\d+),[\d,]+\][^ ]* convolution\(.*dim_labels=b01f_01io->b01f.*op_name=\"([^\"]*)\"",
+                  line)
+    if m and "transpose(" not in m.group(2):
+      for tower in ("RetinexNet", "LPIPS", "VisionTransformer"):
+        if f"/{tower}/" in m.group(2):
+          out[tower] = max(out.get(tower, 0), int(m.group(1)))
+  return out
+
+
+def test_frozen_towers_and_lpips_keep_the_batch_split_over_the_mesh(setting):
+  """The smoke's batch of 8 on the (data 2, fsdp 4) mesh: the compiled per-device program runs DecomNet on the
+  prepared (low, normal) pairs and LPIPS on its (x, y) pairs with 2 images per device, and CLIP on 4 prompt
+  images per device (4 per example). XLA's partitioner had replicated them after a (2, B) -> (2B) merge: DecomNet
+  saw 16 images and CLIP 32 on every device, 8x the work and memory."""
+  config = _config(*setting)
+  method = base.load_method(config)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  _, _, abstract, _, _ = trainer.abstract_setup(config, method, mesh)
+  batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype,
+                                   sharding=sharding_lib.batch_sharding(mesh))
+           for k, v in method.example_batch().items()}
+  assert config.batch_size == mesh.devices.size == 8
+
+  def prepare_and_lpips(frozen, batch):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # as trainer.make_train_step traces
+      data = method._prepare(frozen, batch)  # pylint: disable=protected-access
+      return data, method._lpips(frozen, data["x"][0], data["x"][1])  # pylint: disable=protected-access
+
+  text = jax.jit(prepare_and_lpips).lower(abstract["frozen"], batch).compile().as_text()
+  assert _forward_conv_batches(text) == {"RetinexNet": 2, "LPIPS": 2, "VisionTransformer": 4}
 
 
 def test_prompt_files_and_missing_captions(setting, tmp_path, caplog):
@@ -198,7 +235,7 @@ TERMS = tuple(f"generator/cycle_{s}_{t}" for s in "ab" for t in ("l1", "lpips", 
 
 
 def test_smoke_run_on_8_devices_logs_resumes_bitwise_exports_and_enhances(setting, tmp_path, run_checks,
-                                                                          run_module):
+                                                                          run_module, release_compiled):
   """configs/scuf.py:smoke with the caption CSVs, through launch.train's loop on its (data 2, fsdp 4) mesh of the 8
   fake devices with the FSDP rules active: two steps, a checkpoint and an export in the authors' layout after each.
   Every generator and discriminator term is logged and finite at both steps; a resume from the step-1 checkpoint
@@ -206,6 +243,7 @@ def test_smoke_run_on_8_devices_logs_resumes_bitwise_exports_and_enhances(settin
   `launch.enhance --workdir` enhances with the run on one device (a run of a pod's mesh on a workstation)."""
   from lowlight_jax.convert import scuf_export  # pylint: disable=g-import-not-at-top
   root, cache = setting
+  release_compiled()  # its steps hold about 1 GB per fake device: nothing else compiled stays resident beside them
 
   def make_config():
     c = _config(root, cache)

@@ -222,6 +222,25 @@ def test_inference_mesh_fits_the_devices_there_are():
   assert shape({"data": 16}, 8) == {"data": 8}
 
 
+def test_constrain_batch_splits_under_the_traced_mesh_only():
+  """`sharding.constrain_batch`: the batch axes' split of the given dimension inside a step traced under the mesh
+  (as `trainer.make_train_step` traces); unchanged without a mesh, or when the dimension does not divide."""
+  mesh = sharding_lib.make_mesh({"data": 2, "fsdp": 4})
+  x = jax.device_put(jnp.arange(2 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 3), sharding_lib.replicated(mesh))
+
+  def pinned(t, axis):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return sharding_lib.constrain_batch(t * 2.0, axis)
+
+  out = jax.jit(pinned, static_argnums=1)(x, 1)
+  assert out.sharding.spec == jax.sharding.PartitionSpec(None, ("data", "fsdp"))
+  np.testing.assert_array_equal(out, x * 2.0)
+  # Two rows cannot be split eight ways: left to the partitioner.
+  assert jax.jit(pinned, static_argnums=1)(x, 0).sharding.is_fully_replicated
+  # Outside a mesh (a method called by hand, a notebook): no constraint.
+  assert jax.jit(lambda t: sharding_lib.constrain_batch(t * 2.0, 1))(x).sharding.is_fully_replicated
+
+
 def test_run_configs_written_before_the_trainer_fields_existed_still_load(tmp_path):
   """A run directory from before `frozen_dtype`, `remat`, `sharding.fsdp_*`... gets their defaults."""
   import json
