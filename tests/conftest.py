@@ -7,8 +7,12 @@ import sys
 
 # Must happen before jax is imported anywhere: tests exercise sharded steps on a
 # mesh of 8 fake CPU devices.
+# XLA CPU's memory-minimising scheduler (lowlight_jax/train/memory.py CPU_MEMORY_SCHEDULER_FLAG): the SCUF smoke
+# step on the 8 fake devices holds 387 MiB of temporaries per device with it and 997 MiB without (each fake device
+# holds its own while the eight run), and compiles and steps faster too (279 s vs 370 s, 11.6 s vs 17.4 s a step).
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=8 --xla_cpu_enable_concurrency_optimized_scheduler=false"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -42,9 +46,10 @@ def pytest_configure(config):
 #: Scheduling. scripts/test.sh runs `-n 2 --dist loadfile --no-loadscope-reorder`: whole files go to the two workers
 #: in collection order, each worker taking the next file as it runs out. Moving whole files keeps every file's own
 #: order; no test depends on which file ran before it. The order, by a JUnit report and a memory log of full runs:
-#:   1. MEMORY_HEAVY_FIRST: the SCUF file (about 950 s on 2 cores). Its 8-device smoke run peaks at about 15 GB of
-#:      the machine's 24 (each fake device holds the step's temporaries, about 1 GB, while the eight run), so it
-#:      starts first, while the other worker takes
+#:   1. MEMORY_HEAVY_FIRST: the SCUF file (about 950 s on 2 cores). Its 8-device smoke run is the run's memory peak
+#:      (each fake device holds the step's temporaries while the eight run; with the default XLA CPU scheduler the
+#:      worker reached 18.8 GB of the machine's 24 beside a 4 GB one), so it starts first, while the other worker
+#:      takes
 #:   2. the remaining files, minutes of short ones (about 1,050 s in all), and only then
 #:   3. SLOW_FILES_LAST, slowest first (1-3 min and a few GB each; about 800 s in all): they run two at a time once the
 #:      SCUF file is done, instead of beside its peak, and none is left to run alone at the end of the queue.
@@ -107,29 +112,3 @@ def _run_module(args, *, timeout: float = 600) -> subprocess.CompletedProcess:
 def run_module():
   """Runs a CLI in a subprocess: `run_module(["launch.train", ...], timeout=600)`."""
   return _run_module
-
-
-def release_compiled_programs() -> None:
-  """Drops what JAX compiled in this process (jit caches, the trainer's in-process compiled steps) and collects
-  garbage."""
-  import gc  # pylint: disable=g-import-not-at-top
-  trainer = sys.modules.get("lowlight_jax.train.trainer")
-  if trainer is not None:
-    trainer._COMPILED_STEPS.clear()  # pylint: disable=protected-access
-  if "jax" in sys.modules:
-    sys.modules["jax"].clear_caches()
-  gc.collect()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _release_after_each_file():
-  """An xdist worker runs many files in one process, and two workers share the machine's memory: a file's
-  executables (the SCUF 8-device step's take GBs) must not stay resident while later files run."""
-  yield
-  release_compiled_programs()
-
-
-@pytest.fixture
-def release_compiled():
-  """`release_compiled()`: what earlier tests of the file compiled, released before a memory-heavy test."""
-  return release_compiled_programs

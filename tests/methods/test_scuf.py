@@ -235,7 +235,7 @@ TERMS = tuple(f"generator/cycle_{s}_{t}" for s in "ab" for t in ("l1", "lpips", 
 
 
 def test_smoke_run_on_8_devices_logs_resumes_bitwise_exports_and_enhances(setting, tmp_path, run_checks,
-                                                                          run_module, release_compiled):
+                                                                          run_module):
   """configs/scuf.py:smoke with the caption CSVs, through launch.train's loop on its (data 2, fsdp 4) mesh of the 8
   fake devices with the FSDP rules active: two steps, a checkpoint and an export in the authors' layout after each.
   Every generator and discriminator term is logged and finite at both steps; a resume from the step-1 checkpoint
@@ -243,7 +243,6 @@ def test_smoke_run_on_8_devices_logs_resumes_bitwise_exports_and_enhances(settin
   `launch.enhance --workdir` enhances with the run on one device (a run of a pod's mesh on a workstation)."""
   from lowlight_jax.convert import scuf_export  # pylint: disable=g-import-not-at-top
   root, cache = setting
-  release_compiled()  # its steps hold about 1 GB per fake device: nothing else compiled stays resident beside them
 
   def make_config():
     c = _config(root, cache)
