@@ -74,7 +74,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+def batch_axes(mesh: Mesh | jax.sharding.AbstractMesh) -> tuple[str, ...]:
   """Mesh axes the batch dimension is split over (`data` plus `fsdp` when present)."""
   return tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
 
@@ -83,7 +83,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
-def batch_divisor(mesh: Mesh) -> int:
+def batch_divisor(mesh: Mesh | jax.sharding.AbstractMesh) -> int:
   return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
 
 
@@ -98,11 +98,10 @@ def constrain_batch(x: jax.Array, axis: int = 0) -> jax.Array:
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
-  axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
-  size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+  size = batch_divisor(mesh)
   if size == 1 or x.shape[axis] % size:
     return x
-  return jax.lax.with_sharding_constraint(x, P(*([None] * axis), axes))
+  return jax.lax.with_sharding_constraint(x, P(*([None] * axis), batch_axes(mesh)))
 
 
 def _path_str(path) -> str:
