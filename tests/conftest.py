@@ -112,3 +112,14 @@ def _run_module(args, *, timeout: float = 600) -> subprocess.CompletedProcess:
 def run_module():
   """Runs a CLI in a subprocess: `run_module(["launch.train", ...], timeout=600)`."""
   return _run_module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_compiled_train_steps():
+  """After each file, the trainer's in-process compiled steps (`trainer._COMPILED_STEPS`, kept so a resume in the
+  same test reuses its program) go: an 8-device smoke step's executable is large, and no other file runs the same
+  program. JAX's own jit caches stay (later files reuse their small programs)."""
+  yield
+  trainer = sys.modules.get("lowlight_jax.train.trainer")
+  if trainer is not None:
+    trainer._COMPILED_STEPS.clear()  # pylint: disable=protected-access
