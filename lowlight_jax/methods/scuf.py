@@ -183,6 +183,9 @@ class Method(base.BaseMethod):
       raise errors.ConfigError(f"model.pair_loops: {loops!r} is not 'scan' or 'unrolled'")
     if grads not in ("auto", "lax", "canonical"):
       raise errors.ConfigError(f"model.conv_gradients: {grads!r} is not 'auto', 'lax' or 'canonical'")
+    if m.get("remat_vae", "blocks") not in ("blocks", "layers"):
+      raise errors.ConfigError(f"model.remat_vae: {m.remat_vae!r} is not 'blocks' or 'layers'")
+    self.remat_vae_layers = m.get("remat_vae", "blocks") == "layers"
     self.unroll = loops == "unrolled"
     # ops/conv.py: XLA's CPU backend runs JAX's convolution gradients inside a loop body as naive loops.
     self.canonical_convs = grads == "canonical" or (grads == "auto" and jax.default_backend() == "cpu")
@@ -316,7 +319,7 @@ class Method(base.BaseMethod):
     return cls.mean_over_slices(terms), microbatch.unsplit(fakes, axis=1), jax.tree.map(lambda t: t[0], states)
 
   def _remat(self):
-    return sd_compat.remat_blocks(policy_lib.REMAT[self.policy.remat])
+    return sd_compat.remat_blocks(policy_lib.REMAT[self.policy.remat], vae_layers=self.remat_vae_layers)
 
   @staticmethod
   def _select(i, first, second):

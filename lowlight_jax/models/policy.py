@@ -31,6 +31,46 @@ REMAT = {
 }
 
 
+def _tied_to_params(params_t: Any, args_t: tuple) -> tuple:
+  """The input cotangents `args_t` made data-dependent on every parameter cotangent (plus 0 * their sum): exact
+  values, but no input cotangent exists before the layer's parameter cotangents do."""
+  leaves = [l for l in jax.tree.leaves(params_t) if jnp.issubdtype(l.dtype, jnp.floating)]
+  if not leaves:
+    return args_t
+  zero = sum(jnp.sum(l.astype(jnp.float32)) for l in leaves) * 0.0
+  return jax.tree.map(lambda t: t + zero.astype(t.dtype) if jnp.issubdtype(t.dtype, jnp.floating) else t, args_t)
+
+
+def ordered_remat(module_cls: type[nn.Module], policy: Any = None) -> type[nn.Module]:
+  """A subclass of `module_cls` whose `__call__` is rematerialised (`nn.checkpoint` with `policy`: the forward
+  pass keeps only the layer's inputs) and whose backward pass hands its input cotangents on only after its
+  parameter cotangents exist (`_tied_to_params`; `nn.custom_vjp`). Same parameter names and values.
+
+  Why the ordering: a layer's parameter cotangents (weight-gradient convolutions, norm scale / bias sums) are
+  needed only at the end of the step, so a scheduler may run them late; their inputs, the layer's recomputed
+  activations, then stay alive through the backward pass of every earlier layer. XLA's CPU scheduler does that
+  to the SD VAE (its 512x512 layers: the SCUF step's memory plan), and XLA's CPU pipeline drops
+  `optimization_barrier`s before scheduling, so a data dependency is the one ordering every backend keeps.
+  Positional arguments are differentiated (floating arrays); keyword arguments are static Python values.
+  Values and gradients are those of `module_cls` (checked in tests/models/test_sd_compat_remat.py)."""
+
+  def __call__(self, *args, **kwargs):
+    def fn(module, *inputs):
+      return module_cls.__call__(module, *inputs, **kwargs)
+
+    def forward(module, *inputs):
+      return nn.vjp(nn.checkpoint(fn, policy=policy), module, *inputs)
+
+    def backward(vjp_fn, cotangent):
+      params_t, *args_t = vjp_fn(cotangent)
+      return (params_t, *_tied_to_params(params_t, tuple(args_t)))
+
+    return nn.custom_vjp(fn, forward_fn=forward, backward_fn=backward)(self, *args)
+
+  return type(module_cls.__name__, (module_cls,), {"__call__": __call__, "__module__": module_cls.__module__,
+                                                   "__qualname__": f"ordered_remat({module_cls.__qualname__})"})
+
+
 def dtype(name: str, field: str = "compute_dtype") -> Any:
   try:
     return DTYPES[name]

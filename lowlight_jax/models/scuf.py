@@ -236,10 +236,24 @@ def merge_lora_tree(params: Mapping[str, Any], lora: Mapping[str, Any], scale: f
 # ------------------------------------------------------------------------------------ cycle attention
 
 
-def _sdpa(q: jax.Array, k: jax.Array, v: jax.Array, heads: int) -> jax.Array:
+#: Query rows per chunk of the cycle attention's self-attention (`_sdpa(query_chunk=...)`) when the UNet computes
+#: its own attention chunked (diffusers' `use_memory_efficient_attention`).
+CA_QUERY_CHUNK = 1024
+
+
+def _sdpa(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, query_chunk: int | None = None) -> jax.Array:
   """`F.scaled_dot_product_attention` on (B, L, heads * d) tensors split as `view(B, L, heads, d)`; scale
-  1/sqrt(d); logits and softmax in float32."""
+  1/sqrt(d); logits and softmax in float32.
+
+  query_chunk: the queries in chunks of this many rows, one chunk at a time (`lax.map`), each rematerialised in the
+  backward pass: the (B, heads, L, L) float32 scores of the cycle attention's 4096-token self-attention at 512x512
+  (8 GB at batch 8) are never held whole, forward or backward. Each row's softmax still runs over all keys, so
+  the values are the unchunked ones. Unused when L is not a multiple larger than one chunk."""
   b, lq, c = q.shape
+  if query_chunk and lq > query_chunk and lq % query_chunk == 0:
+    chunks = jnp.swapaxes(q.reshape(b, lq // query_chunk, query_chunk, c), 0, 1)
+    out = jax.lax.map(jax.checkpoint(lambda qc: _sdpa(qc, k, v, heads)), chunks)
+    return jnp.swapaxes(out, 0, 1).reshape(b, lq, c)
   d = c // heads
   q = q.reshape(b, lq, heads, d)
   k = k.reshape(b, k.shape[1], heads, d)
@@ -263,7 +277,10 @@ def cycle_attention(attn: Any, adapter: Mapping[str, Any], hidden_states: jax.Ar
   # to_q_ca acts on the token axis: (B, ctx_dim, n) @ (n, hidden) -> (B, ctx_dim, hidden); rows gathered.
   query_1 = jnp.einsum("bnd,nh->bdh", ca, w_q)
   query_1 = jnp.take(query_1, ca_gather_indices(ca.shape[-1], hs.shape[1]), axis=1)
-  ca_1 = _sdpa(query_1, hs.astype(dtype), hs.astype(dtype), heads)
+  # The adapter's query rows against the hidden states themselves: (L, L) scores, chunked as the UNet's own
+  # attention is (`use_memory_efficient_attention`, on with the `scale` config).
+  chunk = CA_QUERY_CHUNK if getattr(attn, "use_memory_efficient_attention", False) else None
+  ca_1 = _sdpa(query_1, hs.astype(dtype), hs.astype(dtype), heads, query_chunk=chunk)
   ca_2 = _sdpa(attn.query(ca_1), jnp.einsum("bnd,dh->bnh", ca, w_k), jnp.einsum("bnd,dh->bnh", ca, w_v), heads)
   return hs + attn.proj_attn(text_out + ca_2)
 

@@ -137,8 +137,9 @@ def test_params_layout(loaded, checkpoint, fixture_config, components):
 # ------------------------------------------------------------------------------- processor / numerics
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["dense", "chunked"])
 @pytest.mark.parametrize("name", ["gefu_ca_attn_b1_io.npz", "gefu_ca_attn_b2_io.npz"])
-def test_cycle_attention_processor(conformance_dir, name):
+def test_cycle_attention_processor(conformance_dir, name, chunked, monkeypatch):
   fixtures = conformance_dir / "fixtures"
   with np.load(fixtures / "gefu_ca_attn_weights.npz") as data:
     w = {k: data[k] for k in data.files}
@@ -148,7 +149,11 @@ def test_cycle_attention_processor(conformance_dir, name):
   np.testing.assert_array_equal(scuf.ca_gather_indices(io["encoder_hidden_states"].shape[-1], hw),
                                 io["gather_indices"])
   hidden = w["to_q.weight"].shape[0]
-  attn = sd_compat.diffusers_flax().Attention(query_dim=hidden, heads=heads, dim_head=head_dim)
+  # chunked: the memory-efficient path (`use_memory_efficient_attention`), queries 4 rows (b2: 20 tokens) or 48 rows
+  # (b1: 192) at a time; the authors' values either way.
+  monkeypatch.setattr(scuf, "CA_QUERY_CHUNK", hw // 5 if hw % 5 == 0 else hw // 4)
+  attn = sd_compat.diffusers_flax().Attention(query_dim=hidden, heads=heads, dim_head=head_dim,
+                                              use_memory_efficient_attention=chunked)
   attn_params = {"to_q": {"kernel": w["to_q.weight"].T}, "to_k": {"kernel": w["to_k.weight"].T},
                  "to_v": {"kernel": w["to_v.weight"].T},
                  "to_out_0": {"kernel": w["to_out.0.weight"].T, "bias": w["to_out.0.bias"]}}
@@ -160,6 +165,14 @@ def test_cycle_attention_processor(conformance_dir, name):
 
   out = jax.jit(run)(io["hidden_states"], io["encoder_hidden_states"])
   assert _max_diff(out, io["out"]) < 1e-5
+  jaxpr = str(jax.make_jaxpr(run)(io["hidden_states"], io["encoder_hidden_states"]))
+  assert ("scan[" in jaxpr) == chunked  # the chunks are one `lax.map` (a scan); the dense path has none
+  if chunked:  # and the gradient through the chunks is the dense one's
+    dense = sd_compat.diffusers_flax().Attention(query_dim=hidden, heads=heads, dim_head=head_dim)
+    grad = lambda m: jax.grad(lambda hs: jnp.sum(jnp.sin(nn.apply(
+        lambda mm: scuf.cycle_attention(mm, adapter, hs, io["encoder_hidden_states"], num_tokens), m)(
+            {"params": attn_params}))))(io["hidden_states"])
+    np.testing.assert_allclose(grad(attn), grad(dense), atol=1e-5)
 
 
 def test_linspace_indices_at_real_width(conformance_dir):
