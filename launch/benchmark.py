@@ -273,6 +273,8 @@ def scuf_memory_rows(rows, measure: bool = False) -> list[dict]:
     config.model.conv_gradients = "lax"  # the accelerator's program ('auto' is 'canonical' on CPU)
     config.mesh = {"data": 1, "fsdp": devices} if fsdp else {"data": devices}
     shapes = {k: jax.ShapeDtypeStruct((batch, SCUF_SIZE, SCUF_SIZE, 3), jnp.float32) for k in ("low", "high")}
+    # The full objective: the caption-consistency term on (CLIP-tokenised captions, 77 ids per image).
+    shapes.update({k: jax.ShapeDtypeStruct((batch, 77), jnp.int32) for k in ("low_caption_ids", "high_caption_ids")})
     # A CPU compile is only for the plan: without LLVM's optimisations it is the same buffer assignment, sooner.
     cpu = pool[0].platform == "cpu"
     m = memory.step_memory(config, pool[:devices], shapes, plan_only=cpu)

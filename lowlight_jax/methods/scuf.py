@@ -201,7 +201,9 @@ class Method(base.BaseMethod):
                                               truncation=True, return_tensors="np").input_ids, np.int32)
       # a2b (lighten) is conditioned on the normal-light prompt ('fixed_prompt_b'), b2a on the low-light one.
       self.prompt_ids = {"a2b": ids(_prompt_text(config, "normal")), "b2a": ids(_prompt_text(config, "low"))}
-    self.use_captions = bool(config.data.get("captions_low")) and float(lc.caption) > 0
+    # A shape-only method (`abstract_sd_turbo`) has the full objective: the caption term on (caption ids in its
+    # example batch), as the authors' recipe with its caption CSVs.
+    self.use_captions = (self.abstract or bool(config.data.get("captions_low"))) and float(lc.caption) > 0
     if float(lc.caption) > 0 and not self.use_captions:
       logger.warning("scuf: no caption CSVs (data.captions_low / captions_high): the caption-consistency term is "
                      "off")

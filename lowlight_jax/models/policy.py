@@ -51,6 +51,7 @@ def ordered_remat(module_cls: type[nn.Module], policy: Any = None) -> type[nn.Mo
   activations, then stay alive through the backward pass of every earlier layer. XLA's CPU scheduler does that
   to the SD VAE (its 512x512 layers: the SCUF step's memory plan), and XLA's CPU pipeline drops
   `optimization_barrier`s before scheduling, so a data dependency is the one ordering every backend keeps.
+  Every parameter cotangent of the layer is computed, also one nobody uses (a frozen norm's scale: one reduction).
   Positional arguments are differentiated (floating arrays); keyword arguments are static Python values.
   Values and gradients are those of `module_cls` (checked in tests/models/test_sd_compat_remat.py)."""
 

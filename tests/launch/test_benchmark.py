@@ -71,3 +71,18 @@ def test_gpu_script_without_a_gpu_says_so_and_writes_nothing(tmp_path):
   assert res.returncode == 1
   assert res.stderr.strip().splitlines()[-1].startswith("error: no GPU"), res.stderr
   assert sorted(p.name for p in (REPO / "docs").iterdir()) == before
+
+
+def test_scuf_memory_rows_are_the_full_objective_at_real_size():
+  """The scuf_memory rows' method (`abstract_sd_turbo`: the real SD-Turbo shapes, no weights) has the caption term on
+  (caption ids in its batch) and the memory-lean switches of `scale`: chunked attention, the VAE per layer."""
+  from configs import scuf as scuf_config  # pylint: disable=g-import-not-at-top
+  from lowlight_jax.methods import base  # pylint: disable=g-import-not-at-top
+  from lowlight_jax.models import sd_turbo_configs  # pylint: disable=g-import-not-at-top
+  config = scuf_config.get_config("scale")
+  config.abstract_sd_turbo = True
+  method = base.load_method(config)
+  assert method.use_captions
+  assert {"low_caption_ids", "high_caption_ids"} <= set(method.example_batch())
+  assert method.remat_vae_layers and method.unet_spec.module.use_memory_efficient_attention
+  assert method.unet_spec.config["block_out_channels"] == sd_turbo_configs.UNET_CONFIG["block_out_channels"]
