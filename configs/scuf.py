@@ -15,11 +15,12 @@ Args (comma separated):
             embedded pairs (used unpaired), batch 8 on a (data 2, fsdp 4) mesh with FSDP down to small tensors,
             4 steps. Used by tests (8 fake CPU devices).
   embedded  the embedded pairs (used unpaired) instead of `data.root`; no captions.
-  scale     the memory-lean settings for large batches: bfloat16 compute and frozen storage, UNet/VAE block
-            remat ('full'; the VAE encoder and decoders are also rematerialised whole), the UNet's chunked
-            self-attention (`model.memory_efficient_attention`), an FSDP mesh axis over all devices
-            (`mesh.fsdp=-1`, data 1). Batch 8 at 512x512 on one 80 GB device also takes
-            `--config.microbatches=2` (gradient accumulation; `launch.benchmark --sections scuf_memory` rows 3 and 7).
+  scale     the memory-lean settings for large batches: bfloat16 compute and frozen storage, UNet block remat
+            ('full'), the VAE rematerialised per layer (`model.remat_vae='layers'`), the UNet's and the cycle
+            attention's chunked self-attention (`model.memory_efficient_attention`), an FSDP mesh axis over all
+            devices (`mesh.fsdp=-1`, data 1). Batch 8 at 512x512 on one device: 51.1 GB in XLA's CPU plan
+            (`launch.benchmark --sections scuf_memory` row 3); `--config.microbatches=2` (gradient accumulation)
+            lowers it further (row 7).
   steps=N   override the number of steps.
 
 Launch (paper recipe; files the user has, nothing is downloaded):

@@ -95,6 +95,8 @@ logger = logging.getLogger(__name__)
 _pin = sharding_lib.constrain_batch
 
 DIRECTIONS = scuf_model.DIRECTIONS
+# The frozen towers the step's loop bodies use (`Method._frozen_at`).
+LOOP_TOWERS = ("unet", "vae", "clip", "lpips")
 CLIP_SIZES = {  # VisionTransformer fields: the real ViT-B/32 and a tiny random stand-in for smoke runs.
     "ViT-B/32": dict(width=768, layers=12, patch_size=32, output_dim=512, input_resolution=224),
     "tiny": dict(width=64, layers=12, patch_size=32, output_dim=32, input_resolution=224),
@@ -320,6 +322,12 @@ class Method(base.BaseMethod):
     the same one)."""
     return cls.mean_over_slices(terms), microbatch.unsplit(fakes, axis=1), jax.tree.map(lambda t: t[0], states)
 
+  def _frozen_at(self, frozen, i):
+    """The frozen towers a loop body uses, made to depend on its index `i` (`sharding.gathered_per_iteration`:
+    their FSDP all-gathers stay in the body instead of being hoisted out of the step's loops)."""
+    towers = {k: frozen[k] for k in LOOP_TOWERS if k in frozen}
+    return {**frozen, **sharding_lib.gathered_per_iteration(towers, i, self.config.sharding)}
+
   def _remat(self):
     return sd_compat.remat_blocks(policy_lib.REMAT[self.policy.remat], vae_layers=self.remat_vae_layers)
 
@@ -329,8 +337,12 @@ class Method(base.BaseMethod):
     return jax.tree.map(lambda a, b: jnp.where(i == 0, a, b), first, second)
 
   def _merge_vae(self, frozen, lora) -> PyTree:
+    """The frozen VAE with a LoRA merged (float32), in the VAE's compute dtype: its convolutions cast their
+    kernels and biases to it anyway, and diffusers' GroupNorms (no dtype of their own) then compute in it too
+    instead of promoting every normalised activation to float32 (statistics stay float32). A no-op in float32."""
     base_vae = jax.tree.map(lambda x: x.astype(jnp.float32), frozen["vae"])
-    return scuf_model.merge_lora_tree(base_vae, lora, self.lora_scale)
+    merged = scuf_model.merge_lora_tree(base_vae, lora, self.lora_scale)
+    return jax.tree.map(lambda x: x.astype(self.vae_spec.module.dtype), merged)
 
   def _skip_kernels(self, skips, base_kernels=None) -> list[jax.Array]:
     out = []
@@ -426,7 +438,7 @@ class Method(base.BaseMethod):
     def one(j, img, key):
       hp = self._select(j, d_params["a"], d_params["b"])
       hs = self._select(j, d_state["a"], d_state["b"])
-      return self._discriminate(hp, hs, frozen, img, key, target_real)
+      return self._discriminate(hp, hs, self._frozen_at(frozen, j), img, key, target_real)
     losses, states = self._map(lambda a: one(*a), (jnp.arange(2), images, rngs))
     return losses, {k: jax.tree.map(lambda t, j=j: t[j], states) for j, k in enumerate(("a", "b"))}
 
@@ -468,11 +480,11 @@ class Method(base.BaseMethod):
     steps = (jax.tree.map(lambda p, q: jnp.stack([p, q]), fwd, back),
              jnp.stack([pick(data["text"]), self._select(i, data["text"][1], data["text"][0])]),
              jnp.stack([pick(data["emb_r"]), pick(data["emb_v"])]),
-             jax.random.split(jax.random.fold_in(rng, 0)))
+             jax.random.split(jax.random.fold_in(rng, 0)), jnp.arange(2))
 
     def body(image, xs):
-      direction, text, emb, key = xs
-      decoded, latent, refl = self.translate(direction, ref, gen, frozen, image, text, emb, key)
+      direction, text, emb, key, t = xs
+      decoded, latent, refl = self.translate(direction, ref, gen, self._frozen_at(frozen, t), image, text, emb, key)
       return decoded, (decoded, latent, refl)
 
     _, (decoded, latents, refls) = self._scan(body, x, steps)
@@ -493,7 +505,8 @@ class Method(base.BaseMethod):
 
     def fake(j, key):
       pick = lambda t: self._select(j, t[0], t[1])
-      decoded, _, _ = self.translate(self._direction(gen, frozen, j), None, gen, frozen, pick(data["x"]),
+      frozen_j = self._frozen_at(frozen, j)
+      decoded, _, _ = self.translate(self._direction(gen, frozen_j, j), None, gen, frozen_j, pick(data["x"]),
                                      pick(data["text"]), pick(data["emb_r"]), key)
       return decoded
 
@@ -503,12 +516,13 @@ class Method(base.BaseMethod):
     terms = {"gan_a": losses[0] * w.gan, "gan_b": losses[1] * w.gan}
     return sum(terms.values()), (terms, fakes, states)
 
-  def _identity_loss(self, gen, frozen, model_state, data, rng):
+  def _identity_loss(self, gen, frozen_all, model_state, data, rng):
     """idt_a = a2b(b, V(b)), idt_b = b2a(a, V(a)) (one map body over the direction j; the source is 1 - j)."""
     w = self.config.loss
-    ref = self._reflectance_decoder(gen, frozen, model_state)
+    ref = self._reflectance_decoder(gen, frozen_all, model_state)
 
     def one(j, key):
+      frozen = self._frozen_at(frozen_all, j)
       src = lambda t: self._select(j, t[1], t[0])  # the source image's entry (b for a2b)
       x, direction = src(data["x"]), self._direction(gen, frozen, j)
       text = self._select(j, data["text"][0], data["text"][1])
@@ -551,7 +565,8 @@ class Method(base.BaseMethod):
       # Updates 1-2: cycle a, then cycle b with the updated params (one scan body).
       def cycle_update(carry, i):
         gen, opt = carry
-        (loss, terms), grads = self._grad(lambda g, d, k: self._cycle_loss(g, frozen, model_state, d, i, k), gen,
+        frozen_i = self._frozen_at(frozen, i)
+        (loss, terms), grads = self._grad(lambda g, d, k: self._cycle_loss(g, frozen_i, model_state, d, i, k), gen,
                                           data, jax.random.fold_in(keys["cycle"], i))
         terms = mean_over_slices(terms)
         gen, opt, norm, ok = apply("generator", grads, gen, opt, loss)

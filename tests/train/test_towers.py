@@ -241,6 +241,42 @@ def test_constrain_batch_splits_under_the_traced_mesh_only():
   assert jax.jit(lambda t: sharding_lib.constrain_batch(t * 2.0, 1))(x).sharding.is_fully_replicated
 
 
+def _entry_and_loop_all_gathers(hlo: str) -> tuple[int, int]:
+  """(all-gathers in the ENTRY computation, all-gathers elsewhere: loop bodies) of a compiled module's text."""
+  start = hlo.index("\nENTRY ")
+  entry = hlo[start:hlo.index("\n}\n", start)]
+  return entry.count(" all-gather("), hlo.count(" all-gather(") - entry.count(" all-gather(")
+
+
+def test_gathered_per_iteration_keeps_a_loop_bodys_fsdp_gathers_in_the_loop():
+  """`sharding.gathered_per_iteration`: a scan body's FSDP-sharded weight, gathered whole where the body uses it,
+  is gathered in the body (once per iteration) instead of being hoisted out of the loop and held for the whole
+  step; same values; unchanged without an fsdp axis."""
+  mesh = sharding_lib.make_mesh({"data": 1, "fsdp": 8})
+  cfg = ml_collections.ConfigDict(dict(rules=[], fsdp_axis="fsdp", fsdp_min_size=1))  # FSDP down to this tensor
+  w = jax.device_put(jnp.linspace(-1.0, 1.0, 64 * 16).reshape(64, 16),
+                     jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("fsdp")))
+
+  def step(w, per_iteration):
+    def body(c, i):
+      ww = sharding_lib.gathered_per_iteration(w, i, cfg) if per_iteration else w
+      whole = jax.lax.with_sharding_constraint(ww, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+      return c + jnp.cumsum(whole, axis=0)[-1] * (i + 1.0), None  # a use of the whole weight
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return jax.lax.scan(body, jnp.zeros(16), jnp.arange(3.0))[0]
+
+  hoisted = jax.jit(lambda w: step(w, False))
+  in_loop = jax.jit(lambda w: step(w, True))
+  assert _entry_and_loop_all_gathers(hoisted.lower(w).compile().as_text()) == (1, 0)
+  assert _entry_and_loop_all_gathers(in_loop.lower(w).compile().as_text()) == (0, 1)
+  np.testing.assert_array_equal(in_loop(w), hoisted(w))
+  tree = {"w": w}
+  assert sharding_lib.gathered_per_iteration(tree, 0) is tree  # no mesh traced
+  one = sharding_lib.make_mesh({"data": 8})
+  with jax.sharding.use_abstract_mesh(one.abstract_mesh):
+    assert sharding_lib.gathered_per_iteration(tree, 0) is tree  # no fsdp axis
+
+
 def test_run_configs_written_before_the_trainer_fields_existed_still_load(tmp_path):
   """A run directory from before `frozen_dtype`, `remat`, `sharding.fsdp_*`... gets their defaults."""
   import json
