@@ -31,14 +31,20 @@ REMAT = {
 }
 
 
+def plus_zero(tree: Any, zero: jax.Array) -> Any:
+  """Every floating leaf of `tree` plus the scalar `zero` (cast to the leaf's dtype; other leaves unchanged).
+  With `zero` computed as `x * 0.0` from a value XLA cannot fold, the values are exact and each leaf becomes
+  data-dependent on `x`: the one ordering every backend keeps (XLA's CPU pipeline drops optimization barriers)."""
+  return jax.tree.map(lambda t: t + zero.astype(t.dtype) if jnp.issubdtype(t.dtype, jnp.floating) else t, tree)
+
+
 def _tied_to_params(params_t: Any, args_t: tuple) -> tuple:
   """The input cotangents `args_t` made data-dependent on every parameter cotangent (plus 0 * their sum): exact
   values, but no input cotangent exists before the layer's parameter cotangents do."""
   leaves = [l for l in jax.tree.leaves(params_t) if jnp.issubdtype(l.dtype, jnp.floating)]
   if not leaves:
     return args_t
-  zero = sum(jnp.sum(l.astype(jnp.float32)) for l in leaves) * 0.0
-  return jax.tree.map(lambda t: t + zero.astype(t.dtype) if jnp.issubdtype(t.dtype, jnp.floating) else t, args_t)
+  return plus_zero(args_t, sum(jnp.sum(l.astype(jnp.float32)) for l in leaves) * 0.0)
 
 
 def ordered_remat(module_cls: type[nn.Module], policy: Any = None) -> type[nn.Module]:

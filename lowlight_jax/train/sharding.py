@@ -25,6 +25,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lowlight_jax.models import policy
+
 PyTree = Any
 logger = logging.getLogger(__name__)
 
@@ -105,8 +107,7 @@ def constrain_batch(x: jax.Array, axis: int = 0) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, P(*([None] * axis), batch_axes(mesh)))
 
 
-def gathered_per_iteration(tree: PyTree, index: jax.Array,
-                           sharding_cfg: ml_collections.ConfigDict | None = None) -> PyTree:
+def gathered_per_iteration(tree: PyTree, index: jax.Array, sharding_cfg: ml_collections.ConfigDict) -> PyTree:
   """`tree` (FSDP-sharded frozen weights a loop body closes over) made to depend on the loop's `index`: each leaf
   plus 0 * index (exact values), kept on its shard (`plan_shardings` with `sharding_cfg`'s rules, as the trainer
   placed it). Inside a step traced under a mesh whose fsdp axis has size > 1 only; unchanged otherwise.
@@ -115,22 +116,15 @@ def gathered_per_iteration(tree: PyTree, index: jax.Array,
   (and any cast of the gathered weights) out of the loop: every tower used in a `lax.scan` / `lax.map` body is
   then held whole on every device for the whole step, which is what FSDP is meant to avoid. Depending on the
   index keeps each gather in the body that uses it, at the cost of one add per weight shard and iteration."""
-  cfg = sharding_cfg if sharding_cfg is not None else ml_collections.ConfigDict(
-      dict(rules=[], fsdp_axis="fsdp", fsdp_min_size=2**20))
   mesh = jax.sharding.get_abstract_mesh()
-  axis = cfg.fsdp_axis
+  axis = sharding_cfg.fsdp_axis
   if mesh.empty or not axis or axis not in mesh.axis_names or mesh.shape[axis] == 1:
     return tree
-  plan = plan_shardings(tree, mesh, [tuple(r) for r in cfg.rules], fsdp_axis=axis,
-                        fsdp_min_size=int(cfg.fsdp_min_size))
+  plan = plan_shardings(tree, mesh, [tuple(r) for r in sharding_cfg.rules], fsdp_axis=axis,
+                        fsdp_min_size=int(sharding_cfg.fsdp_min_size))
   zero = jnp.asarray(index).astype(jnp.float32) * 0.0  # not folded: 0.0 * x is not 0 for every float x
-
-  def one(w, sharding):
-    if not jnp.issubdtype(w.dtype, jnp.floating):
-      return w
-    return jax.lax.with_sharding_constraint(w + zero.astype(w.dtype), sharding.spec)
-
-  return jax.tree.map(one, tree, plan.shardings)
+  return jax.tree.map(lambda w, sharding: jax.lax.with_sharding_constraint(w, sharding.spec),
+                      policy.plus_zero(tree, zero), plan.shardings)
 
 
 def _path_str(path) -> str:

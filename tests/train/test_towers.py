@@ -271,10 +271,10 @@ def test_gathered_per_iteration_keeps_a_loop_bodys_fsdp_gathers_in_the_loop():
   assert _entry_and_loop_all_gathers(in_loop.lower(w).compile().as_text()) == (0, 1)
   np.testing.assert_array_equal(in_loop(w), hoisted(w))
   tree = {"w": w}
-  assert sharding_lib.gathered_per_iteration(tree, 0) is tree  # no mesh traced
+  assert sharding_lib.gathered_per_iteration(tree, 0, cfg) is tree  # no mesh traced
   one = sharding_lib.make_mesh({"data": 8})
   with jax.sharding.use_abstract_mesh(one.abstract_mesh):
-    assert sharding_lib.gathered_per_iteration(tree, 0) is tree  # no fsdp axis
+    assert sharding_lib.gathered_per_iteration(tree, 0, cfg) is tree  # no fsdp axis
 
 
 def test_run_configs_written_before_the_trainer_fields_existed_still_load(tmp_path):
