@@ -13,6 +13,7 @@ Config fields (every method's config has them, see `configs/common.py:trainer_fi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable
 
@@ -36,6 +37,39 @@ def plus_zero(tree: Any, zero: jax.Array) -> Any:
   With `zero` computed as `x * 0.0` from a value XLA cannot fold, the values are exact and each leaf becomes
   data-dependent on `x`: the one ordering every backend keeps (XLA's CPU pipeline drops optimization barriers)."""
   return jax.tree.map(lambda t: t + zero.astype(t.dtype) if jnp.issubdtype(t.dtype, jnp.floating) else t, tree)
+
+
+def sequential_pair(f: Callable, g: Callable, context: Callable[[], Any] = contextlib.nullcontext) -> Callable:
+  """(a, b) -> (f(*a), g(*b)), rematerialised (only a and b are kept for the backward pass), whose backward pass
+  runs g's (recomputation and backward) to the end before f's recomputation starts: f's inputs are tied
+  (`plus_zero`) to every cotangent g's backward pass returns. Values and gradients are those of the two calls.
+
+  Why: two branches reading the same inputs (SCUF's output and reflectance decoders of one latent, 512x512
+  each) are otherwise recomputed and differentiated in whatever interleaving the scheduler picks; XLA's CPU
+  scheduler, under FSDP, kept both decoders' activations alive at the step's peak. `context` is entered around
+  the backward pass's recomputations (it runs when the step is differentiated, outside the caller's `with`
+  blocks: `sd_compat.remat_blocks`)."""
+
+  @jax.custom_vjp
+  def pair(a, b):
+    return f(*a), g(*b)
+
+  def fwd(a, b):
+    return pair(a, b), (a, b)
+
+  def bwd(res, cotangent):
+    a, b = res
+    with context():
+      _, g_vjp = jax.vjp(g, *b)
+      b_t = g_vjp(cotangent[1])
+      leaves = [l for l in jax.tree.leaves(b_t) if jnp.issubdtype(l.dtype, jnp.floating)]
+      a = plus_zero(a, sum(jnp.sum(l, dtype=jnp.float32) for l in leaves) * 0.0)
+      _, f_vjp = jax.vjp(f, *a)
+      a_t = f_vjp(cotangent[0])
+    return tuple(a_t), tuple(b_t)
+
+  pair.defvjp(fwd, bwd)
+  return pair
 
 
 def _tied_to_params(params_t: Any, args_t: tuple) -> tuple:
@@ -76,6 +110,34 @@ def ordered_remat(module_cls: type[nn.Module], policy: Any = None) -> type[nn.Mo
 
   return type(module_cls.__name__, (module_cls,), {"__call__": __call__, "__module__": module_cls.__module__,
                                                    "__qualname__": f"ordered_remat({module_cls.__qualname__})"})
+
+
+def params_after_input(module_cls: type[nn.Module]) -> type[nn.Module]:
+  """A subclass of `module_cls` whose parameters, for each call, are made data-dependent on that call's first
+  positional input (`plus_zero` with 0 * a sum over its first channel, not differentiated): exact values, same
+  parameter names, but nothing computed from a parameter (an FSDP all-gather, a dtype conversion) can run before
+  the layer's input exists, and two calls of the layer (a UNet applied twice in one step, a rematerialised
+  block's forward pass and its recomputation) no longer share such a value.
+
+  Why: XLA common-subexpression-eliminates `gather(w)` / `convert(w)` across every use of a frozen weight, so the
+  gathered (FSDP) or float32-converted (XLA CPU runs bf16 convolutions in float32) copy of a whole tower stays
+  alive from its first use to its last: across both UNet calls of an identity or cycle term, from a block's
+  forward pass to its backward pass. Inside `nn.remat` (`sd_compat.remat_blocks`) each block's copies then live
+  while that block runs. The price: one scalar reduction per call (an all-reduce of a scalar on a mesh), and a
+  block's gathers cannot be prefetched before its input exists."""
+
+  def __call__(self, *args, **kwargs):
+    x = args[0]
+    zero = jax.lax.stop_gradient(jnp.sum(jax.lax.slice_in_dim(x, 0, 1, axis=-1), dtype=jnp.float32)) * 0.0
+
+    def fn(module, *inputs):
+      return module_cls.__call__(module, *inputs, **kwargs)
+
+    tied = nn.map_variables(fn, "params", trans_in_fn=lambda v: plus_zero(v, zero), init=self.is_initializing())
+    return tied(self, *args)
+
+  return type(module_cls.__name__, (module_cls,), {"__call__": __call__, "__module__": module_cls.__module__,
+                                                   "__qualname__": f"params_after_input({module_cls.__qualname__})"})
 
 
 def dtype(name: str, field: str = "compute_dtype") -> Any:

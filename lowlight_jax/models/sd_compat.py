@@ -219,7 +219,7 @@ def _remat_classes(policy, vae_layers: bool = False) -> dict[tuple[str, str], ty
     if vae_layers and module_name == _VAE_MODULE:
       names, wrap = _VAE_LAYERS, policy_lib.ordered_remat
     else:
-      wrap = lambda cls, policy: nn.remat(cls, policy=policy)
+      wrap = lambda cls, policy: nn.remat(policy_lib.params_after_input(cls), policy=policy)
     module = sys.modules[module_name]
     for name in names:
       cls = getattr(module, name)
