@@ -18,7 +18,7 @@ Args (comma separated):
   scale     the memory-lean settings for large batches: bfloat16 compute and frozen storage, UNet block remat
             ('full'), the VAE rematerialised per layer (`model.remat_vae='layers'`), the UNet's and the cycle
             attention's chunked self-attention (`model.memory_efficient_attention`), an FSDP mesh axis over all
-            devices (`mesh.fsdp=-1`, data 1). Batch 8 at 512x512 on one device: 51.1 GB in XLA's CPU plan
+            devices (`mesh.fsdp=-1`, data 1). Batch 8 at 512x512 on one device: 54.9 GB in XLA's CPU plan
             (`launch.benchmark --sections scuf_memory` row 3); `--config.microbatches=2` (gradient accumulation)
             lowers it further (row 7).
   steps=N   override the number of steps.
@@ -99,6 +99,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # 'layers' (each resnet / attention / resampling layer, its parameter gradients before its input gradient:
       # `policy.ordered_remat`; the 512x512 VAE's plan per image 4.7 -> 2.7 GB). 'layers' with `scale`.
       remat_vae="blocks",
+      # With `remat` and the reflectance term: a latent's output and reflectance decoders as one rematerialised pair
+      # whose backward passes run one after the other (`policy.sequential_pair`; same values and gradients), or
+      # (False) as two rematerialised calls the compiler may interleave. scuf_memory rows 6 / 3 with it: 10.4 GB
+      # per device (8 devices, FSDP), 54.9 GB (one device), both at batch 8 and 512x512.
+      sequential_decoders=True,
       # Each pair of the step (the two cycle updates, a cycle's two translations, the GAN / identity /
       # discriminator pairs) as one loop body ('scan': the smaller program) or written out twice ('unrolled').
       pair_loops="scan",

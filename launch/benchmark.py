@@ -21,11 +21,12 @@ scuf_memory: the SCUF train step's memory per device at the real SD-Turbo sizes,
   compiles the whole step (minutes on a 2-core CPU). On CPU the worker runs XLA's memory-minimising scheduler
   (`memory.CPU_MEMORY_SCHEDULER_FLAG`: the default CPU schedule favours concurrency and about doubles the plan).
   On a GPU the 1-device rows are compiled for the GPU, and with --scuf_measure also run (random weights) for the
-  real peak and the step time. Measured on CPU (2 cores), 2026-12-01, the full objective (caption term on), `scale`
-  (chunked UNet and cycle attention, the VAE rematerialised per layer, per-iteration FSDP gathers): batch 8,
-  1 device, remat: 51.114 GB (compile 446 s; 128.431 GB before those changes); batch 8, 8 devices, FSDP, remat:
-  13.789 GB (677 s): a ratio of 0.270 (goal 0.25). XLA CPU runs bf16 convolutions in float32 (a float32 copy of
-  each operand), so its plans overstate a GPU's.
+  real peak and the step time. Measured on CPU (2 cores), 2026-12-02, the full objective (caption term on),
+  `scale` (chunked UNet and cycle attention, the VAE rematerialised per layer, per-iteration FSDP gathers, frozen
+  weights read per block call, the two decoders as a sequential pair): batch 8, 1 device, remat: 54.947 GB
+  (51.114 GB without the last two, 128.431 GB without any); batch 8, 8 devices, FSDP, remat: 10.389 GB (13.789
+  without the last two): a ratio of 0.189 (goal 0.25). XLA CPU runs bf16 convolutions in float32 (a float32 copy
+  of each operand), so its plans overstate a GPU's.
 
 With --peer, a PyTorch re-creation of the authors' pipeline (same architecture, same weights, 2 threads) is timed
 in the same process and the JSON holds jax/torch ratios. The issue's reference figures for the authors' code on

@@ -188,6 +188,7 @@ class Method(base.BaseMethod):
     if m.get("remat_vae", "blocks") not in ("blocks", "layers"):
       raise errors.ConfigError(f"model.remat_vae: {m.remat_vae!r} is not 'blocks' or 'layers'")
     self.remat_vae_layers = m.get("remat_vae", "blocks") == "layers"
+    self.sequential_decoders = bool(m.get("sequential_decoders", True))
     self.unroll = loops == "unrolled"
     # ops/conv.py: XLA's CPU backend runs JAX's convolution gradients inside a loop body as naive loops.
     self.canonical_convs = grads == "canonical" or (grads == "auto" and jax.default_backend() == "cpu")
@@ -392,16 +393,18 @@ class Method(base.BaseMethod):
       out_latent = _pin(self._step_latent(eps, latent))
       main = (vae, kernels, out_latent, skips)
       refl = None
+      decode = self.policy.remat_fn(self.generator.decode_with)
       if ref is None:
-        decoded = self.policy.remat_fn(self.generator.decode_with)(*main)
-      elif self.policy.remat == "none":
-        decoded, r = self.generator.decode_with(*main), self.generator.decode_with(ref[0], ref[1], out_latent, skips)
-      else:
+        decoded = decode(*main)
+      elif self.policy.remat != "none" and self.sequential_decoders:
         # Both 512x512 decoders of this latent rematerialised as a pair whose backward passes run one after the
         # other (`policy.sequential_pair`): XLA's CPU scheduler interleaved them under FSDP, both decoders'
-        # activations alive at the step's peak (the 8-device plan 13.1 GB -> see launch.benchmark).
+        # activations alive at the step's peak. scuf_memory, batch 8: 8 devices with FSDP 10.4 GB (13.1 GB
+        # interleaved); one device 54.9 GB (see `model.sequential_decoders` in configs/scuf.py).
         decoded, r = policy_lib.sequential_pair(self.generator.decode_with, self.generator.decode_with,
                                                 self._remat)(main, (ref[0], ref[1], out_latent, skips))
+      else:
+        decoded, r = decode(*main), decode(ref[0], ref[1], out_latent, skips)
       decoded = _pin(jnp.clip(decoded, -1.0, 1.0))
       if ref is not None:
         refl = _pin(jax.nn.sigmoid(jnp.transpose(r, (0, 2, 3, 1))))

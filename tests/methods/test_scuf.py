@@ -191,6 +191,32 @@ def test_remat_keeps_the_vae_internals_out_of_the_saved_residuals(setting, capsy
   assert without > 0 and with_remat < 0.19 * without, (without, with_remat)
 
 
+def test_sequential_decoders_switch_pairs_the_two_decoders(setting):
+  """`model.sequential_decoders` (with remat and the reflectance term): the output and reflectance decoders run as
+  one `policy.sequential_pair` (its values and gradients: tests/models/test_policy.py); False or remat 'none': two
+  separate calls."""
+  def cycle_loss_jaxpr(**changes):
+    config = _config(*setting)
+    config.remat = changes.pop("remat", "full")
+    config.model.update(changes)
+    method = base.load_method(config)
+    mesh = sharding_lib.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    _, _, abstract, _, _ = trainer.abstract_setup(config, method, mesh)
+    state, frozen = abstract["state"], abstract["frozen"]
+    batch = {k: jax.ShapeDtypeStruct((2,) + v.shape[1:], v.dtype) for k, v in method.example_batch().items()}
+    batch.update({k: jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32) for k in ("low", "high")})
+
+    def loss(params, frozen, batch):
+      data = method._prepare(frozen, batch)  # pylint: disable=protected-access
+      return method._cycle_loss(params, frozen, state.model_state, data, 0, jax.random.key(0))[0]  # pylint: disable=protected-access
+
+    return str(jax.make_jaxpr(loss)(state.params["generator"], frozen, batch))
+
+  assert "name=pair" in cycle_loss_jaxpr()
+  assert "name=pair" not in cycle_loss_jaxpr(sequential_decoders=False)
+  assert "name=pair" not in cycle_loss_jaxpr(remat="none")
+
+
 def test_every_generator_term_is_a_mean_over_examples():
   """What makes `microbatches` exact: each SCUF term is a mean over the batch's examples (equal-size images), so
   its mean over the strided slices is the batch's value. (The discriminator's spectral-norm state does not depend
