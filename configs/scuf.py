@@ -101,8 +101,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       remat_vae="blocks",
       # With `remat` and the reflectance term: a latent's output and reflectance decoders as one rematerialised pair
       # whose backward passes run one after the other (`policy.sequential_pair`; same values and gradients), or
-      # (False) as two rematerialised calls the compiler may interleave. scuf_memory rows 6 / 3 with it: 10.4 GB
-      # per device (8 devices, FSDP), 54.9 GB (one device), both at batch 8 and 512x512.
+      # (False) as two rematerialised calls the compiler may interleave. scuf_memory at batch 8, 512x512, in XLA's CPU
+      # plan: 8 devices with FSDP 10.4 GB per device (row 6); one device 54.9 GB (row 3), 51.0 GB with False.
       sequential_decoders=True,
       # Each pair of the step (the two cycle updates, a cycle's two translations, the GAN / identity /
       # discriminator pairs) as one loop body ('scan': the smaller program) or written out twice ('unrolled').

@@ -400,7 +400,7 @@ class Method(base.BaseMethod):
         # Both 512x512 decoders of this latent rematerialised as a pair whose backward passes run one after the
         # other (`policy.sequential_pair`): XLA's CPU scheduler interleaved them under FSDP, both decoders'
         # activations alive at the step's peak. scuf_memory, batch 8: 8 devices with FSDP 10.4 GB (13.1 GB
-        # interleaved); one device 54.9 GB (see `model.sequential_decoders` in configs/scuf.py).
+        # interleaved); one device 54.9 GB, 51.0 GB without the pair (`model.sequential_decoders`).
         decoded, r = policy_lib.sequential_pair(self.generator.decode_with, self.generator.decode_with,
                                                 self._remat)(main, (ref[0], ref[1], out_latent, skips))
       else:
