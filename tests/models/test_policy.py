@@ -37,6 +37,14 @@ def test_sequential_pair_same_values_and_gradients():
   _close(g1, g0)
   # Only the inputs are kept for the backward pass: the pair is a custom_vjp, recomputed there.
   assert "custom_vjp" in str(jax.make_jaxpr(lambda *a: loss(True, *a))(*args))
+  # The order: f's backward pass reads g's input cotangents (a NaN in g's output cotangent reaches f's kernel
+  # gradient through the tie; through the two plain calls it does not).
+  def nan_in_g(sequential, wa, wb, x):
+    a, b = pair((wa, x), (wb, x)) if sequential else (f(wa, x), g(wb, x))
+    return jnp.sum(a) + jnp.sum(b * jnp.nan)
+
+  assert np.isfinite(np.asarray(jax.grad(lambda *a: nan_in_g(False, *a))(*args))).all()
+  assert np.isnan(np.asarray(jax.grad(lambda *a: nan_in_g(True, *a))(*args))).all()
 
 
 class _Block(nn.Module):
