@@ -147,24 +147,34 @@ def test_released_reflectance_skip_kernels_switch(setting):
   assert set(released["model_state"]["skip_ref_kernels"]) == set(fixed["params"]["generator"]["skip_ref"])
 
 
+def _abstract_cycle_loss(config, size):
+  """`(prepare, loss, params, frozen, batch)`: `prepare(frozen, batch)` -> data and `loss(params, frozen, data)`,
+  the cycle loss, with abstract generator params, frozen towers and batch (`trainer.abstract_setup` on one device;
+  batch 2 at `size`)."""
+  method = base.load_method(config)
+  mesh = sharding_lib.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  _, _, abstract, _, _ = trainer.abstract_setup(config, method, mesh)
+  state, frozen = abstract["state"], abstract["frozen"]
+  batch = {k: jax.ShapeDtypeStruct((2,) + v.shape[1:], v.dtype) for k, v in method.example_batch().items()}
+  batch.update({k: jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32) for k in ("low", "high")})
+
+  prepare = method._prepare  # pylint: disable=protected-access
+  loss = lambda params, frozen, data: method._cycle_loss(params, frozen, state.model_state, data, 0,  # pylint: disable=protected-access
+                                                         jax.random.key(0))[0]
+  return prepare, loss, state.params["generator"], frozen, batch
+
+
 def _cycle_residual_bytes(config, capsys):
   """Bytes the cycle loss's gradient keeps for its backward pass (`jax.ad_checkpoint.print_saved_residuals`,
   traced on abstract shapes), and the parameters' own share of them."""
   import re  # pylint: disable=g-import-not-at-top
   from jax import ad_checkpoint  # pylint: disable=g-import-not-at-top
-  method = base.load_method(config)
-  mesh = sharding_lib.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  _, _, abstract, _, _ = trainer.abstract_setup(config, method, mesh)
-  state, frozen = abstract["state"], abstract["frozen"]
-  b, s = 2, config.data.crop
-  batch = {k: jax.ShapeDtypeStruct((b,) + v.shape[1:], v.dtype) for k, v in method.example_batch().items()}
-  batch.update({k: jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32) for k in ("low", "high")})
+  prepare, loss, params, frozen, batch = _abstract_cycle_loss(config, config.data.crop)
   capsys.readouterr()
 
   def outer(frozen, batch):  # Frozen towers and data as tracers; the residuals of the gradient w.r.t. the params.
-    data = method._prepare(frozen, batch)  # pylint: disable=protected-access
-    loss = lambda g: method._cycle_loss(g, frozen, state.model_state, data, 0, jax.random.key(0))[0]  # pylint: disable=protected-access
-    ad_checkpoint.print_saved_residuals(loss, state.params["generator"])
+    data = prepare(frozen, batch)
+    ad_checkpoint.print_saved_residuals(lambda p: loss(p, frozen, data), params)
     return 0
 
   jax.make_jaxpr(outer)(frozen, batch)
@@ -199,18 +209,8 @@ def test_sequential_decoders_switch_pairs_the_two_decoders(setting):
     config = _config(*setting)
     config.remat = changes.pop("remat", "full")
     config.model.update(changes)
-    method = base.load_method(config)
-    mesh = sharding_lib.make_mesh({"data": 1}, devices=jax.devices()[:1])
-    _, _, abstract, _, _ = trainer.abstract_setup(config, method, mesh)
-    state, frozen = abstract["state"], abstract["frozen"]
-    batch = {k: jax.ShapeDtypeStruct((2,) + v.shape[1:], v.dtype) for k, v in method.example_batch().items()}
-    batch.update({k: jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32) for k in ("low", "high")})
-
-    def loss(params, frozen, batch):
-      data = method._prepare(frozen, batch)  # pylint: disable=protected-access
-      return method._cycle_loss(params, frozen, state.model_state, data, 0, jax.random.key(0))[0]  # pylint: disable=protected-access
-
-    return str(jax.make_jaxpr(loss)(state.params["generator"], frozen, batch))
+    prepare, loss, params, frozen, batch = _abstract_cycle_loss(config, 32)
+    return str(jax.make_jaxpr(lambda p, f, b: loss(p, f, prepare(f, b)))(params, frozen, batch))
 
   assert "name=pair" in cycle_loss_jaxpr()
   assert "name=pair" not in cycle_loss_jaxpr(sequential_decoders=False)
