@@ -113,19 +113,12 @@ def host_cpu() -> dict:
   return info
 
 
-def _time(fn, repeats):
-  fn()  # Warm-up (compilation).
-  start = time.perf_counter()
-  for _ in range(repeats):
-    fn()
-  return (time.perf_counter() - start) / repeats
-
-
 def sgz_inference(weights, repeats, peer):
   import jax
   import jax.numpy as jnp
   import numpy as np
 
+  from lowlight_jax.analysis import speed
   from lowlight_jax.models import sgz as sgz_model
 
   efe = sgz_model.EnhancementFactorExtractor()
@@ -149,7 +142,7 @@ def sgz_inference(weights, repeats, peer):
       else:
         reps = max(1, repeats // 2)
       x = jnp.asarray(np.random.default_rng(0).uniform(0, 0.3, (batch, 900, 1200, 3)).astype(np.float32))
-      sec = _time(lambda: fn(params, x).block_until_ready(), reps)
+      sec = speed.mean_seconds(lambda: fn(params, x).block_until_ready(), reps)
       out[f"scale_{scale}_batch_{batch}_images_per_s"] = batch / sec
   out["reference_torch_images_per_s"] = REFERENCE_TORCH_IMAGES_PER_S
   out["ratio_vs_reference_scale_12_batch_1"] = out["scale_12_batch_1_images_per_s"] / 5.4

@@ -14,9 +14,9 @@ CPU threads, the machine's cores, like our XLA CPU backend:
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
+
+from lowlight_jax.analysis import speed
 
 
 def _torch():
@@ -57,14 +57,6 @@ def _curves(x, x_r):
   return x
 
 
-def _time(fn, reps: int) -> float:
-  fn()  # Warm-up.
-  start = time.perf_counter()
-  for _ in range(reps):
-    fn()
-  return (time.perf_counter() - start) / reps
-
-
 def sgz_inference(params, repeats: int) -> dict:
   """Images/s of the released test pipeline at 1200x900, batch 1, scale factors 12 and 1."""
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -83,7 +75,7 @@ def sgz_inference(params, repeats: int) -> dict:
     for scale in (12, 1):
       x = torch.rand(1, 3, 900, 1200) * 0.3
       reps = repeats if scale == 12 else 1
-      out[f"scale_{scale}_batch_1_images_per_s"] = 1 / _time(lambda: forward(x, scale), reps)
+      out[f"scale_{scale}_batch_1_images_per_s"] = 1 / speed.mean_seconds(lambda: forward(x, scale), reps)
   return out
 
 
@@ -186,5 +178,5 @@ def sgz_train_step(params, batch: int, size: int, steps: int) -> dict:
     opt.step()
     return loss
 
-  sec = _time(step, steps)
+  sec = speed.mean_seconds(step, steps)
   return {"steps_per_s": 1 / sec, "images_per_s": batch / sec, "batch": batch, "size": size}

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -88,8 +88,12 @@ def _device_peak_gb() -> float | None:
   return None if not stats or "peak_bytes_in_use" not in stats else round(stats["peak_bytes_in_use"] / GB, 3)
 
 
-def _timed(fn, reps: int) -> float:
-  """Mean seconds of `reps` calls of `fn` (which blocks until its result is ready)."""
+def mean_seconds(fn: Callable[[], Any], reps: int, *, warmup: bool = True) -> float:
+  """Mean seconds of `reps` calls of `fn` (which blocks until its result is ready), after one untimed call (the
+  compile, on a first call) unless `warmup=False`. The one timing loop of every benchmark, JAX's and the PyTorch
+  peers'."""
+  if warmup:
+    fn()
   start = time.perf_counter()
   for _ in range(reps):
     fn()
@@ -132,8 +136,7 @@ def inference_figures(setup: trainer.Setup, sizes=INFERENCE_SIZES, reps: int = 3
       compiled = fn.lower(setup.state.params, setup.state.model_state, setup.frozen, x).compile()
       compile_s = time.perf_counter() - t0
       run = lambda: compiled(setup.state.params, setup.state.model_state, setup.frozen, x).block_until_ready()
-      run()  # Warm-up.
-      sec = _timed(run, reps)
+      sec = mean_seconds(run, reps)
       out[key] = {"images_per_s": round(1 / sec, 4), "ms_per_image": round(1000 * sec, 2),
                   "compile_s": round(compile_s, 1), "plan_gb": _plan_gb(compiled), "reps": reps}
       peak = _device_peak_gb()
