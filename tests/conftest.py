@@ -32,15 +32,22 @@ CONFORMANCE = SHARED / "conformance"
 METRICS_REFERENCE = SHARED / "metrics_reference"
 
 
-def pytest_configure(config):
+def _compile_cache_for_this_run():
   """One persistent XLA compilation cache per test run, shared by the xdist workers and the CLIs the tests start
-  (they inherit JAX_COMPILATION_CACHE_DIR): a step compiled again by another test (smoke runs and their
-  resumes, re-built pipelines) is read back instead of compiled. Removed when the run ends."""
-  if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    return  # a worker (inherits the controller's) or a cache the user chose
+  (they inherit JAX_COMPILATION_CACHE_DIR): a step compiled again by another test (smoke runs and their resumes,
+  re-built pipelines) is read back instead of compiled. Set here, when this file is imported, not in a
+  pytest_configure hook: a run of one folder (`pytest tests/methods`) imports that folder's conftest.py, and jax with
+  it, before any hook runs, and jax reads the variable when it is imported. Returns the folder this process made
+  (removed when the run ends), or None (a worker, which inherits the controller's, or a cache the user chose)."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return None
   import tempfile  # pylint: disable=g-import-not-at-top
-  config._lowlight_compile_cache = tempfile.mkdtemp(prefix="lowlight-test-compile-cache-")
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = config._lowlight_compile_cache
+  path = tempfile.mkdtemp(prefix="lowlight-test-compile-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  return path
+
+
+_COMPILE_CACHE = _compile_cache_for_this_run()
 
 
 #: Scheduling. scripts/test.sh runs `-n 2 --dist loadfile --no-loadscope-reorder`: whole files go to the two workers
@@ -80,10 +87,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_unconfigure(config):
-  path = getattr(config, "_lowlight_compile_cache", None)
-  if path:
+  del config
+  if _COMPILE_CACHE and os.environ.get("JAX_COMPILATION_CACHE_DIR") == _COMPILE_CACHE:
     import shutil  # pylint: disable=g-import-not-at-top
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(_COMPILE_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -246,10 +246,31 @@ class _Profiler:
       self.active = False
 
 
-#: Steps compiled in this process, by program (`_program_key`): a run resumed in the same process (a notebook, a
-#: test) gets its step back instead of compiling it again (jax.jit's own cache is per function object, and each run
-#: builds its own). The newest two are kept.
+#: Steps compiled in this process: a run resumed in the same process (a notebook, a test) gets its step back
+#: instead of compiling it again (jax.jit's own cache is per function object, and each run builds its own). Keyed by
+#: the lowered program (`_program_key`) and, when the caller names the run's configuration (`config_identity`), also
+#: by that configuration and the arguments' shapes (`_config_key`): that hit skips the method's trace and lowering
+#: too (SCUF's released step traces for about a minute). The newest two programs are kept.
 _COMPILED_STEPS: collections.OrderedDict[str, Any] = collections.OrderedDict()
+
+
+def config_identity(config: ml_collections.ConfigDict) -> str:
+  """What a train step is built from: the configuration and the size and modification time of every file it names
+  (a prompt or caption file the method reads while tracing). Directories (data roots) are named only: their
+  contents reach the step as arguments, never as traced constants."""
+  stamps = []
+  for _, value in _flatten(config.to_dict()).items():
+    if isinstance(value, str) and value and os.path.isfile(value):
+      st = os.stat(value)
+      stamps.append((value, st.st_size, st.st_mtime_ns))
+  return json.dumps([config.to_json_best_effort(sort_keys=True), sorted(stamps)])
+
+
+def _config_key(identity: str, args, options) -> str:
+  """A configuration's step for these arguments: their tree, shapes, dtypes and shardings (device ids included)."""
+  leaves, treedef = jax.tree_util.tree_flatten(args)
+  avals = [(tuple(x.shape), str(x.dtype), repr(getattr(x, "sharding", None))) for x in leaves]
+  return "config:" + hashlib.sha256(f"{identity}\n{treedef}\n{avals}\n{options}".encode()).hexdigest()
 
 
 def _program_key(lowered, args, options) -> str:
@@ -260,24 +281,38 @@ def _program_key(lowered, args, options) -> str:
   return hashlib.sha256(f"{lowered.as_text()}\n{devices}\n{options}".encode()).hexdigest()
 
 
-def compile_step(train_step, state, frozen, batch, opt_level: int = -1) -> tuple[Callable, dict[str, int]]:
+def _remember(key: str, compiled: Any) -> None:
+  _COMPILED_STEPS[key] = compiled
+  while len({id(c) for c in _COMPILED_STEPS.values()}) > 2:
+    _COMPILED_STEPS.popitem(last=False)
+
+
+def compile_step(train_step, state, frozen, batch, opt_level: int = -1, *,
+                 config_id: str | None = None) -> tuple[Callable, dict[str, int]]:
   """Compiles the jitted step once for these arguments (or takes the same program from `_COMPILED_STEPS`) and logs
   its per-device bytes (arguments = params + optimizer state + batch). `opt_level` >= 0 is XLA's
-  `xla_backend_optimization_level` (config field `xla_backend_optimization_level`; -1: the default). Returns (the
-  step to call: the compiled executable, or `train_step` itself when it cannot be compiled ahead of time, memory
-  info or {})."""
+  `xla_backend_optimization_level` (config field `xla_backend_optimization_level`; -1: the default). `config_id`
+  (`config_identity` of the configuration `train_step` was built from) lets a step built from the same
+  configuration earlier in this process be reused without tracing it again. Returns (the step to call: the
+  compiled executable, or `train_step` itself when it cannot be compiled ahead of time, memory info or {})."""
   options = {"xla_backend_optimization_level": int(opt_level)} if opt_level >= 0 else None
+  args = (state, frozen, batch)
   try:
-    lowered = train_step.lower(state, frozen, batch)
-    key = _program_key(lowered, (state, frozen, batch), options)
-    compiled = _COMPILED_STEPS.pop(key, None)
-    if compiled is None:
-      compiled = lowered.compile(compiler_options=options)
+    fast = _config_key(config_id, args, options) if config_id is not None else None
+    compiled = _COMPILED_STEPS.pop(fast, None) if fast else None
+    if compiled is not None:
+      logging.info("train step: the program built from this configuration earlier in this process")
     else:
-      logging.info("train step: the program compiled earlier in this process")
-    _COMPILED_STEPS[key] = compiled
-    while len(_COMPILED_STEPS) > 2:
-      _COMPILED_STEPS.popitem(last=False)
+      lowered = train_step.lower(*args)
+      key = _program_key(lowered, args, options)
+      compiled = _COMPILED_STEPS.pop(key, None)
+      if compiled is None:
+        compiled = lowered.compile(compiler_options=options)
+      else:
+        logging.info("train step: the program compiled earlier in this process")
+      _remember(key, compiled)
+    if fast:
+      _remember(fast, compiled)
   except Exception as e:  # pylint: disable=broad-except
     logging.info("ahead-of-time compilation unavailable: %s", e)
     return train_step, {}
@@ -408,7 +443,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batch = sharding_lib.global_batch(next(data_iter), mesh)
       if run_step is None:
         run_step, _ = compile_step(train_step, state, setup.frozen, batch,
-                                   config.get("xla_backend_optimization_level", -1))
+                                   config.get("xla_backend_optimization_level", -1),
+                                   config_id=config_identity(config))
       profiler.before_step(step)
       state, metrics, finite = run_step(state, setup.frozen, batch)
       step += 1

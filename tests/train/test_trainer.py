@@ -4,6 +4,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -234,3 +235,38 @@ def test_compile_step_reuses_the_same_program_in_a_process():
   other = jax.tree.map(lambda a: jax.device_put(a, jax.devices()[1]), args)
   trainer.compile_step(Spy(jax.jit(fn)), *other)
   assert len(compiled) == 3
+
+
+def test_compile_step_reuses_a_configurations_step_without_tracing_it(tmp_path):
+  """With `config_id`, a run of the same configuration in this process (an in-process resume) gets its step back
+  before the method is traced; another value of a field, a changed file the configuration names, or arguments of
+  another shape trace and compile again."""
+  traced = []
+  prompt = tmp_path / "prompt.txt"
+  prompt.write_text("low light")
+  config = ml_collections.ConfigDict({"seed": 0, "prompts": {"low_file": str(prompt)}, "data": {"root": str(tmp_path)}})
+
+  def build(scale):
+    def fn(s, fr, b):
+      traced.append(scale)
+      return s * scale + b.sum(), {"x": s}, jnp.isfinite(s)
+    return jax.jit(fn)
+
+  args = (jnp.float32(0.5), {}, jnp.arange(6.0).reshape(2, 3))
+  first, _ = trainer.compile_step(build(3.0), *args, config_id=trainer.config_identity(config))
+  # The same configuration: the step comes back without a trace (this function would compute another value).
+  again, _ = trainer.compile_step(build(5.0), *args, config_id=trainer.config_identity(config))
+  assert traced == [3.0]
+  np.testing.assert_array_equal(again(*args)[0], first(*args)[0])
+  (tmp_path / "unrelated.png").write_bytes(b"x")  # a new file in a named directory: the same step
+  assert trainer.config_identity(config) == trainer.config_identity(config.copy_and_resolve_references())
+  trainer.compile_step(build(5.0), *args, config_id=trainer.config_identity(config))
+  assert traced == [3.0]
+
+  prompt.write_text("low light, dim lighting")  # the named file changed
+  trainer.compile_step(build(6.0), *args, config_id=trainer.config_identity(config))
+  config.seed = 1  # another field value
+  trainer.compile_step(build(7.0), *args, config_id=trainer.config_identity(config))
+  bigger = (args[0], {}, jnp.arange(8.0).reshape(2, 4))  # other argument shapes
+  trainer.compile_step(build(8.0), *bigger, config_id=trainer.config_identity(config))
+  assert traced == [3.0, 6.0, 7.0, 8.0]
