@@ -52,13 +52,14 @@ _COMPILE_CACHE = _compile_cache_for_this_run()
 
 #: Scheduling. scripts/test.sh runs `-n 2 --dist loadfile --no-loadscope-reorder`: whole files go to the two workers
 #: in collection order, each worker taking the next file as it runs out. Moving whole files keeps every file's own
-#: order; no test depends on which file ran before it. The order, by a JUnit report and a memory log of full runs:
-#:   1. MEMORY_HEAVY_FIRST: the SCUF file (about 950 s on 2 cores). Its 8-device smoke run is the run's memory peak
+#: order; no test depends on which file ran before it. The order, by a JUnit report and a memory log of full runs (the
+#: seconds: a fresh clone's run on a 2-core host, 2026-12-02, 2,658 s of tests in 1,359 s):
+#:   1. MEMORY_HEAVY_FIRST: the SCUF file (about 780 s). Its 8-device smoke run is the run's memory peak
 #:      (each fake device holds the step's temporaries while the eight run: its worker reached 18.8 GB of the
 #:      machine's 24 with XLA CPU's default scheduler, 12.6 GB with the one set above), so it starts first, while the
 #:      other worker takes
-#:   2. the remaining files, minutes of short ones (about 1,050 s in all), and only then
-#:   3. SLOW_FILES_LAST, slowest first (1-3 min and a few GB each; about 800 s in all): they run two at a time once the
+#:   2. the remaining files, minutes of short ones (about 1,000 s in all), and only then
+#:   3. SLOW_FILES_LAST, slowest first (1-4 min and a few GB each; about 880 s in all): they run two at a time once the
 #:      SCUF file is done, instead of beside its peak, and none is left to run alone at the end of the queue.
 MEMORY_HEAVY_FIRST = (
     "tests/methods/test_scuf.py",

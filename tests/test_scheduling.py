@@ -2,16 +2,15 @@
 silently fall back among the short files: beside the SCUF file's memory peak, or to the end of the queue)."""
 
 import pathlib
-import re
+
+from tests import conftest  # The module pytest loaded (sys.modules), not a second copy.
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_scheduled_files_exist_and_scripts_keep_their_order():
-  text = (REPO / "tests" / "conftest.py").read_text()
   for name, least in (("MEMORY_HEAVY_FIRST", 1), ("SLOW_FILES_LAST", 5)):
-    block = text[text.index(f"{name} = ("):]
-    paths = re.findall(r'"(tests/[^"]+\.py)"', block[:block.index(")\n")])
+    paths = getattr(conftest, name)
     assert len(paths) >= least, name
     for path in paths:
       assert (REPO / path).is_file(), path
