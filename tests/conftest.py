@@ -89,7 +89,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_unconfigure(config):
   del config
-  if _COMPILE_CACHE and os.environ.get("JAX_COMPILATION_CACHE_DIR") == _COMPILE_CACHE:
+  if _COMPILE_CACHE:
     import shutil  # pylint: disable=g-import-not-at-top
     shutil.rmtree(_COMPILE_CACHE, ignore_errors=True)
 

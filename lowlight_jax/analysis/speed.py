@@ -88,12 +88,10 @@ def _device_peak_gb() -> float | None:
   return None if not stats or "peak_bytes_in_use" not in stats else round(stats["peak_bytes_in_use"] / GB, 3)
 
 
-def mean_seconds(fn: Callable[[], Any], reps: int, *, warmup: bool = True) -> float:
+def mean_seconds(fn: Callable[[], Any], reps: int) -> float:
   """Mean seconds of `reps` calls of `fn` (which blocks until its result is ready), after one untimed call (the
-  compile, on a first call) unless `warmup=False`. The one timing loop of every benchmark, JAX's and the PyTorch
-  peers'."""
-  if warmup:
-    fn()
+  compile, on a first call). The one timing loop of every benchmark, JAX's and the PyTorch peers'."""
+  fn()
   start = time.perf_counter()
   for _ in range(reps):
     fn()

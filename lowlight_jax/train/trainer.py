@@ -299,7 +299,7 @@ def compile_step(train_step, state, frozen, batch, opt_level: int = -1, *,
   args = (state, frozen, batch)
   try:
     fast = _config_key(config_id, args, options) if config_id is not None else None
-    compiled = _COMPILED_STEPS.pop(fast, None) if fast else None
+    compiled = _COMPILED_STEPS.pop(fast, None)  # (None is never a key)
     if compiled is not None:
       logging.info("train step: the program built from this configuration earlier in this process")
     else:
